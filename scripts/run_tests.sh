@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Run each doctest executable given, show its output, and print the totals over all of them as the
+# last line: "N passed, N failed" (test cases). Exit non-zero if any test failed or any executable
+# crashed or printed no doctest summary.
+set -u
+passed=0; failed=0; bad=0
+for exe in "$@"; do
+  echo "=== $exe"
+  out=$("$exe" 2>&1); rc=$?
+  echo "$out" | tail -n 40
+  line=$(echo "$out" | grep -E '^\[doctest\] test cases:' | tail -n 1)
+  if [ -z "$line" ]; then
+    echo "!!! $exe printed no doctest summary (exit $rc)"; bad=$((bad+1)); failed=$((failed+1)); continue
+  fi
+  p=$(echo "$line" | sed -E 's/.*\|[[:space:]]*([0-9]+) passed.*/\1/')
+  f=$(echo "$line" | sed -E 's/.*\|[[:space:]]*([0-9]+) failed.*/\1/')
+  passed=$((passed+p)); failed=$((failed+f))
+  if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then echo "!!! $exe exited $rc"; failed=$((failed+1)); fi
+done
+echo
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]
