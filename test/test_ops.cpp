@@ -40,6 +40,14 @@
 #include "llmc/cpu/embedding.h"
 #include "llmc/cpu/matmul.h"
 #include "llmc/cpu/rmsnorm.h"
+#include "llmc/cpu/rope.h"
+#include "llmc/cpu/qknorm.h"
+#include "llmc/cpu/attention.h"
+#include "llmc/cpu/relu2.h"
+#include "llmc/cpu/residual.h"
+#include "llmc/cpu/backout.h"
+#include "llmc/cpu/smear.h"
+#include "llmc/cpu/value_embed.h"
 
 using Vec = std::vector<double>;
 using VecF = std::vector<float>;
@@ -81,6 +89,13 @@ static double gradcheck(const char* what, Vec& x, const Vec& analytic, const std
                         double h = 1e-3) {
     REQUIRE(analytic.size() == x.size());
     Vec numeric(x.size());
+    // The thousands of tiny forward calls run on one thread: on a loaded 2-core machine an OpenMP
+    // barrier per tiny call can cost milliseconds. (The analytic backward under test was called
+    // by the test case with the default thread count.)
+#ifdef _OPENMP
+    int saved_threads = omp_get_max_threads();
+    omp_set_num_threads(1);
+#endif
     for (size_t i = 0; i < x.size(); i++) {
         double save = x[i];
         x[i] = save + h; double p1 = loss();
@@ -90,6 +105,10 @@ static double gradcheck(const char* what, Vec& x, const Vec& analytic, const std
         x[i] = save;
         numeric[i] = (8 * (p1 - m1) - (p2 - m2)) / (12 * h);
     }
+    loss();  // leave the op's saved outputs (rstd, lse, gamma, ...) at the unperturbed point
+#ifdef _OPENMP
+    omp_set_num_threads(saved_threads);
+#endif
     double err = max_rel_err(analytic, numeric, 1e-3);
     std::string msg = llmc::strfmt("%s: max rel err %.3g over %zu elements", what, err, x.size());
     INFO(msg);
@@ -303,4 +322,374 @@ TEST_CASE("crossentropy float agrees with double") {
     double maxd = 0, maxg = 0;
     for (int i = 0; i < N * Vp; i++) { maxd = std::max(maxd, std::fabs(dlf[i] - dl[i])); maxg = std::max(maxg, std::fabs(dl[i])); }
     CHECK(maxd <= 1e-5 * maxg);
+}
+
+// ============================================================================================
+// RoPE
+// ============================================================================================
+
+TEST_CASE("rope table: fp32 angles as the spec builds them") {
+    const int D = 4, P = 9;
+    VecF c(P * 2), s(P * 2);
+    rope_table(c.data(), s.data(), P, D, 100000.0);
+    // j=0: inv_freq 1 -> theta = t; j=1: inv_freq = 1/100000^(1/2) = 1/316.227766...
+    for (int t = 0; t < P; t++) {
+        CHECK(c[t * 2 + 0] == doctest::Approx(std::cos((double)t)).epsilon(1e-6));
+        CHECK(s[t * 2 + 0] == doctest::Approx(std::sin((double)t)).epsilon(1e-6));
+        double th = t / std::sqrt(100000.0);
+        CHECK(c[t * 2 + 1] == doctest::Approx(std::cos(th)).epsilon(1e-6));
+        CHECK(s[t * 2 + 1] == doctest::Approx(std::sin(th)).epsilon(1e-6));
+    }
+    CHECK(c[0] == 1.0f); CHECK(s[0] == 0.0f);  // position 0 is the identity
+}
+
+TEST_CASE("rope forward: a unit vector rotates by -theta (half-split pairs); pos0; in place") {
+    const int D = 8, half = 4, P = 16;
+    VecF c(P * half), s(P * half);
+    rope_table(c.data(), s.data(), P, D, 100000.0);
+    // one head, two positions starting at pos0 = 5. Input at t=0: e_1 (x1[1] = 1);
+    // at t=1: e_{half+2} (x2[2] = 1).
+    Vec x(2 * D, 0.0), y(2 * D, NaN);
+    x[1] = 1.0;
+    x[D + half + 2] = 1.0;
+    rope_forward(y.data(), x.data(), c.data(), s.data(), 1, 2, 1, D, 5);
+    double c51 = c[5 * half + 1], s51 = s[5 * half + 1], c62 = c[6 * half + 2], s62 = s[6 * half + 2];
+    for (int d = 0; d < D; d++) {
+        // (x1, x2) = (1, 0) -> (cos, -sin): rotation by -theta
+        double e0 = d == 1 ? c51 : d == half + 1 ? -s51 : 0.0;
+        // (x1, x2) = (0, 1) -> (sin, cos)
+        double e1 = d == 2 ? s62 : d == half + 2 ? c62 : 0.0;
+        CHECK(y[d] == e0);
+        CHECK(y[D + d] == e1);
+    }
+    // in place gives the same
+    Vec z = x;
+    rope_forward(z.data(), z.data(), c.data(), s.data(), 1, 2, 1, D, 5);
+    for (int i = 0; i < 2 * D; i++) CHECK(z[i] == y[i]);
+    // backward = inverse rotation: backward(forward(x)) == x (float, orthogonal: a few ulps)
+    llmc::Rng rng(7, 1);
+    VecF xf = to_float(randn(rng, 3 * 4 * 2 * D)), yf(xf.size(), NAN), bf(xf.size(), NAN);
+    rope_forward(yf.data(), xf.data(), c.data(), s.data(), 3, 4, 2, D, 3);
+    rope_backward(bf.data(), yf.data(), c.data(), s.data(), 3, 4, 2, D, 3);
+    for (size_t i = 0; i < xf.size(); i++) CHECK(bf[i] == doctest::Approx(xf[i]).epsilon(1e-6).scale(1.0));
+}
+
+TEST_CASE("rope backward: finite differences, overwrite, in place") {
+    llmc::Rng rng(8, 1);
+    const int B = 2, T = 3, NH = 3, D = 10, P = 12, pos0 = 2;
+    VecF c(P * D / 2), s(P * D / 2);
+    rope_table(c.data(), s.data(), P, D, 100000.0);
+    const int n = B * T * NH * D;
+    Vec x = randn(rng, n), R = randn(rng, n), out(n);
+    auto loss = [&]() { rope_forward(out.data(), x.data(), c.data(), s.data(), B, T, NH, D, pos0); return dot(out, R); };
+    Vec dx(n, NaN);
+    rope_backward(dx.data(), R.data(), c.data(), s.data(), B, T, NH, D, pos0);
+    gradcheck("rope dx", x, dx, loss);
+    Vec g = R;
+    rope_backward(g.data(), g.data(), c.data(), s.data(), B, T, NH, D, pos0);
+    for (int i = 0; i < n; i++) CHECK(g[i] == dx[i]);
+}
+
+// ============================================================================================
+// QK-norm
+// ============================================================================================
+
+TEST_CASE("qknorm forward: 1.2 * rms per head row") {
+    Vec x = {3, 4, 1, -1}, out(4, NaN), r(2, NaN);
+    qknorm_forward(out.data(), r.data(), x.data(), 2, 2);
+    const double eps = std::ldexp(1.0, -23);
+    double r0 = 1 / std::sqrt(12.5 + eps), r1 = 1 / std::sqrt(1 + eps);
+    CHECK(r[0] == doctest::Approx(r0).epsilon(1e-15));
+    CHECK(out[0] == doctest::Approx(1.2 * 3 * r0).epsilon(1e-15));
+    CHECK(out[1] == doctest::Approx(1.2 * 4 * r0).epsilon(1e-15));
+    CHECK(out[3] == doctest::Approx(-1.2 * r1).epsilon(1e-15));
+}
+
+TEST_CASE("qknorm backward: finite differences, overwrite, in place") {
+    llmc::Rng rng(9, 1);
+    const int rows = 11, D = 6;
+    Vec x = randn(rng, rows * D), R = randn(rng, rows * D), out(rows * D), r(rows);
+    auto loss = [&]() { qknorm_forward(out.data(), r.data(), x.data(), rows, D); return dot(out, R); };
+    loss();
+    Vec dx(rows * D, NaN);
+    qknorm_backward(dx.data(), R.data(), out.data(), r.data(), rows, D);
+    gradcheck("qknorm dx", x, dx, loss);
+    Vec g = R;
+    qknorm_backward(g.data(), g.data(), out.data(), r.data(), rows, D);
+    for (int i = 0; i < rows * D; i++) CHECK(g[i] == dx[i]);
+}
+
+// ============================================================================================
+// attention
+// ============================================================================================
+
+// Independent slow reference: materializes the masked (T x T) score matrix per (b, h) and a
+// textbook softmax. Returns out and lse.
+static void attention_reference(Vec& out, Vec& lse, const Vec& q, const Vec& k, const Vec& v, int B, int T, int H,
+                                int Hkv, int D, int window) {
+    out.assign((size_t)B * T * H * D, 0.0);
+    lse.assign((size_t)B * H * T, 0.0);
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < H; h++) {
+            int g = h / (H / Hkv);
+            for (int i = 0; i < T; i++) {
+                std::vector<double> sc(T, -INFINITY);
+                double mx = -INFINITY;
+                for (int j = 0; j < T; j++) {
+                    bool visible = j <= i && i - j <= window;
+                    if (!visible) continue;
+                    double s = 0;
+                    for (int d = 0; d < D; d++) s += q[((b * T + i) * H + h) * D + d] * k[((b * T + j) * Hkv + g) * D + d];
+                    sc[j] = s / std::sqrt((double)D);
+                    mx = std::max(mx, sc[j]);
+                }
+                double z = 0;
+                for (int j = 0; j < T; j++) z += std::exp(sc[j] - mx);  // exp(-inf) = 0 for masked
+                lse[(b * H + h) * T + i] = mx + std::log(z);
+                for (int j = 0; j < T; j++) {
+                    double p = std::exp(sc[j] - mx) / z;
+                    for (int d = 0; d < D; d++) out[((b * T + i) * H + h) * D + d] += p * v[((b * T + j) * Hkv + g) * D + d];
+                }
+            }
+        }
+}
+
+TEST_CASE("attention forward: window 0 returns v of the same position (GQA head mapping)") {
+    llmc::Rng rng(10, 1);
+    const int B = 2, T = 5, H = 4, Hkv = 2, D = 3;
+    Vec q = randn(rng, B * T * H * D), k = randn(rng, B * T * Hkv * D), v = randn(rng, B * T * Hkv * D);
+    Vec out(B * T * H * D, NaN), lse(B * H * T, NaN);
+    attention_forward(out.data(), lse.data(), q.data(), k.data(), v.data(), B, T, H, Hkv, D, 0);
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++)
+            for (int h = 0; h < H; h++) {
+                int g = h / 2;  // heads 0,1 -> kv head 0; heads 2,3 -> kv head 1
+                double s = 0;
+                for (int d = 0; d < D; d++) {
+                    CHECK(out[((b * T + t) * H + h) * D + d] == doctest::Approx(v[((b * T + t) * Hkv + g) * D + d]).epsilon(1e-14));
+                    s += q[((b * T + t) * H + h) * D + d] * k[((b * T + t) * Hkv + g) * D + d];
+                }
+                // one visible key: lse is that key's scaled score
+                CHECK(lse[(b * H + h) * T + t] == doctest::Approx(s / std::sqrt(3.0)).epsilon(1e-13));
+            }
+}
+
+TEST_CASE("attention forward: hand-computed two-token case") {
+    // T=2, one head, D=2. Query 1 sees keys 0 and 1.
+    Vec q = {1, 0, 2, 1}, k = {1, 1, 0, 2}, v = {1, 2, 3, 5}, out(4, NaN), lse(2, NaN);
+    attention_forward(out.data(), lse.data(), q.data(), k.data(), v.data(), 1, 2, 1, 1, 2, 100);
+    // row 0: only key 0 -> v0
+    CHECK(out[0] == doctest::Approx(1.0)); CHECK(out[1] == doctest::Approx(2.0));
+    // row 1: s = [<(2,1),(1,1)>, <(2,1),(0,2)>] / sqrt2 = [3, 2] / sqrt2
+    double s0 = 3 / std::sqrt(2.0), s1 = 2 / std::sqrt(2.0);
+    double p0 = std::exp(s0) / (std::exp(s0) + std::exp(s1)), p1 = 1 - p0;
+    CHECK(out[2] == doctest::Approx(p0 * 1 + p1 * 3).epsilon(1e-14));
+    CHECK(out[3] == doctest::Approx(p0 * 2 + p1 * 5).epsilon(1e-14));
+    CHECK(lse[1] == doctest::Approx(std::log(std::exp(s0) + std::exp(s1))).epsilon(1e-14));
+}
+
+TEST_CASE("attention forward matches a slow materialized reference (GQA, windows)") {
+    llmc::Rng rng(11, 1);
+    struct Shape { int B, T, H, Hkv, D, window; };
+    for (Shape sh : {Shape{2, 9, 4, 2, 20, 3}, Shape{1, 13, 3, 1, 5, 100}, Shape{3, 6, 2, 2, 16, 5}, Shape{1, 7, 6, 3, 7, 1}}) {
+        int B = sh.B, T = sh.T, H = sh.H, Hkv = sh.Hkv, D = sh.D;
+        Vec q = randn(rng, B * T * H * D), k = randn(rng, B * T * Hkv * D), v = randn(rng, B * T * Hkv * D);
+        Vec out(B * T * H * D, NaN), lse(B * H * T, NaN), ro, rl;
+        attention_forward(out.data(), lse.data(), q.data(), k.data(), v.data(), B, T, H, Hkv, D, sh.window);
+        attention_reference(ro, rl, q, k, v, B, T, H, Hkv, D, sh.window);
+        CHECK(max_rel_err(out, ro, 1e-3) <= 1e-12);
+        CHECK(max_rel_err(lse, rl, 1e-3) <= 1e-12);
+        // float instantiation. o is a convex combination of v rows, so its absolute error is bounded
+        // by (error of p) * max|v| plus rounding of the sum: fp32 scores carry ~1e-7 * sqrt(D) |s|
+        // relative error, so 1e-5 * max|v| absolute leaves >10x margin. (A relative bound per element
+        // would be wrong: outputs that cancel to ~0 have large relative error.)
+        VecF qf = to_float(q), kf = to_float(k), vf = to_float(v), of(out.size(), NAN), lf(lse.size(), NAN);
+        attention_forward(of.data(), lf.data(), qf.data(), kf.data(), vf.data(), B, T, H, Hkv, D, sh.window);
+        double vmax = 0, oerr = 0, lerr = 0;
+        for (double x : v) vmax = std::max(vmax, std::fabs(x));
+        for (size_t i = 0; i < ro.size(); i++) oerr = std::max(oerr, std::fabs(of[i] - ro[i]));
+        for (size_t i = 0; i < rl.size(); i++) lerr = std::max(lerr, std::fabs(lf[i] - rl[i]) / std::max(1.0, std::fabs(rl[i])));
+        MESSAGE("attention fp32 forward: max |out err| " << oerr << " (max|v| " << vmax << "), lse err " << lerr);
+        CHECK(oerr <= 1e-5 * vmax);
+        CHECK(lerr <= 1e-5);
+    }
+}
+
+TEST_CASE("attention backward: finite differences (GQA, window < T, odd D), overwrite") {
+    llmc::Rng rng(12, 1);
+    struct Shape { int B, T, H, Hkv, D, window; };
+    for (Shape sh : {Shape{2, 7, 4, 2, 5, 2}, Shape{1, 6, 3, 1, 18, 100}, Shape{1, 5, 2, 2, 3, 0}}) {
+        int B = sh.B, T = sh.T, H = sh.H, Hkv = sh.Hkv, D = sh.D, W = sh.window;
+        CAPTURE(B); CAPTURE(T); CAPTURE(H); CAPTURE(Hkv); CAPTURE(D); CAPTURE(W);
+        Vec q = randn(rng, B * T * H * D), k = randn(rng, B * T * Hkv * D), v = randn(rng, B * T * Hkv * D);
+        Vec R = randn(rng, B * T * H * D), out(B * T * H * D), lse(B * H * T);
+        auto loss = [&]() { attention_forward(out.data(), lse.data(), q.data(), k.data(), v.data(), B, T, H, Hkv, D, W); return dot(out, R); };
+        loss();
+        Vec dq(q.size(), NaN), dk(k.size(), NaN), dv(v.size(), NaN);
+        attention_backward(dq.data(), dk.data(), dv.data(), R.data(), out.data(), lse.data(), q.data(), k.data(), v.data(), B, T, H, Hkv, D, W);
+        gradcheck("attention dq", q, dq, loss);
+        gradcheck("attention dk", k, dk, loss);
+        gradcheck("attention dv", v, dv, loss);
+    }
+}
+
+TEST_CASE("attention: bad head counts are a clear error") {
+    Vec x(64, 0.0), l(64, 0.0);
+    CHECK_THROWS_WITH_AS(attention_forward(x.data(), l.data(), x.data(), x.data(), x.data(), 1, 2, 3, 2, 4, 10),
+                         doctest::Contains("multiple of n_kv_head"), llmc::Error);
+}
+
+// ============================================================================================
+// ReLU^2
+// ============================================================================================
+
+TEST_CASE("relu2: hand values; finite differences away from the kink; in place") {
+    Vec x = {-1, 0, 3, 0.5}, y(4, NaN);
+    relu2_forward(y.data(), x.data(), 4);
+    CHECK(y[0] == 0); CHECK(y[1] == 0); CHECK(y[2] == 9); CHECK(y[3] == 0.25);
+    llmc::Rng rng(13, 1);
+    const long n = 53;
+    Vec xs = randn(rng, n), R = randn(rng, n), out(n);
+    for (auto& v : xs) if (std::fabs(v) < 0.05) v = v < 0 ? -0.05 - std::fabs(v) : 0.05 + v;  // keep 4h away from 0
+    auto loss = [&]() { relu2_forward(out.data(), xs.data(), n); return dot(out, R); };
+    Vec dx(n, NaN);
+    relu2_backward(dx.data(), R.data(), xs.data(), n);
+    gradcheck("relu2 dx", xs, dx, loss);
+    Vec g = R;
+    relu2_backward(g.data(), g.data(), xs.data(), n);
+    for (long i = 0; i < n; i++) CHECK(g[i] == dx[i]);
+}
+
+// ============================================================================================
+// residual, lambdas, backout
+// ============================================================================================
+
+TEST_CASE("residual and lambdas forward: hand values, aliasing") {
+    Vec a = {1, 2, 3}, b = {10, 20, 30}, out(3, NaN);
+    residual_forward(out.data(), a.data(), b.data(), 3);
+    CHECK(out[0] == 11); CHECK(out[1] == 22); CHECK(out[2] == 33);
+    residual_forward(a.data(), a.data(), b.data(), 3);  // in place on a
+    CHECK(a[0] == 11); CHECK(a[2] == 33);
+    Vec x = {1, -2}, x0 = {4, 8}, o(2, NaN);
+    lambdas_forward(o.data(), x.data(), x0.data(), 0.5, 0.25, 2);
+    CHECK(o[0] == 1.5); CHECK(o[1] == 1.0);
+}
+
+TEST_CASE("lambdas backward: finite differences for x, x0, alpha, beta; accumulation; in place") {
+    llmc::Rng rng(14, 1);
+    const long n = 37;
+    Vec x = randn(rng, n), x0 = randn(rng, n), R = randn(rng, n), out(n), ab = {0.7, -0.4};
+    auto loss = [&]() { lambdas_forward(out.data(), x.data(), x0.data(), ab[0], ab[1], n); return dot(out, R); };
+    Vec dx(n, NaN), dx0(n, 0.0), dab = {0.0, 0.0};
+    lambdas_backward(dx.data(), dx0.data(), &dab[0], &dab[1], R.data(), x.data(), x0.data(), ab[0], ab[1], n);
+    gradcheck("lambdas dx", x, dx, loss);
+    gradcheck("lambdas dx0", x0, dx0, loss);
+    gradcheck("lambdas dalpha,dbeta", ab, dab, loss);
+    // accumulation of dx0, dalpha, dbeta (twice on a random start); dx in place over dout
+    Vec s0 = randn(rng, n), acc0 = s0, sab = {0.3, -1.1}, accab = sab;
+    Vec g1 = R, g2 = R;
+    lambdas_backward(g1.data(), acc0.data(), &accab[0], &accab[1], g1.data(), x.data(), x0.data(), ab[0], ab[1], n);
+    lambdas_backward(g2.data(), acc0.data(), &accab[0], &accab[1], g2.data(), x.data(), x0.data(), ab[0], ab[1], n);
+    for (long i = 0; i < n; i++) {
+        CHECK(g1[i] == dx[i]);
+        CHECK(acc0[i] == doctest::Approx(s0[i] + 2 * dx0[i]).epsilon(1e-12));
+    }
+    CHECK(accab[0] == doctest::Approx(sab[0] + 2 * dab[0]).epsilon(1e-12));
+    CHECK(accab[1] == doctest::Approx(sab[1] + 2 * dab[1]).epsilon(1e-12));
+}
+
+TEST_CASE("backout: hand values, finite differences, accumulation") {
+    Vec x = {1, 2}, xm = {4, -2}, o(2, NaN);
+    backout_forward(o.data(), x.data(), xm.data(), 0.5, 2);
+    CHECK(o[0] == -1); CHECK(o[1] == 3);
+    llmc::Rng rng(15, 1);
+    const long n = 29;
+    Vec xs = randn(rng, n), xmid = randn(rng, n), R = randn(rng, n), out(n), lam = {0.3};
+    auto loss = [&]() { backout_forward(out.data(), xs.data(), xmid.data(), lam[0], n); return dot(out, R); };
+    Vec dxmid(n, 0.0), dlam = {0.0};
+    backout_backward(dxmid.data(), &dlam[0], R.data(), xmid.data(), lam[0], n);
+    gradcheck("backout dxmid", xmid, dxmid, loss);
+    gradcheck("backout dlambda", lam, dlam, loss);
+    Vec s = randn(rng, n), acc = s;
+    double l0 = 0.25, lacc = l0;
+    backout_backward(acc.data(), &lacc, R.data(), xmid.data(), lam[0], n);
+    backout_backward(acc.data(), &lacc, R.data(), xmid.data(), lam[0], n);
+    for (long i = 0; i < n; i++) CHECK(acc[i] == doctest::Approx(s[i] + 2 * dxmid[i]).epsilon(1e-12));
+    CHECK(lacc == doctest::Approx(l0 + 2 * dlam[0]).epsilon(1e-12));
+}
+
+// ============================================================================================
+// smear
+// ============================================================================================
+
+TEST_CASE("smear forward: hand values with a zero gate weight") {
+    // w = 0 -> a = 0, sigmoid = 1/2, g = lambda/2: x_t = e_t + (lambda/2) e_{t-1}, x_0 = e_0
+    const int B = 2, T = 3, C = 24;
+    llmc::Rng rng(16, 1);
+    Vec e = randn(rng, B * T * C), w(24, 0.0), out(B * T * C, NaN);
+    smear_forward(out.data(), e.data(), w.data(), 0.6, B, T, C);
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++)
+            for (int c = 0; c < C; c++) {
+                long i = ((long)b * T + t) * C + c;
+                double expect = t == 0 ? e[i] : e[i] + 0.3 * e[i - C];  // previous token of the same row only
+                CHECK(out[i] == doctest::Approx(expect).epsilon(1e-15));
+            }
+    Vec small(2 * 20);
+    CHECK_THROWS_WITH_AS(smear_forward(small.data(), small.data(), w.data(), 0.6, 1, 2, 20), doctest::Contains("24"), llmc::Error);
+}
+
+TEST_CASE("smear backward: finite differences for e, w, lambda; accumulation") {
+    llmc::Rng rng(17, 1);
+    const int B = 2, T = 5, C = 27;
+    const int n = B * T * C;
+    Vec e = randn(rng, n), w = randn(rng, 24, 0.3), lam = {0.8}, R = randn(rng, n), out(n);
+    auto loss = [&]() { smear_forward(out.data(), e.data(), w.data(), lam[0], B, T, C); return dot(out, R); };
+    Vec de(n, NaN), dw(24, 0.0), dlam = {0.0};
+    smear_backward(de.data(), dw.data(), &dlam[0], R.data(), e.data(), w.data(), lam[0], B, T, C);
+    gradcheck("smear de", e, de, loss);
+    gradcheck("smear dw", w, dw, loss);
+    gradcheck("smear dlambda", lam, dlam, loss);
+    Vec ws = randn(rng, 24), wacc = ws, de2(n, NaN);
+    double l0 = -0.5, lacc = l0;
+    smear_backward(de2.data(), wacc.data(), &lacc, R.data(), e.data(), w.data(), lam[0], B, T, C);
+    smear_backward(de2.data(), wacc.data(), &lacc, R.data(), e.data(), w.data(), lam[0], B, T, C);
+    for (int c = 0; c < 24; c++) CHECK(wacc[c] == doctest::Approx(ws[c] + 2 * dw[c]).epsilon(1e-12));
+    CHECK(lacc == doctest::Approx(l0 + 2 * dlam[0]).epsilon(1e-12));
+    for (int i = 0; i < n; i++) CHECK(de2[i] == de[i]);  // de overwrites
+}
+
+// ============================================================================================
+// value-embedding gate
+// ============================================================================================
+
+TEST_CASE("ve_gate forward: hand values with a zero gate (gamma = 1.5)") {
+    const int N = 3, C = 12, Hkv = 2, D = 2;
+    Vec u(N * C, 0.7), ve = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12}, wg(Hkv * 12, 0.0);
+    Vec v(N * Hkv * D, 1.0), gamma(N * Hkv, NaN);
+    ve_gate_forward(v.data(), gamma.data(), u.data(), ve.data(), wg.data(), N, C, Hkv, D);
+    for (int i = 0; i < N * Hkv; i++) CHECK(gamma[i] == 1.5);
+    for (int i = 0; i < N * Hkv * D; i++) CHECK(v[i] == doctest::Approx(1.0 + 1.5 * ve[i]).epsilon(1e-15));
+}
+
+TEST_CASE("ve_gate backward: finite differences for u, ve, wg; accumulation") {
+    llmc::Rng rng(18, 1);
+    const int N = 5, C = 14, Hkv = 2, D = 3;
+    const int KV = Hkv * D;
+    Vec u = randn(rng, N * C), ve = randn(rng, N * KV), wg = randn(rng, Hkv * 12, 0.5), v0 = randn(rng, N * KV);
+    Vec R = randn(rng, N * KV), v(N * KV), gamma(N * Hkv);
+    auto loss = [&]() { v = v0; ve_gate_forward(v.data(), gamma.data(), u.data(), ve.data(), wg.data(), N, C, Hkv, D); return dot(v, R); };
+    loss();
+    Vec du(N * C, 0.0), dve(N * KV, NaN), dwg(Hkv * 12, 0.0);
+    ve_gate_backward(du.data(), dve.data(), dwg.data(), R.data(), u.data(), ve.data(), gamma.data(), wg.data(), N, C, Hkv, D);
+    gradcheck("ve_gate du", u, du, loss);
+    gradcheck("ve_gate dve", ve, dve, loss);
+    gradcheck("ve_gate dwg", wg, dwg, loss);
+    for (int n = 0; n < N; n++) for (int c = 12; c < C; c++) CHECK(du[n * C + c] == 0.0);  // gate reads 12 channels
+    Vec us = randn(rng, N * C), uacc = us, ws = randn(rng, Hkv * 12), wacc = ws, dve2(N * KV, NaN);
+    ve_gate_backward(uacc.data(), dve2.data(), wacc.data(), R.data(), u.data(), ve.data(), gamma.data(), wg.data(), N, C, Hkv, D);
+    ve_gate_backward(uacc.data(), dve2.data(), wacc.data(), R.data(), u.data(), ve.data(), gamma.data(), wg.data(), N, C, Hkv, D);
+    for (int i = 0; i < N * C; i++) CHECK(uacc[i] == doctest::Approx(us[i] + 2 * du[i]).epsilon(1e-12));
+    for (int i = 0; i < Hkv * 12; i++) CHECK(wacc[i] == doctest::Approx(ws[i] + 2 * dwg[i]).epsilon(1e-12));
+    for (int i = 0; i < N * KV; i++) CHECK(dve2[i] == dve[i]);
 }
