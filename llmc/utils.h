@@ -110,8 +110,8 @@ inline void write_file_atomic(const std::string& path, const std::string& data) 
 
 // Wrap a program's main body: any llmc::Error (or other exception) becomes one line on stderr and
 // exit status 1.
-#define LLMC_MAIN_GUARD(body)                                               \
-    try { body } catch (const std::exception& e__) {                         \
+#define LLMC_MAIN_GUARD(...)                                                \
+    try { __VA_ARGS__ } catch (const std::exception& e__) {                         \
         fprintf(stderr, "error: %s\n", e__.what());                          \
         return 1;                                                            \
     }
