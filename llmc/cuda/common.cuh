@@ -79,9 +79,9 @@ inline void cuda_check(cudaError_t err, const char* file, int line) {
 #else
 // SIM: runs the whole grid before returning (launches are synchronous); a misuse inside the
 // kernel (divergent barrier, bad shuffle mask) throws llmc::Error naming the kernel and block.
-#define LAUNCH(kernel, grid, block, smem_bytes, stream, ...)                            \
-    ::llmc::sim::launch(#kernel, kernel, dim3(grid), dim3(block), (size_t)(smem_bytes), \
-                        (stream), ##__VA_ARGS__)
+// (grid, block, smem_bytes, stream, args...) all travel in __VA_ARGS__, so a kernel without
+// arguments needs no comma elision.
+#define LAUNCH(kernel, ...) ::llmc::sim::launch(#kernel, kernel, __VA_ARGS__)
 #define DYNAMIC_SMEM(type, name) type* name = reinterpret_cast<type*>(::llmc::sim::dynamic_smem())
 // One site object per declaration (per template instantiation); every thread of the block gets a
 // reference to the same per-block instance.

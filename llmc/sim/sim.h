@@ -1,0 +1,1530 @@
+// sim.h: SIM, the CUDA-on-CPU runtime (design.md section 4). Included by llmc/cuda/common.cuh when
+// g++ compiles kernel source with -DLLMC_SIM; never include it directly from a kernel file.
+//
+// How a launch runs. LAUNCH(k, grid, block, smem, stream, args...) calls llmc::sim::launch, which
+// runs the blocks one after another on the calling OS thread. The threads of a block are
+// cooperative fibers: each runs on its own stack until it reaches a __syncthreads() or a warp
+// collective (or returns), then hands control back to the block scheduler. When every thread is
+// blocked the scheduler completes what can be completed (warp collectives whose mask's lanes have
+// all arrived; a barrier every thread of the block has reached) and runs the released threads on.
+// A switch costs a few nanoseconds (a hand-written x86-64 stack switch; ucontext elsewhere), and
+// happens only at those points, so straight-line kernel code runs at native speed.
+//
+// Rules (CUDA leaves each of these undefined; SIM throws llmc::Error naming kernel and block):
+//   - __syncthreads(): every thread of the block must reach it, at the same source line. A thread
+//     that has returned from the kernel does NOT count as having arrived (stricter than the
+//     hardware, which lets exited warps pass; this is what makes "only half the threads call
+//     __syncthreads" detectable at all, because the other half always exits eventually).
+//   - warp collectives: every lane named in the mask must call the same collective with the same
+//     mask; the caller must be in its own mask; a lane that has exited or that does not exist
+//     (blockDim not a multiple of 32) must not be named. A shuffle that reads a lane outside the
+//     mask gets the poison value (0xFF bytes), as its result is undefined in CUDA.
+//
+// Shared memory. Dynamic shared memory (DYNAMIC_SMEM) is one malloc of exactly the launched size;
+// STATIC_SMEM arrays are one exact-size malloc per declaration site. Both are filled with 0xFF
+// bytes (a NaN for float and bf16, -1 for ints) at every block start, so a read that races ahead
+// of the write shows as a wrong result, and AddressSanitizer sees their exact bounds. A plain
+// `__shared__ T x[N]` is a function-local static: one instance (blocks run sequentially), correct,
+// but neither poisoned nor bounds-checked by ASan (UBSan still checks constant-size indexing).
+// Blocks alternate the order in which their threads first run (even blocks thread 0 first, odd
+// blocks the last thread first), so a missing barrier shows in either direction.
+//
+// Global memory. cudaMalloc returns host memory (256-byte aligned, filled with 0xFF like
+// uninitialized device memory). Without ASan each block carries guard bytes before and after it
+// that are checked after every launch and at cudaFree: a kernel writing out of bounds is named. In
+// the ASan build the block is exactly the requested size and ASan reports the faulting access.
+//
+// Not thread-safe: launch from one host thread at a time.
+#pragma once
+
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdlib>
+#include <exception>
+#include <map>
+#include <string>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "llmc/utils.h"
+
+#if defined(__SANITIZE_ADDRESS__)
+#define LLMC_SIM_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define LLMC_SIM_ASAN 1
+#endif
+#endif
+#ifndef LLMC_SIM_ASAN
+#define LLMC_SIM_ASAN 0
+#endif
+#if LLMC_SIM_ASAN
+#include <sanitizer/asan_interface.h>
+#include <sanitizer/common_interface_defs.h>
+#endif
+
+#if !defined(__x86_64__) && !defined(LLMC_SIM_UCONTEXT)
+#define LLMC_SIM_UCONTEXT 1
+#endif
+#ifdef LLMC_SIM_UCONTEXT
+#include <ucontext.h>
+#endif
+
+// ------------------------------------------------------------------------------------------------
+// CUDA keywords
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __noinline__ __attribute__((noinline))
+#define __launch_bounds__(...)
+#define __constant__
+#define __grid_constant__
+#define __align__(n) __attribute__((aligned(n)))
+// A plain __shared__ variable becomes a function-local static: one instance for the block, as the
+// blocks run one at a time. `used` keeps g++ from assuming that no other code (another fiber)
+// changes it across a __syncthreads() call.
+#define __shared__ static __attribute__((used))
+
+// ------------------------------------------------------------------------------------------------
+// vector types
+
+struct __attribute__((aligned(8))) float2 { float x, y; };
+struct float3 { float x, y, z; };
+struct __attribute__((aligned(16))) float4 { float x, y, z, w; };
+struct __attribute__((aligned(16))) double2 { double x, y; };
+struct __attribute__((aligned(8))) int2 { int x, y; };
+struct int3 { int x, y, z; };
+struct __attribute__((aligned(16))) int4 { int x, y, z, w; };
+struct __attribute__((aligned(8))) uint2 { unsigned int x, y; };
+struct uint3 { unsigned int x, y, z; };
+struct __attribute__((aligned(16))) uint4 { unsigned int x, y, z, w; };
+struct __attribute__((aligned(4))) short2 { short x, y; };
+struct __attribute__((aligned(4))) ushort2 { unsigned short x, y; };
+struct __attribute__((aligned(4))) char4 { signed char x, y, z, w; };
+struct __attribute__((aligned(4))) uchar4 { unsigned char x, y, z, w; };
+struct __attribute__((aligned(16))) longlong2 { long long x, y; };
+struct __attribute__((aligned(16))) ulonglong2 { unsigned long long x, y; };
+
+inline float2 make_float2(float x, float y) { return {x, y}; }
+inline float3 make_float3(float x, float y, float z) { return {x, y, z}; }
+inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
+inline double2 make_double2(double x, double y) { return {x, y}; }
+inline int2 make_int2(int x, int y) { return {x, y}; }
+inline int3 make_int3(int x, int y, int z) { return {x, y, z}; }
+inline int4 make_int4(int x, int y, int z, int w) { return {x, y, z, w}; }
+inline uint2 make_uint2(unsigned x, unsigned y) { return {x, y}; }
+inline uint3 make_uint3(unsigned x, unsigned y, unsigned z) { return {x, y, z}; }
+inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return {x, y, z, w}; }
+inline short2 make_short2(short x, short y) { return {x, y}; }
+inline ushort2 make_ushort2(unsigned short x, unsigned short y) { return {x, y}; }
+inline char4 make_char4(signed char x, signed char y, signed char z, signed char w) { return {x, y, z, w}; }
+inline uchar4 make_uchar4(unsigned char x, unsigned char y, unsigned char z, unsigned char w) { return {x, y, z, w}; }
+inline longlong2 make_longlong2(long long x, long long y) { return {x, y}; }
+inline ulonglong2 make_ulonglong2(unsigned long long x, unsigned long long y) { return {x, y}; }
+
+struct dim3 {
+    unsigned int x, y, z;
+    constexpr dim3(unsigned int vx = 1, unsigned int vy = 1, unsigned int vz = 1) : x(vx), y(vy), z(vz) {}
+    constexpr dim3(uint3 v) : x(v.x), y(v.y), z(v.z) {}
+    constexpr operator uint3() const { return {x, y, z}; }
+};
+
+// The built-in index variables. The scheduler stores the running fiber's indices here before it
+// switches to that fiber (the only way a fiber starts running), so kernel code reads its own.
+inline uint3 threadIdx = {0, 0, 0};
+inline uint3 blockIdx = {0, 0, 0};
+inline dim3 blockDim = {1, 1, 1};
+inline dim3 gridDim = {1, 1, 1};
+constexpr int warpSize = 32;
+
+// ------------------------------------------------------------------------------------------------
+// bit-exact __nv_bfloat16 and __half conversions
+
+namespace llmc {
+namespace sim {
+
+inline uint32_t f2u(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
+inline float u2f(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
+
+// float -> bf16, round to nearest even. Adding 0x7FFF plus the lowest kept bit rounds the 16
+// dropped bits to nearest, ties to the even kept value; a carry ripples into the exponent
+// correctly (up to inf for values at or past the largest bf16 plus half an ulp). NaN becomes the
+// canonical NaN 0x7FFF, as the hardware conversion (cvt.rn.bf16.f32) produces. Subnormals need no
+// special case: bf16 has float's exponent range, so their bits round the same way.
+inline uint16_t float_to_bf16_bits(float f) {
+    uint32_t u = f2u(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return 0x7fffu;
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+// float -> bf16 rounding toward zero (truncation), NaN canonical
+inline uint16_t float_to_bf16_bits_rz(float f) {
+    uint32_t u = f2u(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return 0x7fffu;
+    return (uint16_t)(u >> 16);
+}
+inline float bf16_bits_to_float(uint16_t b) { return u2f((uint32_t)b << 16); }
+
+// double -> bf16 in one rounding: first to float rounding to odd (a float that is inexact gets its
+// last bit set, so it can never look like an exact tie), then float -> bf16 to nearest even. With
+// 16 spare bits this equals rounding the double directly.
+inline uint16_t double_to_bf16_bits(double d) {
+    if (std::isnan(d)) return 0x7fffu;
+    float f = (float)d;
+    if (std::isfinite(d) && (double)f != d) {
+        if (std::fabs((double)f) > std::fabs(d)) f = std::nextafter(f, 0.0f);  // truncate
+        f = u2f(f2u(f) | 1u);
+    }
+    return float_to_bf16_bits(f);
+}
+
+// float -> IEEE half, round to nearest even, subnormals kept, overflow to inf, NaN -> 0x7FFF
+inline uint16_t float_to_half_bits(float f) {
+    uint32_t u = f2u(f);
+    uint32_t sign = (u >> 16) & 0x8000u;
+    uint32_t a = u & 0x7fffffffu;
+    if (a > 0x7f800000u) return 0x7fffu;
+    if (a >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u);  // >= 65520 = 65504 + half ulp: inf
+    if (a >= 0x38800000u) {                                    // >= 2^-14: normal half
+        uint32_t h = (a >> 13) - (112u << 10);                 // rebias exponent 127 -> 15
+        uint32_t rem = a & 0x1fffu;
+        if (rem > 0x1000u || (rem == 0x1000u && (h & 1u))) h++;
+        return (uint16_t)(sign | h);
+    }
+    // subnormal half: units of 2^-24. value = m * 2^(e-150), so units = m >> (126 - e)
+    uint32_t e = a >> 23;
+    if (e < 102) return (uint16_t)sign;  // below 2^-25: rounds to zero (2^-25 itself is a tie to 0)
+    uint32_t m = (a & 0x7fffffu) | 0x800000u;
+    uint32_t shift = 126 - e;  // 14..24
+    uint32_t h = m >> shift, rem = m & ((1u << shift) - 1), half = 1u << (shift - 1);
+    if (rem > half || (rem == half && (h & 1u))) h++;
+    return (uint16_t)(sign | h);
+}
+inline float half_bits_to_float(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+    uint32_t e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
+    if (e == 0) {
+        float v = ldexpf((float)m, -24);  // exact: at most 10 significant bits
+        return sign ? -v : v;
+    }
+    if (e == 31) return u2f(sign | 0x7f800000u | (m << 13));
+    return u2f(sign | ((e + 112u) << 23) | (m << 13));
+}
+
+}  // namespace sim
+}  // namespace llmc
+
+struct __align__(2) __nv_bfloat16 {
+    unsigned short __x;
+    __nv_bfloat16() = default;
+    __nv_bfloat16(float f) : __x(llmc::sim::float_to_bf16_bits(f)) {}
+    __nv_bfloat16(double d) : __x(llmc::sim::double_to_bf16_bits(d)) {}
+    __nv_bfloat16(int v) : __x(llmc::sim::double_to_bf16_bits((double)v)) {}
+    __nv_bfloat16(unsigned int v) : __x(llmc::sim::double_to_bf16_bits((double)v)) {}
+    __nv_bfloat16(long long v) : __x(llmc::sim::double_to_bf16_bits((double)v)) {}
+    __nv_bfloat16(unsigned long long v) : __x(llmc::sim::double_to_bf16_bits((double)v)) {}
+    operator float() const { return llmc::sim::bf16_bits_to_float(__x); }
+};
+struct __align__(4) __nv_bfloat162 {
+    __nv_bfloat16 x, y;
+    __nv_bfloat162() = default;
+    __nv_bfloat162(const __nv_bfloat16& a, const __nv_bfloat16& b) : x(a), y(b) {}
+};
+typedef __nv_bfloat16 nv_bfloat16;
+typedef __nv_bfloat162 nv_bfloat162;
+
+struct __align__(2) __half {
+    unsigned short __x;
+    __half() = default;
+    __half(float f) : __x(llmc::sim::float_to_half_bits(f)) {}
+    __half(double d) : __x(llmc::sim::float_to_half_bits((float)d)) {}  // double rounding; rare
+    __half(int v) : __x(llmc::sim::float_to_half_bits((float)v)) {}
+    __half(unsigned int v) : __x(llmc::sim::float_to_half_bits((float)v)) {}
+    operator float() const { return llmc::sim::half_bits_to_float(__x); }
+};
+struct __align__(4) __half2 {
+    __half x, y;
+    __half2() = default;
+    __half2(const __half& a, const __half& b) : x(a), y(b) {}
+};
+typedef __half half;
+typedef __half2 half2;
+
+// bf16 API (cuda_bf16.h subset). Arithmetic is done in float and rounded once to bf16: for + - * /
+// of two bf16 values the float result carries more than 2*8+2 bits, so rounding it again to bf16
+// gives the correctly rounded bf16 result, which is what the hardware instructions return.
+inline __nv_bfloat16 __float2bfloat16(float f) { return __nv_bfloat16(f); }
+inline __nv_bfloat16 __float2bfloat16_rn(float f) { return __nv_bfloat16(f); }
+inline __nv_bfloat16 __float2bfloat16_rz(float f) { __nv_bfloat16 r; r.__x = llmc::sim::float_to_bf16_bits_rz(f); return r; }
+inline __nv_bfloat16 __double2bfloat16(double d) { return __nv_bfloat16(d); }
+inline __nv_bfloat16 __int2bfloat16_rn(int v) { return __nv_bfloat16(v); }
+inline float __bfloat162float(__nv_bfloat16 b) { return (float)b; }
+inline int __bfloat162int_rn(__nv_bfloat16 b) { return (int)nearbyintf((float)b); }
+inline int __bfloat162int_rz(__nv_bfloat16 b) { return (int)(float)b; }
+inline unsigned short __bfloat16_as_ushort(__nv_bfloat16 b) { return b.__x; }
+inline short __bfloat16_as_short(__nv_bfloat16 b) { return (short)b.__x; }
+inline __nv_bfloat16 __ushort_as_bfloat16(unsigned short u) { __nv_bfloat16 r; r.__x = u; return r; }
+inline __nv_bfloat16 __short_as_bfloat16(short u) { __nv_bfloat16 r; r.__x = (unsigned short)u; return r; }
+inline __nv_bfloat162 __float2bfloat162_rn(float f) { return {__nv_bfloat16(f), __nv_bfloat16(f)}; }
+inline __nv_bfloat162 __floats2bfloat162_rn(float a, float b) { return {__nv_bfloat16(a), __nv_bfloat16(b)}; }
+inline __nv_bfloat162 __float22bfloat162_rn(float2 f) { return {__nv_bfloat16(f.x), __nv_bfloat16(f.y)}; }
+inline float2 __bfloat1622float2(__nv_bfloat162 h) { return {(float)h.x, (float)h.y}; }
+inline float __low2float(__nv_bfloat162 h) { return (float)h.x; }
+inline float __high2float(__nv_bfloat162 h) { return (float)h.y; }
+inline __nv_bfloat16 __low2bfloat16(__nv_bfloat162 h) { return h.x; }
+inline __nv_bfloat16 __high2bfloat16(__nv_bfloat162 h) { return h.y; }
+inline __nv_bfloat162 __halves2bfloat162(__nv_bfloat16 a, __nv_bfloat16 b) { return {a, b}; }
+inline __nv_bfloat162 __bfloat162bfloat162(__nv_bfloat16 a) { return {a, a}; }
+inline __nv_bfloat162 __lows2bfloat162(__nv_bfloat162 a, __nv_bfloat162 b) { return {a.x, b.x}; }
+inline __nv_bfloat162 __highs2bfloat162(__nv_bfloat162 a, __nv_bfloat162 b) { return {a.y, b.y}; }
+inline __nv_bfloat162 __lowhigh2highlow(__nv_bfloat162 a) { return {a.y, a.x}; }
+
+inline __nv_bfloat16 __hadd(__nv_bfloat16 a, __nv_bfloat16 b) { return __nv_bfloat16((float)a + (float)b); }
+inline __nv_bfloat16 __hsub(__nv_bfloat16 a, __nv_bfloat16 b) { return __nv_bfloat16((float)a - (float)b); }
+inline __nv_bfloat16 __hmul(__nv_bfloat16 a, __nv_bfloat16 b) { return __nv_bfloat16((float)a * (float)b); }
+inline __nv_bfloat16 __hdiv(__nv_bfloat16 a, __nv_bfloat16 b) { return __nv_bfloat16((float)a / (float)b); }
+// a*b is exact in double and the sum is rounded once to double, then to bf16 (53 >= 2*8+2 bits)
+inline __nv_bfloat16 __hfma(__nv_bfloat16 a, __nv_bfloat16 b, __nv_bfloat16 c) { return __nv_bfloat16((double)(float)a * (double)(float)b + (double)(float)c); }
+inline __nv_bfloat16 __hneg(__nv_bfloat16 a) { a.__x ^= 0x8000u; return a; }
+inline __nv_bfloat16 __habs(__nv_bfloat16 a) { a.__x &= 0x7fffu; return a; }
+inline __nv_bfloat16 __hmax(__nv_bfloat16 a, __nv_bfloat16 b) { return __nv_bfloat16(fmaxf((float)a, (float)b)); }
+inline __nv_bfloat16 __hmin(__nv_bfloat16 a, __nv_bfloat16 b) { return __nv_bfloat16(fminf((float)a, (float)b)); }
+inline bool __heq(__nv_bfloat16 a, __nv_bfloat16 b) { return (float)a == (float)b; }
+inline bool __hne(__nv_bfloat16 a, __nv_bfloat16 b) { return (float)a != (float)b && !std::isnan((float)a) && !std::isnan((float)b); }
+inline bool __hlt(__nv_bfloat16 a, __nv_bfloat16 b) { return (float)a < (float)b; }
+inline bool __hle(__nv_bfloat16 a, __nv_bfloat16 b) { return (float)a <= (float)b; }
+inline bool __hgt(__nv_bfloat16 a, __nv_bfloat16 b) { return (float)a > (float)b; }
+inline bool __hge(__nv_bfloat16 a, __nv_bfloat16 b) { return (float)a >= (float)b; }
+inline bool __hisnan(__nv_bfloat16 a) { return (a.__x & 0x7fffu) > 0x7f80u; }
+inline int __hisinf(__nv_bfloat16 a) { return a.__x == 0x7f80u ? 1 : a.__x == 0xff80u ? -1 : 0; }
+inline __nv_bfloat16 hsqrt(__nv_bfloat16 a) { return __nv_bfloat16(sqrtf((float)a)); }
+inline __nv_bfloat16 hrsqrt(__nv_bfloat16 a) { return __nv_bfloat16(1.0f / sqrtf((float)a)); }
+inline __nv_bfloat16 hrcp(__nv_bfloat16 a) { return __nv_bfloat16(1.0f / (float)a); }
+inline __nv_bfloat16 hexp(__nv_bfloat16 a) { return __nv_bfloat16(expf((float)a)); }
+inline __nv_bfloat16 hlog(__nv_bfloat16 a) { return __nv_bfloat16(logf((float)a)); }
+inline __nv_bfloat16 htanh(__nv_bfloat16 a) { return __nv_bfloat16(tanhf((float)a)); }
+inline __nv_bfloat162 __hadd2(__nv_bfloat162 a, __nv_bfloat162 b) { return {__hadd(a.x, b.x), __hadd(a.y, b.y)}; }
+inline __nv_bfloat162 __hsub2(__nv_bfloat162 a, __nv_bfloat162 b) { return {__hsub(a.x, b.x), __hsub(a.y, b.y)}; }
+inline __nv_bfloat162 __hmul2(__nv_bfloat162 a, __nv_bfloat162 b) { return {__hmul(a.x, b.x), __hmul(a.y, b.y)}; }
+inline __nv_bfloat162 __h2div(__nv_bfloat162 a, __nv_bfloat162 b) { return {__hdiv(a.x, b.x), __hdiv(a.y, b.y)}; }
+inline __nv_bfloat162 __hfma2(__nv_bfloat162 a, __nv_bfloat162 b, __nv_bfloat162 c) { return {__hfma(a.x, b.x, c.x), __hfma(a.y, b.y, c.y)}; }
+inline __nv_bfloat162 __hneg2(__nv_bfloat162 a) { return {__hneg(a.x), __hneg(a.y)}; }
+inline __nv_bfloat162 __habs2(__nv_bfloat162 a) { return {__habs(a.x), __habs(a.y)}; }
+inline __nv_bfloat162 __hmax2(__nv_bfloat162 a, __nv_bfloat162 b) { return {__hmax(a.x, b.x), __hmax(a.y, b.y)}; }
+inline __nv_bfloat162 __hmin2(__nv_bfloat162 a, __nv_bfloat162 b) { return {__hmin(a.x, b.x), __hmin(a.y, b.y)}; }
+
+inline __nv_bfloat16 operator+(const __nv_bfloat16& a, const __nv_bfloat16& b) { return __hadd(a, b); }
+inline __nv_bfloat16 operator-(const __nv_bfloat16& a, const __nv_bfloat16& b) { return __hsub(a, b); }
+inline __nv_bfloat16 operator*(const __nv_bfloat16& a, const __nv_bfloat16& b) { return __hmul(a, b); }
+inline __nv_bfloat16 operator/(const __nv_bfloat16& a, const __nv_bfloat16& b) { return __hdiv(a, b); }
+inline __nv_bfloat16& operator+=(__nv_bfloat16& a, const __nv_bfloat16& b) { return a = __hadd(a, b); }
+inline __nv_bfloat16& operator-=(__nv_bfloat16& a, const __nv_bfloat16& b) { return a = __hsub(a, b); }
+inline __nv_bfloat16& operator*=(__nv_bfloat16& a, const __nv_bfloat16& b) { return a = __hmul(a, b); }
+inline __nv_bfloat16& operator/=(__nv_bfloat16& a, const __nv_bfloat16& b) { return a = __hdiv(a, b); }
+inline __nv_bfloat16 operator+(const __nv_bfloat16& a) { return a; }
+inline __nv_bfloat16 operator-(const __nv_bfloat16& a) { return __hneg(a); }
+inline bool operator==(const __nv_bfloat16& a, const __nv_bfloat16& b) { return __heq(a, b); }
+inline bool operator!=(const __nv_bfloat16& a, const __nv_bfloat16& b) { return !((float)a == (float)b); }
+inline bool operator<(const __nv_bfloat16& a, const __nv_bfloat16& b) { return __hlt(a, b); }
+inline bool operator<=(const __nv_bfloat16& a, const __nv_bfloat16& b) { return __hle(a, b); }
+inline bool operator>(const __nv_bfloat16& a, const __nv_bfloat16& b) { return __hgt(a, b); }
+inline bool operator>=(const __nv_bfloat16& a, const __nv_bfloat16& b) { return __hge(a, b); }
+inline __nv_bfloat162 operator+(const __nv_bfloat162& a, const __nv_bfloat162& b) { return __hadd2(a, b); }
+inline __nv_bfloat162 operator-(const __nv_bfloat162& a, const __nv_bfloat162& b) { return __hsub2(a, b); }
+inline __nv_bfloat162 operator*(const __nv_bfloat162& a, const __nv_bfloat162& b) { return __hmul2(a, b); }
+inline __nv_bfloat162 operator/(const __nv_bfloat162& a, const __nv_bfloat162& b) { return __h2div(a, b); }
+inline __nv_bfloat162& operator+=(__nv_bfloat162& a, const __nv_bfloat162& b) { return a = __hadd2(a, b); }
+inline __nv_bfloat162& operator*=(__nv_bfloat162& a, const __nv_bfloat162& b) { return a = __hmul2(a, b); }
+
+// half API (cuda_fp16.h subset), same scheme (11-bit significand: float's 24 >= 2*11+2)
+inline __half __float2half(float f) { return __half(f); }
+inline __half __float2half_rn(float f) { return __half(f); }
+inline float __half2float(__half h) { return (float)h; }
+inline unsigned short __half_as_ushort(__half h) { return h.__x; }
+inline __half __ushort_as_half(unsigned short u) { __half r; r.__x = u; return r; }
+inline __half2 __float2half2_rn(float f) { return {__half(f), __half(f)}; }
+inline __half2 __floats2half2_rn(float a, float b) { return {__half(a), __half(b)}; }
+inline __half2 __float22half2_rn(float2 f) { return {__half(f.x), __half(f.y)}; }
+inline float2 __half22float2(__half2 h) { return {(float)h.x, (float)h.y}; }
+inline float __low2float(__half2 h) { return (float)h.x; }
+inline float __high2float(__half2 h) { return (float)h.y; }
+inline __half2 __halves2half2(__half a, __half b) { return {a, b}; }
+inline __half __hadd(__half a, __half b) { return __half((float)a + (float)b); }
+inline __half __hsub(__half a, __half b) { return __half((float)a - (float)b); }
+inline __half __hmul(__half a, __half b) { return __half((float)a * (float)b); }
+inline __half __hdiv(__half a, __half b) { return __half((float)a / (float)b); }
+inline __half __hfma(__half a, __half b, __half c) { return __half((float)((double)(float)a * (double)(float)b + (double)(float)c)); }
+inline __half __hneg(__half a) { a.__x ^= 0x8000u; return a; }
+inline __half __habs(__half a) { a.__x &= 0x7fffu; return a; }
+inline __half __hmax(__half a, __half b) { return __half(fmaxf((float)a, (float)b)); }
+inline __half __hmin(__half a, __half b) { return __half(fminf((float)a, (float)b)); }
+inline bool __hisnan(__half a) { return (a.__x & 0x7fffu) > 0x7c00u; }
+inline int __hisinf(__half a) { return a.__x == 0x7c00u ? 1 : a.__x == 0xfc00u ? -1 : 0; }
+inline __half2 __hadd2(__half2 a, __half2 b) { return {__hadd(a.x, b.x), __hadd(a.y, b.y)}; }
+inline __half2 __hmul2(__half2 a, __half2 b) { return {__hmul(a.x, b.x), __hmul(a.y, b.y)}; }
+inline __half2 __hfma2(__half2 a, __half2 b, __half2 c) { return {__hfma(a.x, b.x, c.x), __hfma(a.y, b.y, c.y)}; }
+inline __half operator+(const __half& a, const __half& b) { return __hadd(a, b); }
+inline __half operator-(const __half& a, const __half& b) { return __hsub(a, b); }
+inline __half operator*(const __half& a, const __half& b) { return __hmul(a, b); }
+inline __half operator/(const __half& a, const __half& b) { return __hdiv(a, b); }
+inline __half& operator+=(__half& a, const __half& b) { return a = __hadd(a, b); }
+inline __half& operator*=(__half& a, const __half& b) { return a = __hmul(a, b); }
+inline __half operator-(const __half& a) { return __hneg(a); }
+inline bool operator==(const __half& a, const __half& b) { return (float)a == (float)b; }
+inline bool operator!=(const __half& a, const __half& b) { return !((float)a == (float)b); }
+inline bool operator<(const __half& a, const __half& b) { return (float)a < (float)b; }
+inline bool operator>(const __half& a, const __half& b) { return (float)a > (float)b; }
+inline bool operator<=(const __half& a, const __half& b) { return (float)a <= (float)b; }
+inline bool operator>=(const __half& a, const __half& b) { return (float)a >= (float)b; }
+inline __half2 operator+(const __half2& a, const __half2& b) { return __hadd2(a, b); }
+inline __half2 operator*(const __half2& a, const __half2& b) { return __hmul2(a, b); }
+
+// ------------------------------------------------------------------------------------------------
+// math and bit intrinsics. The fast-math intrinsics (__expf, __logf, __fdividef, ...) are
+// approximations on the GPU; SIM uses the accurate libm function, so tests comparing a GPU run
+// against SIM need the tolerance they would need against the fp32 CPU reference anyway.
+
+inline float __expf(float x) { return expf(x); }
+inline float __exp10f(float x) { return powf(10.0f, x); }
+inline float __logf(float x) { return logf(x); }
+inline float __log2f(float x) { return log2f(x); }
+inline float __log10f(float x) { return log10f(x); }
+inline float __powf(float x, float y) { return powf(x, y); }
+inline float __sinf(float x) { return sinf(x); }
+inline float __cosf(float x) { return cosf(x); }
+inline float __tanf(float x) { return tanf(x); }
+inline void __sincosf(float x, float* s, float* c) { *s = sinf(x); *c = cosf(x); }
+inline float __tanhf(float x) { return tanhf(x); }
+inline float __fdividef(float a, float b) { return a / b; }
+inline float __frcp_rn(float x) { return 1.0f / x; }
+inline float __fsqrt_rn(float x) { return sqrtf(x); }
+inline float __frsqrt_rn(float x) { return 1.0f / sqrtf(x); }
+inline float __fadd_rn(float a, float b) { return a + b; }
+inline float __fsub_rn(float a, float b) { return a - b; }
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline float __fdiv_rn(float a, float b) { return a / b; }
+inline float __fmaf_rn(float a, float b, float c) { return fmaf(a, b, c); }
+inline float __saturatef(float x) { return std::isnan(x) ? 0.0f : fminf(fmaxf(x, 0.0f), 1.0f); }
+inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
+inline double rsqrt(double x) { return 1.0 / sqrt(x); }
+inline float rcbrtf(float x) { return 1.0f / cbrtf(x); }
+inline int __float2int_rn(float x) { return (int)nearbyintf(x); }
+inline int __float2int_rz(float x) { return (int)x; }
+inline int __float2int_rd(float x) { return (int)floorf(x); }
+inline int __float2int_ru(float x) { return (int)ceilf(x); }
+inline unsigned __float2uint_rn(float x) { return (unsigned)nearbyintf(x); }
+inline float __int2float_rn(int x) { return (float)x; }
+inline float __uint2float_rn(unsigned x) { return (float)x; }
+inline int __float_as_int(float f) { int i; memcpy(&i, &f, 4); return i; }
+inline float __int_as_float(int i) { float f; memcpy(&f, &i, 4); return f; }
+inline unsigned __float_as_uint(float f) { unsigned i; memcpy(&i, &f, 4); return i; }
+inline float __uint_as_float(unsigned i) { float f; memcpy(&f, &i, 4); return f; }
+inline long long __double_as_longlong(double d) { long long i; memcpy(&i, &d, 8); return i; }
+inline double __longlong_as_double(long long i) { double d; memcpy(&d, &i, 8); return d; }
+inline int __popc(unsigned x) { return __builtin_popcount(x); }
+inline int __popcll(unsigned long long x) { return __builtin_popcountll(x); }
+inline int __clz(int x) { return x == 0 ? 32 : __builtin_clz((unsigned)x); }
+inline int __clzll(long long x) { return x == 0 ? 64 : __builtin_clzll((unsigned long long)x); }
+inline int __ffs(int x) { return __builtin_ffs(x); }
+inline int __ffsll(long long x) { return __builtin_ffsll(x); }
+inline unsigned __brev(unsigned x) {
+    x = ((x >> 1) & 0x55555555u) | ((x & 0x55555555u) << 1);
+    x = ((x >> 2) & 0x33333333u) | ((x & 0x33333333u) << 2);
+    x = ((x >> 4) & 0x0f0f0f0fu) | ((x & 0x0f0f0f0fu) << 4);
+    x = ((x >> 8) & 0x00ff00ffu) | ((x & 0x00ff00ffu) << 8);
+    return (x >> 16) | (x << 16);
+}
+inline unsigned __umulhi(unsigned a, unsigned b) { return (unsigned)(((unsigned long long)a * b) >> 32); }
+inline int __mulhi(int a, int b) { return (int)(((long long)a * b) >> 32); }
+inline int __mul24(int a, int b) { return a * b; }
+
+// CUDA's device min/max accept mixed int/unsigned/long arguments (result in the common type);
+// for floats they are fminf/fmaxf (a NaN argument loses)
+template <class A, class B, class = std::enable_if_t<std::is_arithmetic<A>::value && std::is_arithmetic<B>::value>>
+inline std::common_type_t<A, B> min(A a, B b) { typedef std::common_type_t<A, B> C; return (C)b < (C)a ? (C)b : (C)a; }
+template <class A, class B, class = std::enable_if_t<std::is_arithmetic<A>::value && std::is_arithmetic<B>::value>>
+inline std::common_type_t<A, B> max(A a, B b) { typedef std::common_type_t<A, B> C; return (C)a < (C)b ? (C)b : (C)a; }
+inline float min(float a, float b) { return fminf(a, b); }
+inline float max(float a, float b) { return fmaxf(a, b); }
+inline double min(double a, double b) { return fmin(a, b); }
+inline double max(double a, double b) { return fmax(a, b); }
+
+// cache-hinted loads/stores are plain accesses on the CPU
+template <class T> inline T __ldg(const T* p) { return *p; }
+template <class T> inline T __ldcs(const T* p) { return *p; }
+template <class T> inline T __ldcg(const T* p) { return *p; }
+template <class T> inline T __ldca(const T* p) { return *p; }
+template <class T> inline T __ldlu(const T* p) { return *p; }
+template <class T> inline T __ldcv(const T* p) { return *p; }
+template <class T> inline void __stcs(T* p, T v) { *p = v; }
+template <class T> inline void __stcg(T* p, T v) { *p = v; }
+template <class T> inline void __stwb(T* p, T v) { *p = v; }
+template <class T> inline void __stwt(T* p, T v) { *p = v; }
+// blocks run one at a time on one OS thread: every write is already visible to every later read
+inline void __threadfence() {}
+inline void __threadfence_block() {}
+inline void __threadfence_system() {}
+
+// ------------------------------------------------------------------------------------------------
+// atomics: trivially atomic, one OS thread runs the whole grid and fibers switch only at barriers
+// and warp collectives (never in the middle of one of these calls)
+
+inline int atomicAdd(int* a, int v) { int o = *a; *a = o + v; return o; }
+inline unsigned atomicAdd(unsigned* a, unsigned v) { unsigned o = *a; *a = o + v; return o; }
+inline unsigned long long atomicAdd(unsigned long long* a, unsigned long long v) { unsigned long long o = *a; *a = o + v; return o; }
+inline float atomicAdd(float* a, float v) { float o = *a; *a = o + v; return o; }
+inline double atomicAdd(double* a, double v) { double o = *a; *a = o + v; return o; }
+inline __nv_bfloat16 atomicAdd(__nv_bfloat16* a, __nv_bfloat16 v) { __nv_bfloat16 o = *a; *a = __hadd(o, v); return o; }
+inline __nv_bfloat162 atomicAdd(__nv_bfloat162* a, __nv_bfloat162 v) { __nv_bfloat162 o = *a; *a = __hadd2(o, v); return o; }
+inline __half atomicAdd(__half* a, __half v) { __half o = *a; *a = __hadd(o, v); return o; }
+inline __half2 atomicAdd(__half2* a, __half2 v) { __half2 o = *a; *a = __hadd2(o, v); return o; }
+inline int atomicSub(int* a, int v) { int o = *a; *a = o - v; return o; }
+inline unsigned atomicSub(unsigned* a, unsigned v) { unsigned o = *a; *a = o - v; return o; }
+inline int atomicExch(int* a, int v) { int o = *a; *a = v; return o; }
+inline unsigned atomicExch(unsigned* a, unsigned v) { unsigned o = *a; *a = v; return o; }
+inline unsigned long long atomicExch(unsigned long long* a, unsigned long long v) { unsigned long long o = *a; *a = v; return o; }
+inline float atomicExch(float* a, float v) { float o = *a; *a = v; return o; }
+#define LLMC_SIM_MINMAX(T)                                                          \
+    inline T atomicMin(T* a, T v) { T o = *a; if (v < o) *a = v; return o; }     \
+    inline T atomicMax(T* a, T v) { T o = *a; if (v > o) *a = v; return o; }
+LLMC_SIM_MINMAX(int)
+LLMC_SIM_MINMAX(unsigned)
+LLMC_SIM_MINMAX(long long)
+LLMC_SIM_MINMAX(unsigned long long)
+#undef LLMC_SIM_MINMAX
+inline unsigned atomicInc(unsigned* a, unsigned v) { unsigned o = *a; *a = (o >= v) ? 0u : o + 1u; return o; }
+inline unsigned atomicDec(unsigned* a, unsigned v) { unsigned o = *a; *a = (o == 0u || o > v) ? v : o - 1u; return o; }
+inline int atomicCAS(int* a, int cmp, int v) { int o = *a; if (o == cmp) *a = v; return o; }
+inline unsigned atomicCAS(unsigned* a, unsigned cmp, unsigned v) { unsigned o = *a; if (o == cmp) *a = v; return o; }
+inline unsigned long long atomicCAS(unsigned long long* a, unsigned long long cmp, unsigned long long v) { unsigned long long o = *a; if (o == cmp) *a = v; return o; }
+inline unsigned short atomicCAS(unsigned short* a, unsigned short cmp, unsigned short v) { unsigned short o = *a; if (o == cmp) *a = v; return o; }
+#define LLMC_SIM_BITOPS(T)                                                          \
+    inline T atomicAnd(T* a, T v) { T o = *a; *a = o & v; return o; }            \
+    inline T atomicOr(T* a, T v) { T o = *a; *a = o | v; return o; }             \
+    inline T atomicXor(T* a, T v) { T o = *a; *a = o ^ v; return o; }
+LLMC_SIM_BITOPS(int)
+LLMC_SIM_BITOPS(unsigned)
+LLMC_SIM_BITOPS(unsigned long long)
+#undef LLMC_SIM_BITOPS
+
+// ------------------------------------------------------------------------------------------------
+// the runtime API subset (over host memory; everything synchronous)
+
+enum cudaError_t {
+    cudaSuccess = 0,
+    cudaErrorInvalidValue = 1,
+    cudaErrorMemoryAllocation = 2,
+    cudaErrorInvalidConfiguration = 9,
+    cudaErrorInvalidDevicePointer = 17,
+    cudaErrorInvalidMemcpyDirection = 21,
+    cudaErrorInvalidResourceHandle = 400,
+    cudaErrorNotReady = 600,
+    cudaErrorLaunchFailure = 719,
+};
+enum cudaMemcpyKind {
+    cudaMemcpyHostToHost = 0,
+    cudaMemcpyHostToDevice = 1,
+    cudaMemcpyDeviceToHost = 2,
+    cudaMemcpyDeviceToDevice = 3,
+    cudaMemcpyDefault = 4,
+};
+enum cudaFuncAttribute {
+    cudaFuncAttributeMaxDynamicSharedMemorySize = 8,
+    cudaFuncAttributePreferredSharedMemoryCarveout = 9,
+};
+enum cudaDeviceAttr {
+    cudaDevAttrMaxThreadsPerBlock = 1,
+    cudaDevAttrMaxSharedMemoryPerBlock = 8,
+    cudaDevAttrWarpSize = 10,
+    cudaDevAttrMultiProcessorCount = 16,
+    cudaDevAttrComputeCapabilityMajor = 75,
+    cudaDevAttrComputeCapabilityMinor = 76,
+    cudaDevAttrMaxSharedMemoryPerBlockOptin = 97,
+};
+struct CUstream_st { int id; };
+struct CUevent_st { double t_ms; bool recorded; };
+typedef CUstream_st* cudaStream_t;
+typedef CUevent_st* cudaEvent_t;
+#define cudaStreamDefault 0x00
+#define cudaStreamNonBlocking 0x01
+#define cudaEventDefault 0x00
+#define cudaEventBlockingSync 0x01
+#define cudaEventDisableTiming 0x02
+#define cudaHostAllocDefault 0x00
+
+struct cudaDeviceProp {
+    char name[256];
+    size_t totalGlobalMem;
+    size_t sharedMemPerBlock;
+    int regsPerBlock;
+    int warpSize;
+    size_t memPitch;
+    int maxThreadsPerBlock;
+    int maxThreadsDim[3];
+    int maxGridSize[3];
+    size_t totalConstMem;
+    int major;
+    int minor;
+    int multiProcessorCount;
+    int concurrentKernels;
+    int memoryBusWidth;
+    int l2CacheSize;
+    int maxThreadsPerMultiProcessor;
+    size_t sharedMemPerMultiprocessor;
+    int regsPerMultiprocessor;
+    size_t sharedMemPerBlockOptin;
+    int maxBlocksPerMultiProcessor;
+};
+
+namespace llmc {
+namespace sim {
+
+// limits of the simulated device (an sm_90-class part with few SMs, so that grids sized by the SM
+// count stay small on a CPU)
+constexpr size_t kSmemDefault = 48 * 1024;         // dynamic smem allowed without opt-in
+constexpr size_t kSmemOptin = 227 * 1024;          // per block with cudaFuncSetAttribute
+constexpr int kMultiProcessors = 8;
+constexpr size_t kGuard = 256;                     // cudaMalloc guard bytes (non-ASan builds)
+constexpr unsigned char kPoison = 0xff;
+
+struct Alloc { size_t bytes; char* base; };
+
+struct Runtime {
+    std::map<const char*, Alloc> allocs;        // cudaMalloc'ed blocks by user pointer
+    std::map<const void*, size_t> smem_optin;  // cudaFuncSetAttribute(MaxDynamicSharedMemorySize)
+    cudaError_t last_error = cudaSuccess;
+    std::string last_error_detail;
+    CUstream_st default_stream{0};
+};
+// Never destroyed: kernels may still be launched from static destructors, and LeakSanitizer must
+// still see the live cudaMalloc blocks through it at exit.
+inline Runtime& rt() { static Runtime* r = new Runtime; return *r; }
+
+inline cudaError_t set_error(cudaError_t e, const std::string& detail) {
+    rt().last_error = e;
+    rt().last_error_detail = detail;
+    return e;
+}
+inline double now_ms() {
+    return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+// The live allocation containing [p, p+n), or nullptr.
+inline const Alloc* find_alloc(const void* p, size_t n) {
+    auto& m = rt().allocs;
+    auto it = m.upper_bound((const char*)p);
+    if (it == m.begin()) return nullptr;
+    --it;
+    const char* c = (const char*)p;
+    if (c >= it->first && c + n <= it->first + it->second.bytes) return &it->second;
+    return nullptr;
+}
+
+// Guard bytes on both sides of every cudaMalloc'ed block (non-ASan builds): a kernel that writes
+// out of bounds changes them, and check_guards names the block and the byte.
+inline std::string check_guards() {
+#if !LLMC_SIM_ASAN
+    for (auto& kv : rt().allocs) {
+        const unsigned char* user = (const unsigned char*)kv.first;
+        size_t n = kv.second.bytes;
+        for (size_t i = 0; i < kGuard; i++) {
+            if (user[n + i] != 0xA5)
+                return ::llmc::strfmt("write past the end of a cudaMalloc'ed block of %zu bytes at %p (byte %zu after its end changed)", n, (const void*)user, i);
+            if (user[-(ptrdiff_t)kGuard + (ptrdiff_t)i] != 0xA5)
+                return ::llmc::strfmt("write before the start of a cudaMalloc'ed block of %zu bytes at %p (byte %zu before its start changed)", n, (const void*)user, kGuard - i);
+        }
+    }
+#endif
+    return "";
+}
+
+}  // namespace sim
+}  // namespace llmc
+
+inline const char* cudaGetErrorName(cudaError_t e) {
+    switch (e) {
+        case cudaSuccess: return "cudaSuccess";
+        case cudaErrorInvalidValue: return "cudaErrorInvalidValue";
+        case cudaErrorMemoryAllocation: return "cudaErrorMemoryAllocation";
+        case cudaErrorInvalidConfiguration: return "cudaErrorInvalidConfiguration";
+        case cudaErrorInvalidDevicePointer: return "cudaErrorInvalidDevicePointer";
+        case cudaErrorInvalidMemcpyDirection: return "cudaErrorInvalidMemcpyDirection";
+        case cudaErrorInvalidResourceHandle: return "cudaErrorInvalidResourceHandle";
+        case cudaErrorNotReady: return "cudaErrorNotReady";
+        case cudaErrorLaunchFailure: return "cudaErrorLaunchFailure";
+    }
+    return "cudaErrorUnknown";
+}
+// The generic text for the code, followed by SIM's detail of the most recent error of that code.
+inline const char* cudaGetErrorString(cudaError_t e) {
+    const char* base = "unknown error";
+    switch (e) {
+        case cudaSuccess: base = "no error"; break;
+        case cudaErrorInvalidValue: base = "invalid argument"; break;
+        case cudaErrorMemoryAllocation: base = "out of memory"; break;
+        case cudaErrorInvalidConfiguration: base = "invalid configuration argument"; break;
+        case cudaErrorInvalidDevicePointer: base = "invalid device pointer"; break;
+        case cudaErrorInvalidMemcpyDirection: base = "invalid copy direction for memcpy"; break;
+        case cudaErrorInvalidResourceHandle: base = "invalid resource handle"; break;
+        case cudaErrorNotReady: base = "device not ready"; break;
+        case cudaErrorLaunchFailure: base = "unspecified launch failure"; break;
+    }
+    static thread_local std::string s;
+    auto& r = llmc::sim::rt();
+    s = base;
+    if (e != cudaSuccess && e == r.last_error && !r.last_error_detail.empty()) s += " (SIM: " + r.last_error_detail + ")";
+    return s.c_str();
+}
+inline cudaError_t cudaGetLastError() {
+    cudaError_t e = llmc::sim::rt().last_error;
+    llmc::sim::rt().last_error = cudaSuccess;
+    return e;
+}
+inline cudaError_t cudaPeekAtLastError() { return llmc::sim::rt().last_error; }
+
+inline cudaError_t cudaMalloc(void** p, size_t n) {
+    using namespace llmc::sim;
+    if (!p) return set_error(cudaErrorInvalidValue, "cudaMalloc: null result pointer");
+    void* base = nullptr;
+#if LLMC_SIM_ASAN
+    // exactly n bytes, so ASan reports the first byte past the end
+    if (posix_memalign(&base, 256, n ? n : 1) != 0) return set_error(cudaErrorMemoryAllocation, ::llmc::strfmt("cudaMalloc(%zu bytes) failed", n));
+    char* user = (char*)base;
+#else
+    if (posix_memalign(&base, 256, n + 2 * kGuard) != 0) return set_error(cudaErrorMemoryAllocation, ::llmc::strfmt("cudaMalloc(%zu bytes) failed", n));
+    char* user = (char*)base + kGuard;
+    memset(base, 0xA5, kGuard);
+    memset(user + n, 0xA5, kGuard);
+#endif
+    memset(user, kPoison, n);  // device memory starts out as garbage, not zeros
+    rt().allocs[user] = Alloc{n, (char*)base};
+    *p = user;
+    return cudaSuccess;
+}
+template <class T> inline cudaError_t cudaMalloc(T** p, size_t n) { return cudaMalloc((void**)p, n); }
+inline cudaError_t cudaFree(void* p) {
+    using namespace llmc::sim;
+    if (!p) return cudaSuccess;
+    auto it = rt().allocs.find((const char*)p);
+    if (it == rt().allocs.end()) return set_error(cudaErrorInvalidDevicePointer, ::llmc::strfmt("cudaFree(%p): not a pointer returned by cudaMalloc (or freed twice)", p));
+    std::string bad = check_guards();
+    char* base = it->second.base;
+    rt().allocs.erase(it);
+    free(base);
+    if (!bad.empty()) return set_error(cudaErrorLaunchFailure, bad);
+    return cudaSuccess;
+}
+inline cudaError_t cudaMallocHost(void** p, size_t n) { *p = malloc(n ? n : 1); return *p ? cudaSuccess : cudaErrorMemoryAllocation; }
+template <class T> inline cudaError_t cudaMallocHost(T** p, size_t n) { return cudaMallocHost((void**)p, n); }
+inline cudaError_t cudaFreeHost(void* p) { free(p); return cudaSuccess; }
+
+namespace llmc {
+namespace sim {
+// A device-side range of a copy or memset must lie inside one live cudaMalloc'ed block.
+inline cudaError_t check_device_range(const char* what, const char* side, const void* p, size_t n) {
+    if (n == 0 || find_alloc(p, n)) return cudaSuccess;
+    return set_error(cudaErrorInvalidValue, ::llmc::strfmt("%s: %s range [%p, +%zu bytes) is not inside a cudaMalloc'ed block", what, side, p, n));
+}
+}  // namespace sim
+}  // namespace llmc
+
+inline cudaError_t cudaMemcpy(void* dst, const void* src, size_t n, cudaMemcpyKind kind) {
+    using namespace llmc::sim;
+    cudaError_t e = cudaSuccess;
+    if ((unsigned)kind > 4u) return set_error(cudaErrorInvalidMemcpyDirection, ::llmc::strfmt("cudaMemcpy: kind %d", (int)kind));
+    if (kind == cudaMemcpyHostToDevice || kind == cudaMemcpyDeviceToDevice) e = check_device_range("cudaMemcpy", "destination", dst, n);
+    if (e == cudaSuccess && (kind == cudaMemcpyDeviceToHost || kind == cudaMemcpyDeviceToDevice)) e = check_device_range("cudaMemcpy", "source", src, n);
+    if (e != cudaSuccess) return e;
+    if (n) memmove(dst, src, n);
+    return cudaSuccess;
+}
+inline cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t n, cudaMemcpyKind kind, cudaStream_t = nullptr) { return cudaMemcpy(dst, src, n, kind); }
+inline cudaError_t cudaMemset(void* p, int v, size_t n) {
+    using namespace llmc::sim;
+    cudaError_t e = check_device_range("cudaMemset", "destination", p, n);
+    if (e != cudaSuccess) return e;
+    if (n) memset(p, v, n);
+    return cudaSuccess;
+}
+inline cudaError_t cudaMemsetAsync(void* p, int v, size_t n, cudaStream_t = nullptr) { return cudaMemset(p, v, n); }
+inline cudaError_t cudaMemGetInfo(size_t* free_b, size_t* total_b) {
+    long pages = sysconf(_SC_PHYS_PAGES), avail = sysconf(_SC_AVPHYS_PAGES), ps = sysconf(_SC_PAGE_SIZE);
+    *total_b = (size_t)pages * (size_t)ps;
+    *free_b = (size_t)avail * (size_t)ps;
+    return cudaSuccess;
+}
+
+inline cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }
+inline cudaError_t cudaDeviceReset() { return cudaSuccess; }
+inline cudaError_t cudaSetDevice(int d) { return d == 0 ? cudaSuccess : llmc::sim::set_error(cudaErrorInvalidValue, "cudaSetDevice: SIM has one device (0)"); }
+inline cudaError_t cudaGetDevice(int* d) { *d = 0; return cudaSuccess; }
+inline cudaError_t cudaGetDeviceCount(int* n) { *n = 1; return cudaSuccess; }
+inline cudaError_t cudaGetDeviceProperties(cudaDeviceProp* p, int dev) {
+    using namespace llmc::sim;
+    if (dev != 0) return set_error(cudaErrorInvalidValue, "cudaGetDeviceProperties: SIM has one device (0)");
+    memset(p, 0, sizeof(*p));
+    snprintf(p->name, sizeof(p->name), "llmc SIM (CUDA on CPU)");
+    size_t fr, tot;
+    cudaMemGetInfo(&fr, &tot);
+    p->totalGlobalMem = tot;
+    p->sharedMemPerBlock = kSmemDefault;
+    p->regsPerBlock = 65536;
+    p->warpSize = 32;
+    p->memPitch = (size_t)1 << 31;
+    p->maxThreadsPerBlock = 1024;
+    p->maxThreadsDim[0] = 1024; p->maxThreadsDim[1] = 1024; p->maxThreadsDim[2] = 64;
+    p->maxGridSize[0] = 2147483647; p->maxGridSize[1] = 65535; p->maxGridSize[2] = 65535;
+    p->totalConstMem = 65536;
+    p->major = 9;
+    p->minor = 0;
+    p->multiProcessorCount = kMultiProcessors;
+    p->concurrentKernels = 1;
+    p->memoryBusWidth = 5120;
+    p->l2CacheSize = 50 * 1024 * 1024;
+    p->maxThreadsPerMultiProcessor = 2048;
+    p->sharedMemPerMultiprocessor = 228 * 1024;
+    p->regsPerMultiprocessor = 65536;
+    p->sharedMemPerBlockOptin = kSmemOptin;
+    p->maxBlocksPerMultiProcessor = 32;
+    return cudaSuccess;
+}
+inline cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr a, int dev) {
+    cudaDeviceProp p;
+    cudaGetDeviceProperties(&p, dev);
+    switch (a) {
+        case cudaDevAttrMaxThreadsPerBlock: *v = p.maxThreadsPerBlock; break;
+        case cudaDevAttrMaxSharedMemoryPerBlock: *v = (int)p.sharedMemPerBlock; break;
+        case cudaDevAttrWarpSize: *v = 32; break;
+        case cudaDevAttrMultiProcessorCount: *v = p.multiProcessorCount; break;
+        case cudaDevAttrComputeCapabilityMajor: *v = p.major; break;
+        case cudaDevAttrComputeCapabilityMinor: *v = p.minor; break;
+        case cudaDevAttrMaxSharedMemoryPerBlockOptin: *v = (int)p.sharedMemPerBlockOptin; break;
+        default: return llmc::sim::set_error(cudaErrorInvalidValue, "cudaDeviceGetAttribute: attribute not simulated");
+    }
+    return cudaSuccess;
+}
+// Records the opt-in so that a launch asking for more than 48 KiB of dynamic shared memory without
+// it fails under SIM as it would on the GPU.
+template <class F> inline cudaError_t cudaFuncSetAttribute(F* func, cudaFuncAttribute attr, int value) {
+    if (attr == cudaFuncAttributeMaxDynamicSharedMemorySize) {
+        if (value < 0 || (size_t)value > llmc::sim::kSmemOptin)
+            return llmc::sim::set_error(cudaErrorInvalidValue, llmc::strfmt("cudaFuncSetAttribute: %d bytes of dynamic shared memory is above the device's %zu", value, llmc::sim::kSmemOptin));
+        llmc::sim::rt().smem_optin[reinterpret_cast<const void*>(func)] = (size_t)value;
+    }
+    return cudaSuccess;
+}
+
+inline cudaError_t cudaStreamCreate(cudaStream_t* s) { static int n = 0; *s = new CUstream_st{++n}; return cudaSuccess; }
+inline cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned) { return cudaStreamCreate(s); }
+inline cudaError_t cudaStreamDestroy(cudaStream_t s) { delete s; return cudaSuccess; }
+inline cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
+inline cudaError_t cudaStreamWaitEvent(cudaStream_t, cudaEvent_t, unsigned = 0) { return cudaSuccess; }
+inline cudaError_t cudaEventCreate(cudaEvent_t* e) { *e = new CUevent_st{0.0, false}; return cudaSuccess; }
+inline cudaError_t cudaEventCreateWithFlags(cudaEvent_t* e, unsigned) { return cudaEventCreate(e); }
+inline cudaError_t cudaEventDestroy(cudaEvent_t e) { delete e; return cudaSuccess; }
+inline cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t = nullptr) { e->t_ms = llmc::sim::now_ms(); e->recorded = true; return cudaSuccess; }
+inline cudaError_t cudaEventSynchronize(cudaEvent_t) { return cudaSuccess; }
+inline cudaError_t cudaEventQuery(cudaEvent_t) { return cudaSuccess; }
+inline cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t a, cudaEvent_t b) {
+    if (!a->recorded || !b->recorded) return llmc::sim::set_error(cudaErrorInvalidResourceHandle, "cudaEventElapsedTime: event not recorded");
+    *ms = (float)(b->t_ms - a->t_ms);
+    return cudaSuccess;
+}
+
+// ------------------------------------------------------------------------------------------------
+// fibers and the block scheduler
+
+#ifndef LLMC_SIM_UCONTEXT
+// llmc_sim_switch(save, to): push the callee-saved registers and the FP control words on the
+// current stack, store the stack pointer in *save, load `to`, pop the same from there, return
+// into the other fiber. llmc_sim_fiber_start is where a fresh fiber's first switch returns to: it
+// calls the function in r12 with the fiber in rbx. `.cfi_undefined rip` marks it the outermost
+// frame, so gdb and the unwinder stop there. Weak, so the header may be in several objects.
+__asm__(R"(
+    .text
+    .weak llmc_sim_switch
+    .type llmc_sim_switch,@function
+llmc_sim_switch:
+    .cfi_startproc
+    pushq %rbp
+    pushq %rbx
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    subq $8, %rsp
+    stmxcsr (%rsp)
+    fnstcw 4(%rsp)
+    movq %rsp, (%rdi)
+    movq %rsi, %rsp
+    ldmxcsr (%rsp)
+    fldcw 4(%rsp)
+    addq $8, %rsp
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbx
+    popq %rbp
+    ret
+    .cfi_endproc
+    .size llmc_sim_switch, .-llmc_sim_switch
+
+    .weak llmc_sim_fiber_start
+    .type llmc_sim_fiber_start,@function
+llmc_sim_fiber_start:
+    .cfi_startproc
+    .cfi_undefined rip
+    movq %rbx, %rdi
+    call *%r12
+    ud2
+    .cfi_endproc
+    .size llmc_sim_fiber_start, .-llmc_sim_fiber_start
+)");
+extern "C" void llmc_sim_switch(void** save_sp, void* to_sp);
+extern "C" void llmc_sim_fiber_start();
+#endif
+
+namespace llmc {
+namespace sim {
+
+enum class St : uint8_t { Runnable, AtBarrier, AtWarp, Exited };
+enum class Op : uint8_t { SyncWarp, ShflIdx, ShflUp, ShflDown, ShflXor, Ballot, Any, All, RedAdd, RedMinU, RedMaxU, RedMinI, RedMaxI };
+enum class Bar : uint8_t { Plain, Count, And, Or };
+
+inline const char* op_name(Op op) {
+    switch (op) {
+        case Op::SyncWarp: return "__syncwarp";
+        case Op::ShflIdx: return "__shfl_sync";
+        case Op::ShflUp: return "__shfl_up_sync";
+        case Op::ShflDown: return "__shfl_down_sync";
+        case Op::ShflXor: return "__shfl_xor_sync";
+        case Op::Ballot: return "__ballot_sync";
+        case Op::Any: return "__any_sync";
+        case Op::All: return "__all_sync";
+        case Op::RedAdd: return "__reduce_add_sync";
+        case Op::RedMinU: case Op::RedMinI: return "__reduce_min_sync";
+        case Op::RedMaxU: case Op::RedMaxI: return "__reduce_max_sync";
+    }
+    return "?";
+}
+
+struct Fiber {
+    void* sp = nullptr;  // saved stack pointer while switched out
+#ifdef LLMC_SIM_UCONTEXT
+    ucontext_t ctx;
+#endif
+    char* stack = nullptr;  // usable stack [stack, stack + stack_size)
+    size_t stack_size = 0;
+    void* asan_fake_stack = nullptr;
+    St st = St::Exited;
+    uint3 tid{0, 0, 0};
+    int linear = 0;
+    // where it waits (barrier or collective), for the error messages
+    const char* file = "";
+    int line = 0;
+    // barrier
+    Bar bar = Bar::Plain;
+    int pred = 0;
+    int bar_result = 0;
+    // warp collective: op, mask, argument (lane / delta / lane mask), width, value
+    Op op = Op::SyncWarp;
+    unsigned mask = 0;
+    int arg = 0, width = 32;
+    unsigned char in[16], out[16];
+    int size = 0;
+    std::exception_ptr err;
+};
+
+struct Sched {
+    // launch
+    const char* kernel = nullptr;
+    void (*body)(void*) = nullptr;
+    void* args = nullptr;
+    size_t dyn_bytes = 0;
+    unsigned char* dyn = nullptr;
+    size_t static_bytes = 0;  // STATIC_SMEM bytes touched by the current block
+    uint64_t block_serial = 0;
+    int nthreads = 0;
+    std::vector<Fiber> fibers;
+    Fiber* cur = nullptr;
+    bool in_launch = false;
+    bool dirty_stacks = false;  // an aborted block left frames (and ASan stack poison) behind
+    // host side of the switch
+    void* host_sp = nullptr;
+#ifdef LLMC_SIM_UCONTEXT
+    ucontext_t host_ctx;
+#endif
+    void* host_fake_stack = nullptr;
+    const void* host_stack_bottom = nullptr;
+    size_t host_stack_size = 0;
+    // stacks, allocated once and reused by every later launch
+    std::vector<char*> stacks;
+    size_t stack_size = 0;
+};
+inline Sched& sched() { static Sched* s = new Sched; return *s; }
+
+inline size_t fiber_stack_bytes() {
+    const char* e = getenv("LLMC_SIM_STACK_KB");
+    size_t kb = e ? (size_t)atol(e) : (LLMC_SIM_ASAN ? 1024 : 256);
+    return (kb < 32 ? 32 : kb) * 1024;
+}
+
+inline void ensure_stacks(int n) {
+    Sched& s = sched();
+    if (s.stack_size == 0) s.stack_size = fiber_stack_bytes();
+    const size_t page = (size_t)sysconf(_SC_PAGE_SIZE);
+    while ((int)s.stacks.size() < n) {
+        // one PROT_NONE page below each stack: an overflow faults instead of corrupting a neighbour
+        size_t total = s.stack_size + page;
+        void* m = mmap(nullptr, total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (m == MAP_FAILED) LLMC_FAIL("SIM: cannot map a %zu KiB fiber stack", s.stack_size / 1024);
+        mprotect(m, page, PROT_NONE);
+        s.stacks.push_back((char*)m + page);
+    }
+}
+
+inline void asan_start_switch(void** fake_save, const void* bottom, size_t size) {
+#if LLMC_SIM_ASAN
+    __sanitizer_start_switch_fiber(fake_save, bottom, size);
+#endif
+}
+inline void asan_finish_switch(void* fake, const void** bottom_old, size_t* size_old) {
+#if LLMC_SIM_ASAN
+    __sanitizer_finish_switch_fiber(fake, bottom_old, size_old);
+#endif
+}
+
+// First code a fiber runs: the kernel body, with anything it throws kept for the scheduler (an
+// exception cannot cross from the fiber's stack to the scheduler's).
+inline void fiber_main(Fiber* f) {
+    Sched& s = sched();
+    asan_finish_switch(nullptr, &s.host_stack_bottom, &s.host_stack_size);
+    try {
+        s.body(s.args);
+    } catch (...) {
+        f->err = std::current_exception();
+    }
+    f->st = St::Exited;
+    asan_start_switch(nullptr, s.host_stack_bottom, s.host_stack_size);  // nullptr: this fiber ends
+#ifdef LLMC_SIM_UCONTEXT
+    setcontext(&s.host_ctx);
+#else
+    llmc_sim_switch(&f->sp, s.host_sp);
+#endif
+    __builtin_trap();  // never resumed
+}
+
+#ifdef LLMC_SIM_UCONTEXT
+inline void ucontext_entry() { fiber_main(sched().cur); }
+#endif
+
+inline void init_fiber(Fiber* f) {
+#ifdef LLMC_SIM_UCONTEXT
+    getcontext(&f->ctx);
+    f->ctx.uc_stack.ss_sp = f->stack;
+    f->ctx.uc_stack.ss_size = f->stack_size;
+    f->ctx.uc_link = nullptr;
+    makecontext(&f->ctx, (void (*)())ucontext_entry, 0);
+#else
+    // the frame llmc_sim_switch pops: FP control words, r15..r12, rbx, rbp, return address
+    uintptr_t top = ((uintptr_t)(f->stack + f->stack_size)) & ~(uintptr_t)15;
+    uint64_t* sp = (uint64_t*)(top - 80);  // llmc_sim_fiber_start then runs with rsp = top - 16
+    uint32_t fpw[2];
+    __asm__ volatile("stmxcsr %0" : "=m"(fpw[0]));
+    __asm__ volatile("fnstcw %0" : "=m"(fpw[1]));
+    memcpy(&sp[0], fpw, 8);
+    sp[1] = 0;                                   // r15
+    sp[2] = 0;                                   // r14
+    sp[3] = 0;                                   // r13
+    sp[4] = (uint64_t)(uintptr_t)&fiber_main;    // r12: function to call
+    sp[5] = (uint64_t)(uintptr_t)f;              // rbx: its argument
+    sp[6] = 0;                                   // rbp: end of the frame-pointer chain
+    sp[7] = (uint64_t)(uintptr_t)&llmc_sim_fiber_start;
+    sp[8] = 0;
+    sp[9] = 0;
+    f->sp = sp;
+#endif
+}
+
+// scheduler -> fiber, until the fiber blocks or exits
+inline void run_fiber(Fiber* f) {
+    Sched& s = sched();
+    s.cur = f;
+    threadIdx = f->tid;
+    asan_start_switch(&s.host_fake_stack, f->stack, f->stack_size);
+#ifdef LLMC_SIM_UCONTEXT
+    swapcontext(&s.host_ctx, &f->ctx);
+#else
+    llmc_sim_switch(&s.host_sp, f->sp);
+#endif
+    asan_finish_switch(s.host_fake_stack, nullptr, nullptr);
+    s.cur = nullptr;
+}
+
+// fiber -> scheduler; returns when the scheduler runs this fiber again
+inline void yield_to_scheduler(Fiber* f) {
+    Sched& s = sched();
+    asan_start_switch(&f->asan_fake_stack, s.host_stack_bottom, s.host_stack_size);
+#ifdef LLMC_SIM_UCONTEXT
+    swapcontext(&f->ctx, &s.host_ctx);
+#else
+    llmc_sim_switch(&f->sp, s.host_sp);
+#endif
+    asan_finish_switch(f->asan_fake_stack, &s.host_stack_bottom, &s.host_stack_size);
+}
+
+inline Fiber* current_fiber(const char* what) {
+    Fiber* f = sched().cur;
+    if (!f) LLMC_FAIL("SIM: %s called outside a kernel launched with LAUNCH", what);
+    return f;
+}
+
+inline std::string tid_str(const Fiber& f) { return ::llmc::strfmt("thread (%u,%u,%u)", f.tid.x, f.tid.y, f.tid.z); }
+inline std::string where_str(const Fiber& f) { return ::llmc::strfmt("%s:%d", f.file, f.line); }
+
+// ---- device-side entry points (called from kernel code through the macros below) ----
+
+inline int barrier(Bar kind, int pred, const char* file, int line) {
+    Fiber* f = current_fiber("__syncthreads");
+    f->bar = kind;
+    f->pred = pred;
+    f->file = file;
+    f->line = line;
+    f->st = St::AtBarrier;
+    yield_to_scheduler(f);
+    return f->bar_result;
+}
+
+inline void collective(Op op, unsigned mask, const void* val, int size, int arg, int width, const char* file, int line) {
+    Fiber* f = current_fiber(op_name(op));
+    int lane = f->linear & 31;
+    if (!((mask >> lane) & 1u))
+        LLMC_FAIL("%s at %s:%d: the calling lane %d is not in its mask 0x%08x", op_name(op), file, line, lane, mask);
+    if (width < 1 || width > 32 || (width & (width - 1)))
+        LLMC_FAIL("%s at %s:%d: width %d is not a power of two in [1, 32]", op_name(op), file, line, width);
+    f->op = op;
+    f->mask = mask;
+    f->arg = arg;
+    f->width = width;
+    f->size = size;
+    if (size) memcpy(f->in, val, (size_t)size);
+    f->file = file;
+    f->line = line;
+    f->st = St::AtWarp;
+    yield_to_scheduler(f);
+}
+
+// Source lane of a shuffle, as the PTX shfl.sync instruction defines it: within segments of
+// `width` lanes; a lane whose source falls outside its segment (past its end for idx/down/xor,
+// before its start for up) reads its own value.
+inline int shfl_source(Op op, int lane, int arg, int width) {
+    int seg_start = lane & ~(width - 1), seg_end = seg_start + width - 1;
+    int j = lane;
+    switch (op) {
+        case Op::ShflIdx: j = seg_start + (arg & (width - 1)); break;
+        case Op::ShflUp: j = lane - (arg & 31); if (j < seg_start) j = lane; break;
+        case Op::ShflDown: j = lane + (arg & 31); if (j > seg_end) j = lane; break;
+        case Op::ShflXor: j = lane ^ (arg & 31); if (j > seg_end) j = lane; break;
+        default: break;
+    }
+    return j;
+}
+
+// Complete every warp collective whose mask's lanes have all arrived with the same op and mask.
+// Returns whether any completed.
+inline bool resolve_collectives() {
+    Sched& s = sched();
+    bool progress = false;
+    int nwarps = (s.nthreads + 31) / 32;
+    for (int w = 0; w < nwarps; w++) {
+        Fiber* warp = &s.fibers[(size_t)w * 32];
+        int nlanes = std::min(32, s.nthreads - w * 32);
+        for (int l = 0; l < nlanes; l++) {
+            Fiber& a = warp[l];
+            if (a.st != St::AtWarp) continue;
+            unsigned m = a.mask;
+            bool ready = true;
+            for (int j = 0; j < 32 && ready; j++) {
+                if (!((m >> j) & 1u)) continue;
+                if (j >= nlanes) { ready = false; break; }
+                Fiber& b = warp[j];
+                ready = b.st == St::AtWarp && b.op == a.op && b.mask == m;
+            }
+            if (!ready) continue;
+            // every lane of the group reads the inputs; results go to `out`, so order is irrelevant
+            unsigned ballot = 0;
+            unsigned long long uadd = 0;
+            unsigned umin = 0xffffffffu, umax = 0;
+            int imin = 0x7fffffff, imax = (int)0x80000000;
+            for (int j = 0; j < 32; j++) {
+                if (!((m >> j) & 1u)) continue;
+                Fiber& b = warp[j];
+                int v;
+                memcpy(&v, b.in, 4);
+                if (a.op == Op::Ballot || a.op == Op::Any || a.op == Op::All) ballot |= (v != 0 ? 1u : 0u) << j;
+                uadd += (unsigned)v;
+                umin = std::min(umin, (unsigned)v);
+                umax = std::max(umax, (unsigned)v);
+                imin = std::min(imin, v);
+                imax = std::max(imax, v);
+            }
+            for (int j = 0; j < 32; j++) {
+                if (!((m >> j) & 1u)) continue;
+                Fiber& b = warp[j];
+                unsigned r = 0;
+                switch (a.op) {
+                    case Op::SyncWarp: break;
+                    case Op::ShflIdx: case Op::ShflUp: case Op::ShflDown: case Op::ShflXor: {
+                        int src = shfl_source(a.op, j, b.arg, b.width);
+                        if ((m >> src) & 1u) memcpy(b.out, warp[src].in, (size_t)b.size);
+                        else memset(b.out, kPoison, (size_t)b.size);  // undefined in CUDA
+                        break;
+                    }
+                    case Op::Ballot: r = ballot; break;
+                    case Op::Any: r = ballot != 0; break;
+                    case Op::All: r = ballot == m; break;
+                    case Op::RedAdd: r = (unsigned)uadd; break;
+                    case Op::RedMinU: r = umin; break;
+                    case Op::RedMaxU: r = umax; break;
+                    case Op::RedMinI: r = (unsigned)imin; break;
+                    case Op::RedMaxI: r = (unsigned)imax; break;
+                }
+                if (a.op >= Op::Ballot) memcpy(b.out, &r, 4);
+                b.st = St::Runnable;
+            }
+            progress = true;
+        }
+    }
+    return progress;
+}
+
+// Nothing can run and nothing completes: explain the first stuck thread.
+inline std::string diagnose_stuck() {
+    Sched& s = sched();
+    for (int i = 0; i < s.nthreads; i++) {
+        Fiber& a = s.fibers[(size_t)i];
+        if (a.st != St::AtWarp) continue;
+        int w = i / 32, lane = i & 31;
+        int nlanes = std::min(32, s.nthreads - w * 32);
+        std::string head = ::llmc::strfmt("%s (warp %d, lane %d) in %s(mask 0x%08x) at %s cannot complete: ", tid_str(a).c_str(), w, lane,
+                                  op_name(a.op), a.mask, where_str(a).c_str());
+        for (int j = 0; j < 32; j++) {
+            if (!((a.mask >> j) & 1u)) continue;
+            if (j >= nlanes)
+                return head + ::llmc::strfmt("the mask names lane %d, which does not exist (the block has %d threads, so warp %d has %d lanes)", j, s.nthreads, w, nlanes);
+            Fiber& b = s.fibers[(size_t)(w * 32 + j)];
+            if (b.st == St::Exited) return head + ::llmc::strfmt("the mask names lane %d, which has exited", j);
+            if (b.st == St::AtBarrier) return head + ::llmc::strfmt("lane %d is waiting at __syncthreads() at %s instead", j, where_str(b).c_str());
+            if (b.op != a.op || b.mask != a.mask)
+                return head + ::llmc::strfmt("lane %d is in %s(mask 0x%08x) at %s instead", j, op_name(b.op), b.mask, where_str(b).c_str());
+        }
+        return head + "(no reason found)";
+    }
+    // all live threads are at a barrier: some thread exited, or they wait at different lines
+    const Fiber* first = nullptr;
+    int arrived = 0;
+    for (int i = 0; i < s.nthreads; i++) {
+        const Fiber& f = s.fibers[(size_t)i];
+        if (f.st == St::AtBarrier) { arrived++; if (!first) first = &f; }
+    }
+    for (int i = 0; i < s.nthreads; i++) {
+        const Fiber& f = s.fibers[(size_t)i];
+        if (f.st == St::Exited)
+            return ::llmc::strfmt("divergent __syncthreads(): %d of %d threads wait at %s, but %s has exited without reaching it "
+                          "(every thread of the block must reach each barrier; do not return early before one)",
+                          arrived, s.nthreads, where_str(*first).c_str(), tid_str(f).c_str());
+    }
+    return "(no reason found)";
+}
+
+// All live threads are at a barrier. Release them if they all are (no thread exited) at one line.
+inline std::string release_barrier() {
+    Sched& s = sched();
+    const Fiber* first = nullptr;
+    int count = 0;
+    for (int i = 0; i < s.nthreads; i++) {
+        Fiber& f = s.fibers[(size_t)i];
+        if (f.st == St::Exited) return diagnose_stuck();
+        if (!first) first = &f;
+        if (f.line != first->line || strcmp(f.file, first->file) != 0 || f.bar != first->bar)
+            return ::llmc::strfmt("divergent __syncthreads(): %s waits at %s while %s waits at %s (all threads must reach the same barrier)",
+                          tid_str(*first).c_str(), where_str(*first).c_str(), tid_str(f).c_str(), where_str(f).c_str());
+        count += f.pred != 0;
+    }
+    int result = 0;
+    switch (first->bar) {
+        case Bar::Plain: break;
+        case Bar::Count: result = count; break;
+        case Bar::And: result = count == s.nthreads; break;
+        case Bar::Or: result = count != 0; break;
+    }
+    for (int i = 0; i < s.nthreads; i++) { s.fibers[(size_t)i].bar_result = result; s.fibers[(size_t)i].st = St::Runnable; }
+    return "";
+}
+
+inline void poison(void* p, size_t n) { memset(p, kPoison, n); }
+
+// Run one block to completion; returns an error message (empty if fine).
+inline std::string run_block(uint3 bidx, bool reverse) {
+    Sched& s = sched();
+    blockIdx = bidx;
+    s.block_serial++;
+    s.static_bytes = 0;
+    if (s.dyn_bytes) poison(s.dyn, s.dyn_bytes);
+    for (int i = 0; i < s.nthreads; i++) {
+        Fiber& f = s.fibers[(size_t)i];
+        f.st = St::Runnable;
+        f.err = nullptr;
+        f.asan_fake_stack = nullptr;
+        init_fiber(&f);
+    }
+    for (;;) {
+        bool any_live = false;
+        for (int k = 0; k < s.nthreads; k++) {
+            Fiber& f = s.fibers[(size_t)(reverse ? s.nthreads - 1 - k : k)];
+            if (f.st == St::Runnable) run_fiber(&f);
+            if (f.err) {
+                s.dirty_stacks = true;
+                try {
+                    std::rethrow_exception(f.err);
+                } catch (const std::exception& e) {
+                    return tid_str(f) + ": " + e.what();
+                } catch (...) {
+                    return tid_str(f) + ": unknown exception";
+                }
+            }
+            any_live |= f.st != St::Exited;
+        }
+        if (!any_live) return "";
+        if (resolve_collectives()) continue;
+        bool all_at_barrier = true;
+        for (int i = 0; i < s.nthreads; i++) all_at_barrier &= s.fibers[(size_t)i].st == St::AtBarrier || s.fibers[(size_t)i].st == St::Exited;
+        std::string err = all_at_barrier ? release_barrier() : diagnose_stuck();
+        if (!err.empty()) { s.dirty_stacks = true; return err; }
+    }
+}
+
+inline void run_grid(const char* name, const void* kfunc, dim3 grid, dim3 block, size_t smem, void (*body)(void*), void* args) {
+    Sched& s = sched();
+    if (s.in_launch) LLMC_FAIL("SIM: kernel '%s' launched from inside kernel '%s' (dynamic parallelism is not simulated)", name, s.kernel);
+    unsigned long long nthreads = (unsigned long long)block.x * block.y * block.z;
+    if (nthreads == 0 || nthreads > 1024 || block.x > 1024 || block.y > 1024 || block.z > 64)
+        LLMC_FAIL("SIM: kernel '%s': invalid block (%u,%u,%u): 1..1024 threads, z <= 64", name, block.x, block.y, block.z);
+    if (grid.x == 0 || grid.y == 0 || grid.z == 0 || grid.x > 2147483647u || grid.y > 65535 || grid.z > 65535)
+        LLMC_FAIL("SIM: kernel '%s': invalid grid (%u,%u,%u)", name, grid.x, grid.y, grid.z);
+    size_t allowed = kSmemDefault;
+    auto it = rt().smem_optin.find(kfunc);
+    if (it != rt().smem_optin.end()) allowed = std::max(allowed, it->second);
+    if (smem > allowed)
+        LLMC_FAIL("SIM: kernel '%s': %zu bytes of dynamic shared memory, above the %zu allowed (over 48 KiB needs "
+                  "cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes), up to %zu)",
+                  name, smem, allowed, kSmemOptin);
+
+    ensure_stacks((int)nthreads);
+    s.kernel = name;
+    s.body = body;
+    s.args = args;
+    s.nthreads = (int)nthreads;
+    s.dyn_bytes = smem;
+    s.dyn = (unsigned char*)malloc(smem ? smem : 1);  // exactly the launched size: ASan sees the end
+    if (s.fibers.size() < nthreads) s.fibers.resize(nthreads);
+    if (s.dirty_stacks) {
+        // a previous launch was aborted mid-block: its frames were never unwound, so ASan's shadow
+        // for those stacks may still mark redzones; clear it before reusing them
+#if LLMC_SIM_ASAN
+        for (size_t i = 0; i < s.stacks.size(); i++) __asan_unpoison_memory_region(s.stacks[i], s.stack_size);
+#endif
+        s.dirty_stacks = false;
+    }
+    for (int i = 0; i < (int)nthreads; i++) {
+        Fiber& f = s.fibers[(size_t)i];
+        f.stack = s.stacks[(size_t)i];
+        f.stack_size = s.stack_size;
+        f.linear = i;
+        f.tid = {(unsigned)(i % block.x), (unsigned)((i / block.x) % block.y), (unsigned)(i / (block.x * block.y))};
+    }
+    s.in_launch = true;
+    dim3 saved_grid = gridDim, saved_block = blockDim;
+    gridDim = grid;
+    blockDim = block;
+    std::string err;
+    uint3 bad{0, 0, 0};
+    unsigned long long nb = 0;
+    for (unsigned z = 0; z < grid.z && err.empty(); z++)
+        for (unsigned y = 0; y < grid.y && err.empty(); y++)
+            for (unsigned x = 0; x < grid.x && err.empty(); x++, nb++) {
+                err = run_block({x, y, z}, (nb & 1) != 0);
+                if (!err.empty()) bad = {x, y, z};
+            }
+    s.in_launch = false;
+    s.cur = nullptr;
+    gridDim = saved_grid;
+    blockDim = saved_block;
+    threadIdx = {0, 0, 0};
+    blockIdx = {0, 0, 0};
+    free(s.dyn);
+    s.dyn = nullptr;
+    s.dyn_bytes = 0;
+    if (!err.empty())
+        LLMC_FAIL("SIM: kernel '%s' (grid (%u,%u,%u), block (%u,%u,%u)), block (%u,%u,%u): %s", name, grid.x, grid.y, grid.z, block.x,
+                  block.y, block.z, bad.x, bad.y, bad.z, err.c_str());
+    std::string g = check_guards();
+    if (!g.empty()) LLMC_FAIL("SIM: kernel '%s' (grid (%u,%u,%u), block (%u,%u,%u)): %s", name, grid.x, grid.y, grid.z, block.x, block.y, block.z, g.c_str());
+}
+
+template <class Call> inline void call_kernel(void* p) {
+    Call* c = (Call*)p;
+    std::apply(c->kernel, c->args);
+}
+
+// LAUNCH under SIM. Arguments are converted to the kernel's parameter types once, as a real launch
+// copies them into parameter space; every thread then gets its own by-value copies.
+template <class... KArgs, class... Args>
+inline void launch(const char* name, void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream, Args&&... args) {
+    static_assert(sizeof...(KArgs) == sizeof...(Args), "LAUNCH: the number of arguments does not match the kernel's parameters");
+    struct Call {
+        void (*kernel)(KArgs...);
+        std::tuple<std::decay_t<KArgs>...> args;
+    };
+    Call c{kernel, std::tuple<std::decay_t<KArgs>...>(std::forward<Args>(args)...)};
+    run_grid(name, reinterpret_cast<const void*>(kernel), grid, block, smem, &call_kernel<Call>, &c);
+}
+
+inline void* dynamic_smem() {
+    Sched& s = sched();
+    current_fiber("DYNAMIC_SMEM");
+    return s.dyn;
+}
+
+// One per STATIC_SMEM declaration (a function-local static of the kernel); the buffer is allocated
+// on first use and poisoned the first time any thread of a block reaches the declaration, which
+// comes before any use in that block.
+struct SmemSite {
+    void* buf = nullptr;
+    size_t bytes = 0;
+    uint64_t block_serial = 0;
+};
+template <class T> inline T& static_smem(SmemSite& site, const char* name) {
+    Sched& s = sched();
+    current_fiber("STATIC_SMEM");
+    if (!site.buf) {
+        if (posix_memalign(&site.buf, 16 > alignof(T) ? 16 : alignof(T), sizeof(T)) != 0) LLMC_FAIL("SIM: cannot allocate shared memory '%s'", name);
+        site.bytes = sizeof(T);
+    }
+    if (site.block_serial != s.block_serial) {
+        site.block_serial = s.block_serial;
+        poison(site.buf, site.bytes);
+        s.static_bytes += site.bytes;
+        if (s.static_bytes > kSmemDefault)
+            LLMC_FAIL("static shared memory of the block reaches %zu bytes with '%s', above the 48 KiB limit", s.static_bytes, name);
+        if (s.static_bytes + s.dyn_bytes > kSmemOptin)
+            LLMC_FAIL("static (%zu) + dynamic (%zu) shared memory is above the %zu bytes a block can have", s.static_bytes, s.dyn_bytes, kSmemOptin);
+    }
+    return *reinterpret_cast<T*>(site.buf);
+}
+
+template <class T> struct is_shfl_type : std::false_type {};
+template <> struct is_shfl_type<int> : std::true_type {};
+template <> struct is_shfl_type<unsigned int> : std::true_type {};
+template <> struct is_shfl_type<long> : std::true_type {};
+template <> struct is_shfl_type<unsigned long> : std::true_type {};
+template <> struct is_shfl_type<long long> : std::true_type {};
+template <> struct is_shfl_type<unsigned long long> : std::true_type {};
+template <> struct is_shfl_type<float> : std::true_type {};
+template <> struct is_shfl_type<double> : std::true_type {};
+template <> struct is_shfl_type<__nv_bfloat16> : std::true_type {};
+template <> struct is_shfl_type<__nv_bfloat162> : std::true_type {};
+template <> struct is_shfl_type<__half> : std::true_type {};
+template <> struct is_shfl_type<__half2> : std::true_type {};
+
+template <class T>
+inline auto shfl(Op op, const char* file, int line, unsigned mask, T var_in, int arg, int width = 32) {
+    // small integer types promote to int / unsigned, as they would pick those CUDA overloads
+    typedef std::conditional_t<is_shfl_type<T>::value, T,
+                               std::conditional_t<std::is_integral<T>::value && sizeof(T) < 4,
+                                                  std::conditional_t<std::is_signed<T>::value, int, unsigned>, void>>
+        U;
+    static_assert(!std::is_void<U>::value, "SIM: __shfl*_sync takes the types CUDA overloads it for (int, unsigned, long long, float, double, bf16, half and their pairs)");
+    U var = (U)var_in;
+    Fiber* f = current_fiber(op_name(op));
+    collective(op, mask, &var, (int)sizeof(U), arg, width, file, line);
+    U r;
+    memcpy(&r, f->out, sizeof(U));
+    return r;
+}
+inline unsigned vote(Op op, const char* file, int line, unsigned mask, int v) {
+    Fiber* f = current_fiber(op_name(op));
+    collective(op, mask, &v, 4, 0, 32, file, line);
+    unsigned r;
+    memcpy(&r, f->out, 4);
+    return r;
+}
+inline void syncwarp(const char* file, int line, unsigned mask = 0xffffffffu) { collective(Op::SyncWarp, mask, nullptr, 0, 0, 32, file, line); }
+inline unsigned reduce_add(const char* file, int line, unsigned mask, unsigned v) { return vote(Op::RedAdd, file, line, mask, (int)v); }
+inline int reduce_add(const char* file, int line, unsigned mask, int v) { return (int)vote(Op::RedAdd, file, line, mask, v); }
+inline unsigned reduce_min(const char* file, int line, unsigned mask, unsigned v) { return vote(Op::RedMinU, file, line, mask, (int)v); }
+inline int reduce_min(const char* file, int line, unsigned mask, int v) { return (int)vote(Op::RedMinI, file, line, mask, v); }
+inline unsigned reduce_max(const char* file, int line, unsigned mask, unsigned v) { return vote(Op::RedMaxU, file, line, mask, (int)v); }
+inline int reduce_max(const char* file, int line, unsigned mask, int v) { return (int)vote(Op::RedMaxI, file, line, mask, v); }
+
+// The lanes of the warp that have not exited (SIM cannot see branch divergence, so this is an
+// upper bound of the hardware's answer).
+inline unsigned activemask() {
+    Sched& s = sched();
+    Fiber* f = current_fiber("__activemask");
+    int w = f->linear / 32;
+    unsigned m = 0;
+    for (int j = 0; j < 32 && w * 32 + j < s.nthreads; j++)
+        if (s.fibers[(size_t)(w * 32 + j)].st != St::Exited) m |= 1u << j;
+    return m;
+}
+
+// Source position of a barrier-free collective call, so that the width / mask default arguments
+// of the CUDA signatures keep working behind a macro.
+struct At {
+    const char* file;
+    int line;
+    void syncwarp(unsigned mask = 0xffffffffu) const { ::llmc::sim::syncwarp(file, line, mask); }
+    template <class T> auto shfl_idx(unsigned mask, T var, int lane, int width = 32) const { return shfl(Op::ShflIdx, file, line, mask, var, lane, width); }
+    template <class T> auto shfl_up(unsigned mask, T var, unsigned delta, int width = 32) const { return shfl(Op::ShflUp, file, line, mask, var, (int)delta, width); }
+    template <class T> auto shfl_down(unsigned mask, T var, unsigned delta, int width = 32) const { return shfl(Op::ShflDown, file, line, mask, var, (int)delta, width); }
+    template <class T> auto shfl_xor(unsigned mask, T var, int lane_mask, int width = 32) const { return shfl(Op::ShflXor, file, line, mask, var, lane_mask, width); }
+};
+
+inline int laneid() { return current_fiber("lane id")->linear & 31; }
+
+}  // namespace sim
+}  // namespace llmc
+
+// The device API as macros, so that every barrier and collective knows its source line (for the
+// misuse messages and for the "same barrier" check).
+#define __syncthreads() ::llmc::sim::barrier(::llmc::sim::Bar::Plain, 0, __FILE__, __LINE__)
+#define __syncthreads_count(p) ::llmc::sim::barrier(::llmc::sim::Bar::Count, (p), __FILE__, __LINE__)
+#define __syncthreads_and(p) ::llmc::sim::barrier(::llmc::sim::Bar::And, (p), __FILE__, __LINE__)
+#define __syncthreads_or(p) ::llmc::sim::barrier(::llmc::sim::Bar::Or, (p), __FILE__, __LINE__)
+#define __syncwarp(...) ::llmc::sim::At{__FILE__, __LINE__}.syncwarp(__VA_ARGS__)
+#define __shfl_sync(...) ::llmc::sim::At{__FILE__, __LINE__}.shfl_idx(__VA_ARGS__)
+#define __shfl_up_sync(...) ::llmc::sim::At{__FILE__, __LINE__}.shfl_up(__VA_ARGS__)
+#define __shfl_down_sync(...) ::llmc::sim::At{__FILE__, __LINE__}.shfl_down(__VA_ARGS__)
+#define __shfl_xor_sync(...) ::llmc::sim::At{__FILE__, __LINE__}.shfl_xor(__VA_ARGS__)
+#define __ballot_sync(mask, pred) ::llmc::sim::vote(::llmc::sim::Op::Ballot, __FILE__, __LINE__, (mask), (pred) ? 1 : 0)
+#define __any_sync(mask, pred) ((int)::llmc::sim::vote(::llmc::sim::Op::Any, __FILE__, __LINE__, (mask), (pred) ? 1 : 0))
+#define __all_sync(mask, pred) ((int)::llmc::sim::vote(::llmc::sim::Op::All, __FILE__, __LINE__, (mask), (pred) ? 1 : 0))
+#define __reduce_add_sync(mask, v) ::llmc::sim::reduce_add(__FILE__, __LINE__, (mask), (v))
+#define __reduce_min_sync(mask, v) ::llmc::sim::reduce_min(__FILE__, __LINE__, (mask), (v))
+#define __reduce_max_sync(mask, v) ::llmc::sim::reduce_max(__FILE__, __LINE__, (mask), (v))
+#define __activemask() ::llmc::sim::activemask()
+#define __trap() LLMC_FAIL("__trap() in a kernel")
