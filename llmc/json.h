@@ -12,7 +12,8 @@
 // throws llmc::Error naming the source and the byte offset of the problem. Nesting is capped so a
 // hostile file cannot overflow the stack. json_dump writes doubles with %.17g so they read back
 // bit-identical (the shortest of %.15g..%.17g that does), and always marks a double with '.' or 'e'
-// so its type survives a round trip (1.0 is written "1.0", not "1").
+// so its type survives a round trip (1.0 is written "1.0", not "1"). Pretty output (indent >= 0)
+// puts an array of scalars on one line.
 #pragma once
 #include <cmath>
 #include <cstdint>
@@ -414,8 +415,21 @@ inline void dump(std::string& out, const Json& j, int indent, int level) {
             break;
         }
         case Json::String: dump_string(out, j.s); break;
-        case Json::Array:
+        case Json::Array: {
             if (j.arr.empty()) { out += "[]"; break; }
+            // an array of scalars stays on one line even when pretty-printing ([name, id] pairs,
+            // shapes, loss curves): one element per line would only make files long
+            bool flat = indent >= 0;
+            for (auto& e : j.arr) flat = flat && e.type != Json::Array && e.type != Json::Object;
+            if (flat) {
+                out += '[';
+                for (size_t k = 0; k < j.arr.size(); k++) {
+                    if (k) out += ", ";
+                    dump(out, j.arr[k], indent, level + 1);
+                }
+                out += ']';
+                break;
+            }
             out += '[';
             for (size_t k = 0; k < j.arr.size(); k++) {
                 if (k) out += ',';
@@ -425,6 +439,7 @@ inline void dump(std::string& out, const Json& j, int indent, int level) {
             newline(level);
             out += ']';
             break;
+        }
         case Json::Object:
             if (j.obj.empty()) { out += "{}"; break; }
             out += '{';

@@ -106,7 +106,9 @@ TEST_CASE("json: parse, accessors, dump round trip") {
     Json b = Json::object();
     b.set("x", 1).set("y", Json::array({1, "two", 3.5, nullptr})).set("x", 2);
     CHECK(json_dump(b, -1) == R"({"x":2,"y":[1,"two",3.5,null]})");
-    CHECK(json_dump(b, 2) == "{\n  \"x\": 2,\n  \"y\": [\n    1,\n    \"two\",\n    3.5,\n    null\n  ]\n}");
+    CHECK(json_dump(b, 2) == "{\n  \"x\": 2,\n  \"y\": [1, \"two\", 3.5, null]\n}");
+    Json nested = Json::array({Json::array({"a", 1}), Json::object()});
+    CHECK(json_dump(nested, 2) == "[\n  [\"a\", 1],\n  {}\n]");
 }
 
 TEST_CASE("json: string escapes") {
