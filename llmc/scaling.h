@@ -293,7 +293,8 @@ inline Recipe derive_recipe(const ModelOptions& mo, const RecipeOptions& ro) {
         r.num_iterations = ro.num_iterations;
         r.horizon = "num_iterations";
     } else if (ro.target_flops > 0) {
-        const long N = round_half_even(ro.target_flops / ((double)s.flops_per_token * (double)B));
+        const double steps = ro.target_flops / ((double)s.flops_per_token * (double)B);
+        const long N = steps < 4e9 ? round_half_even(steps) : 4000000000L; // (guard the conversion)
         LLMC_CHECK(N >= 1 && N <= 2000000000L,
                    "--target-flops %g gives %ld steps at %lld FLOPs/token and batch %lld tokens (need >= 1)",
                    ro.target_flops, N, (long long)s.flops_per_token, (long long)B);

@@ -734,6 +734,11 @@ TEST_CASE("scaling: horizon precedence and user batch size") {
     CHECK(r.num_iterations == 100);
     ro.target_flops = 101.5 * 71172528.0 * 8192.0;
     CHECK(derive_recipe(mo, ro).num_iterations == 102);
+    ro.target_flops = 1e40; // absurd: clear error, not an overflow
+    CHECK_THROWS_WITH_AS(derive_recipe(mo, ro), doctest::Contains("--target-flops"), Error);
+    ro.target_flops = 1.0; // rounds to 0 steps
+    CHECK_THROWS_WITH_AS(derive_recipe(mo, ro), doctest::Contains("need >= 1"), Error);
+    ro.target_flops = 101.5 * 71172528.0 * 8192.0;
     // num_iterations wins, and does not change lambda or B
     ro.num_iterations = 7;
     Recipe r2 = derive_recipe(mo, ro);
