@@ -634,19 +634,23 @@ inline const Alloc* find_alloc(const void* p, size_t n) {
 
 // Guard bytes on both sides of every cudaMalloc'ed block (non-ASan builds): a kernel that writes
 // out of bounds changes them, and check_guards names the block and the byte.
-inline std::string check_guards() {
+inline std::string check_block_guards(const char* p, size_t n) {
 #if !LLMC_SIM_ASAN
-    for (auto& kv : rt().allocs) {
-        const unsigned char* user = (const unsigned char*)kv.first;
-        size_t n = kv.second.bytes;
-        for (size_t i = 0; i < kGuard; i++) {
-            if (user[n + i] != 0xA5)
-                return ::llmc::strfmt("write past the end of a cudaMalloc'ed block of %zu bytes at %p (byte %zu after its end changed)", n, (const void*)user, i);
-            if (user[-(ptrdiff_t)kGuard + (ptrdiff_t)i] != 0xA5)
-                return ::llmc::strfmt("write before the start of a cudaMalloc'ed block of %zu bytes at %p (byte %zu before its start changed)", n, (const void*)user, kGuard - i);
-        }
+    const unsigned char* user = (const unsigned char*)p;
+    for (size_t i = 0; i < kGuard; i++) {
+        if (user[n + i] != 0xA5)
+            return ::llmc::strfmt("write past the end of a cudaMalloc'ed block of %zu bytes at %p (byte %zu after its end changed)", n, (const void*)user, i);
+        if (user[-(ptrdiff_t)kGuard + (ptrdiff_t)(kGuard - 1 - i)] != 0xA5)
+            return ::llmc::strfmt("write before the start of a cudaMalloc'ed block of %zu bytes at %p (byte %zu before its start changed)", n, (const void*)user, i + 1);
     }
 #endif
+    return "";
+}
+inline std::string check_guards() {
+    for (auto& kv : rt().allocs) {
+        std::string e = check_block_guards(kv.first, kv.second.bytes);
+        if (!e.empty()) return e;
+    }
     return "";
 }
 
@@ -719,7 +723,7 @@ inline cudaError_t cudaFree(void* p) {
     if (!p) return cudaSuccess;
     auto it = rt().allocs.find((const char*)p);
     if (it == rt().allocs.end()) return set_error(cudaErrorInvalidDevicePointer, ::llmc::strfmt("cudaFree(%p): not a pointer returned by cudaMalloc (or freed twice)", p));
-    std::string bad = check_guards();
+    std::string bad = check_block_guards(it->first, it->second.bytes);
     char* base = it->second.base;
     rt().allocs.erase(it);
     free(base);
