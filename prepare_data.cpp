@@ -112,9 +112,10 @@ struct DocStream {
     size_t pos = 0, scan = 0;
     int64_t line = 0;         // jsonl line number in the current file
     int64_t bytes_read = 0;
-    static constexpr size_t kRead = 16 << 20;
+    size_t read_size;  // bytes per read (16 MB; tests use a few bytes to exercise block boundaries)
 
-    DocStream(std::vector<InputFile> fs, std::string s) : files(std::move(fs)), sep(std::move(s)) { open_current(); }
+    DocStream(std::vector<InputFile> fs, std::string s, size_t read_bytes)
+        : files(std::move(fs)), sep(std::move(s)), read_size(read_bytes) { open_current(); }
 
     void open_current() {
         buf.clear();
@@ -131,11 +132,11 @@ struct DocStream {
         scan -= std::min(scan, pos);
         pos = 0;
         size_t old = buf.size();
-        buf.resize(old + kRead);
-        size_t got = fread(&buf[old], 1, kRead, f->f);
+        buf.resize(old + read_size);
+        size_t got = fread(&buf[old], 1, read_size, f->f);
         buf.resize(old + got);
         bytes_read += (int64_t)got;
-        if (got < kRead) {
+        if (got < read_size) {
             if (ferror(f->f)) LLMC_FAIL("'%s': read error", f->path.c_str());
             eof = true;
         }
@@ -264,7 +265,7 @@ int main(int argc, char** argv) {
     LLMC_MAIN_GUARD({
         std::string input, out = "data", prefix, format = "auto", doc_sep = "\\n\\n", tokenizer_stem, name;
         long long vocab_size = 32768, doc_cap = 10000, max_chars = 2000000000LL, val_every = 10,
-                  val_max_tokens = 1LL << 26, shard_size = 100000000LL;
+                  val_max_tokens = 1LL << 26, shard_size = 100000000LL, read_bytes = 16LL << 20;
         int threads = 0;
         Cli cli("prepare_data", "Train (or load) a BPE tokenizer and write llm.c token shards from raw text.\n"
                                 "Outputs <out>/<prefix>_train_NNNNNN.bin, <out>/<prefix>_val_NNNNNN.bin and\n"
@@ -283,6 +284,7 @@ int main(int argc, char** argv) {
         cli.add("val-max-tokens", &val_max_tokens, "stop adding validation documents once val holds this many tokens");
         cli.add("shard-size", &shard_size, "maximum tokens per shard (a longer document gets a shard of its own)");
         cli.add("threads", &threads, "threads for training and encoding (0: all cores)");
+        cli.add("read-bytes", &read_bytes, "input read block size in bytes (tests use tiny blocks to exercise boundaries)");
         if (!cli.parse(argc, argv)) return 0;
 
         if (vocab_size < 1) LLMC_FAIL("--vocab-size must be positive, got %lld", vocab_size);
@@ -292,6 +294,7 @@ int main(int argc, char** argv) {
         if (val_max_tokens < 0) LLMC_FAIL("--val-max-tokens must be >= 0, got %lld", val_max_tokens);
         if (shard_size < 1 || shard_size > SHARD_MAX_TOKENS)
             LLMC_FAIL("--shard-size must be in 1..%lld, got %lld", (long long)SHARD_MAX_TOKENS, shard_size);
+        if (read_bytes < 1 || read_bytes > (1LL << 30)) LLMC_FAIL("--read-bytes must be in 1..2^30, got %lld", read_bytes);
         if (threads < 0) LLMC_FAIL("--threads must be >= 0, got %d", threads);
 #ifdef _OPENMP
         if (threads > 0) omp_set_num_threads(threads);
@@ -313,7 +316,7 @@ int main(int argc, char** argv) {
             fprintf(stderr, "loaded tokenizer '%s' from %s: %u mergeable tokens, n_vocab %u, bos %s = %u\n", tok.name.c_str(),
                     tokenizer_stem.c_str(), tok.n_mergeable(), tok.n_vocab, tok.bos_token.c_str(), tok.bos_id);
         } else {
-            DocStream ds(files, sep);
+            DocStream ds(files, sep, (size_t)read_bytes);
             std::vector<std::string> train_docs;
             std::string doc;
             int64_t i = 0, chars = 0, bytes = 0;
@@ -349,7 +352,7 @@ int main(int argc, char** argv) {
         bool use_u32 = tok.n_vocab > 65536;
         ShardWriter train{out, prefix, "train", shard_size, use_u32};
         ShardWriter val{out, prefix, "val", shard_size, use_u32};
-        DocStream ds(files, sep);
+        DocStream ds(files, sep, (size_t)read_bytes);
         std::vector<std::string> batch;
         std::vector<std::vector<uint32_t>> enc;
         int64_t doc_index = 0, text_bytes = 0, total_tokens = 0;

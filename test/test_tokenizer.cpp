@@ -846,3 +846,161 @@ TEST_CASE("fuzz: split, encode, decode and the file loaders never crash") {
     CHECK(iters > 100);
     CHECK(loads_err > 0);
 }
+
+// ------------------------------------------------------------------------------------------------
+// prepare_data end to end (needs ./prepare_data, which `make test` builds first)
+
+#include "llmc/shard.h"
+
+static int run_cmd(const std::string& cmd, std::string* output) {
+    std::string full = cmd + " > " + tmpdir() + "/cmd.out 2>&1";
+    int rc = system(full.c_str());
+    *output = read_file(tmpdir() + "/cmd.out");
+    return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
+}
+
+static std::vector<uint32_t> read_shard(const std::string& path) {
+    ShardInfo s = shard_open_check(path);
+    return shard_read_tokens(s, 0, s.ntok);
+}
+
+// The expected shards, computed here from the rules of §6.2-6.3 with the library encoder.
+static void expected_splits(const Tokenizer& t, const std::vector<std::string>& docs, int64_t val_every, int64_t val_max,
+                            std::vector<uint32_t>& train, std::vector<uint32_t>& val) {
+    int64_t vt = 0;
+    for (size_t i = 0; i < docs.size(); i++) {
+        std::vector<uint32_t> d{t.bos_id};
+        auto e = encode_ordinary(t, docs[i]);
+        d.insert(d.end(), e.begin(), e.end());
+        bool to_val = val_every > 0 && (int64_t)i % val_every == 0 && vt < val_max;
+        if (to_val) vt += (int64_t)d.size();
+        auto& dst = to_val ? val : train;
+        dst.insert(dst.end(), d.begin(), d.end());
+    }
+}
+
+TEST_CASE("prepare_data: documents, splits and shards end to end") {
+    if (!file_exists("./prepare_data")) { MESSAGE("./prepare_data not built (run from the repo root after make prepare_data): skipped"); return; }
+    std::string d = tmpdir() + "/pd";
+    mkdir(d.c_str(), 0755);
+    // documents separated by "\n\n", with runs of 3-5 newlines (the separator is cut leftmost,
+    // so "a\n\n\nb" gives "a" and "\nb") and empty documents (dropped)
+    Rng rng(31, 5);
+    std::string text;
+    for (int i = 0; i < 300; i++) {
+        text += random_text(rng, rng.next_u64() % 60);
+        text += std::string(2 + rng.next_u64() % 4, '\n');
+    }
+    write_text(d + "/in.txt", text);
+    std::vector<std::string> docs;  // str.split("\n\n") minus empty pieces
+    for (size_t p = 0;;) {
+        size_t e = text.find("\n\n", p);
+        std::string piece = text.substr(p, e == std::string::npos ? std::string::npos : e - p);
+        if (!piece.empty()) docs.push_back(piece);
+        if (e == std::string::npos) break;
+        p = e + 2;
+    }
+    // a tokenizer to load, so the expected ids do not depend on training
+    Tokenizer t = small_tokenizer();
+    tokenizer_save(t, d + "/tok");
+    std::string out;
+    for (const char* rb : {"7", "1", "16777216"}) {
+        std::string o = d + "/out" + rb;
+        int rc = run_cmd("./prepare_data --input " + d + "/in.txt --out " + o + " --tokenizer " + d + "/tok --val-every 4 --read-bytes " + rb, &out);
+        INFO(out);
+        REQUIRE(rc == 0);
+        std::vector<uint32_t> want_train, want_val;
+        expected_splits(t, docs, 4, 1LL << 26, want_train, want_val);
+        CHECK(read_shard(o + "/in_train_000000.bin") == want_train);
+        CHECK(read_shard(o + "/in_val_000000.bin") == want_val);
+        CHECK(shard_open_check(o + "/in_val_000000.bin").width == 2);
+        CHECK(tokenizer_load(o + "/tokenizer").n_vocab == t.n_vocab);
+    }
+    SUBCASE("shard size, val cap, JSON Lines, directories, doc-sep none") {
+        // JSON Lines with the same documents: identical shards
+        std::string jl;
+        for (auto& doc : docs) jl += "{\"id\": 1, \"text\": " + json_dump(Json(utf8_replace_invalid(doc)), -1) + "}\n";
+        write_text(d + "/in.jsonl", jl);
+        std::vector<std::string> vdocs;
+        for (auto& doc : docs) vdocs.push_back(utf8_replace_invalid(doc));  // JSON strings are valid UTF-8
+        int rc = run_cmd("./prepare_data --input " + d + "/in.jsonl --out " + d + "/oj --prefix j --tokenizer " + d +
+                             "/tok --val-every 3 --val-max-tokens 100 --shard-size 500 --read-bytes 5",
+                         &out);
+        INFO(out);
+        REQUIRE(rc == 0);
+        std::vector<uint32_t> want_train, want_val, got_train, got_val;
+        expected_splits(t, vdocs, 3, 100, want_train, want_val);
+        int nshards = 0;
+        for (int k = 0; file_exists(strfmt("%s/oj/j_train_%06d.bin", d.c_str(), k)); k++) {
+            auto s = read_shard(strfmt("%s/oj/j_train_%06d.bin", d.c_str(), k));
+            CHECK(s.size() <= 500);
+            CHECK(s[0] == t.bos_id);  // documents never span shards
+            got_train.insert(got_train.end(), s.begin(), s.end());
+            nshards++;
+        }
+        CHECK(nshards >= 2);
+        got_val = read_shard(d + "/oj/j_val_000000.bin");
+        CHECK(got_train == want_train);
+        CHECK(got_val == want_val);
+        CHECK_FALSE(file_exists(d + "/oj/j_val_000001.bin"));
+        // a directory of two files, each one document
+        mkdir((d + "/dir").c_str(), 0755);
+        write_text(d + "/dir/b.txt", "second\n\nfile");
+        write_text(d + "/dir/a.txt", "first\n\nfile");
+        rc = run_cmd("./prepare_data --input " + d + "/dir --out " + d + "/od --prefix x --tokenizer " + d + "/tok --doc-sep none --val-every 0", &out);
+        INFO(out);
+        REQUIRE(rc == 0);
+        std::vector<uint32_t> want{t.bos_id};
+        for (auto id : encode_ordinary(t, "first\n\nfile")) want.push_back(id);
+        want.push_back(t.bos_id);
+        for (auto id : encode_ordinary(t, "second\n\nfile")) want.push_back(id);
+        CHECK(read_shard(d + "/od/x_train_000000.bin") == want);
+        CHECK_FALSE(file_exists(d + "/od/x_val_000000.bin"));
+    }
+    SUBCASE("training inside prepare_data") {
+        int rc = run_cmd("./prepare_data --input " + d + "/in.txt --out " + d + "/ot --vocab-size 600", &out);
+        INFO(out);
+        REQUIRE(rc == 0);
+        Tokenizer tt = tokenizer_load(d + "/ot/tokenizer");
+        CHECK(tt.n_vocab <= 600);
+        CHECK(tt.name == "in-600");
+        auto tr = read_shard(d + "/ot/in_train_000000.bin");
+        CHECK(decode_bytes(tt, tr).find("<|bos|>") == 0);
+        CHECK(out.find("bytes per token") != std::string::npos);
+    }
+    SUBCASE("uint32 shards when n_vocab > 65536") {
+        // the same ranks with the BOS special at id 70000 (ids between are holes)
+        Json side = json_parse(read_file(d + "/tok.json"), "tok.json");
+        side.set("special_tokens", Json::array({Json::array({"<|bos|>", 70000})}));
+        side.set("n_vocab", 70001);
+        write_text(d + "/big.json", json_dump(side, 2));
+        write_text(d + "/big.tiktoken", read_file(d + "/tok.tiktoken"));
+        int rc = run_cmd("./prepare_data --input " + d + "/in.txt --out " + d + "/o32 --tokenizer " + d + "/big", &out);
+        INFO(out);
+        REQUIRE(rc == 0);
+        ShardInfo si = shard_open_check(d + "/o32/in_train_000000.bin");
+        CHECK(si.width == 4);
+        auto tr = read_shard(d + "/o32/in_train_000000.bin");
+        CHECK(tr[0] == 70000);
+    }
+    SUBCASE("bad flags and inputs: one clear error, exit 1") {
+        CHECK(run_cmd("./prepare_data --bogus 1", &out) == 1);
+        CHECK(out.find("unknown flag '--bogus'") != std::string::npos);
+        CHECK(run_cmd("./prepare_data --input " + d + "/nope.txt", &out) == 1);
+        CHECK(out.find("nope.txt' does not exist") != std::string::npos);
+        CHECK(run_cmd("./prepare_data --input " + d + "/in.txt --out " + d + "/ob --vocab-size 100", &out) == 1);
+        CHECK(out.find("--vocab-size 100 is too small") != std::string::npos);
+        CHECK(run_cmd("./prepare_data --input " + d + "/in.txt --shard-size 0", &out) == 1);
+        CHECK(out.find("--shard-size must be") != std::string::npos);
+        write_text(d + "/bad.jsonl", "{\"text\": \"ok\"}\n{\"text\": 5}\n");
+        CHECK(run_cmd("./prepare_data --input " + d + "/bad.jsonl --out " + d + "/ob --tokenizer " + d + "/tok", &out) == 1);
+        CHECK(out.find("bad.jsonl line 2: \"text\" has type integer") != std::string::npos);
+        write_text(d + "/empty.txt", "\n\n\n\n");
+        CHECK(run_cmd("./prepare_data --input " + d + "/empty.txt --out " + d + "/ob", &out) == 1);
+        CHECK(out.find("empty corpus") != std::string::npos);
+        CHECK(run_cmd("./prepare_data --help", &out) == 0);
+        for (const char* flag : {"--input", "--out", "--prefix", "--format", "--doc-sep", "--tokenizer", "--vocab-size", "--doc-cap",
+                                 "--max-chars", "--val-every", "--val-max-tokens", "--shard-size", "--threads"})
+            CHECK(out.find(flag) != std::string::npos);
+    }
+}
