@@ -693,3 +693,168 @@ TEST_CASE("ve_gate backward: finite differences for u, ve, wg; accumulation") {
     for (int i = 0; i < Hkv * 12; i++) CHECK(wacc[i] == doctest::Approx(ws[i] + 2 * dwg[i]).epsilon(1e-12));
     for (int i = 0; i < N * KV; i++) CHECK(dve2[i] == dve[i]);
 }
+
+// ============================================================================================
+// matmul, float fast path vs a double reference; determinism
+// ============================================================================================
+
+// C (=|+=) A·B in double with the test's own loops, plus the error bound of any fp32 evaluation:
+// for an fp32 result of c0 + sum_k a_k b_k, in ANY summation order (blocked, FMA or not),
+//     |fl - exact| <= gamma_{K+1} (|c0| + sum_k |a_k b_k|),  gamma_n = n u / (1 - n u), u = 2^-24
+// (Higham, Accuracy and Stability of Numerical Algorithms, §3.1). The test asserts this rigorous
+// bound per element. It is loose for random data, but a missing or doubled term (error ~ the
+// size of one product, ~sum/K) would still exceed it by more than 10x for the K used here.
+struct MatmulCheck {
+    double worst_ratio = 0;  // max over elements of |err| / bound
+    bool finite = true;
+    void add(double got, double exact, double absum, int K) {
+        const double u = std::ldexp(1.0, -24);
+        double gamma = (K + 1) * u / (1 - (K + 1) * u);
+        double bound = gamma * absum + 1e-30;
+        if (!std::isfinite(got)) finite = false;
+        worst_ratio = std::max(worst_ratio, std::fabs(got - exact) / bound);
+    }
+};
+
+static void check_matmul_float(int N, int IC, int OC, uint64_t seed) {
+    CAPTURE(N); CAPTURE(IC); CAPTURE(OC);
+    llmc::Rng rng(seed, 2);
+    VecF inp = to_float(randn(rng, (size_t)N * IC)), W = to_float(randn(rng, (size_t)OC * IC));
+    VecF dout = to_float(randn(rng, (size_t)N * OC));
+    VecF dinp0 = to_float(randn(rng, (size_t)N * IC)), dW0 = to_float(randn(rng, (size_t)OC * IC));
+    // forward, "=": poisoned output
+    VecF out((size_t)N * OC, NAN);
+    matmul_forward(out.data(), inp.data(), W.data(), N, IC, OC);
+    MatmulCheck cf;
+    for (int n = 0; n < N; n++)
+        for (int o = 0; o < OC; o++) {
+            double e = 0, a = 0;
+            for (int k = 0; k < IC; k++) { double t = (double)inp[(size_t)n * IC + k] * W[(size_t)o * IC + k]; e += t; a += std::fabs(t); }
+            cf.add(out[(size_t)n * OC + o], e, a, IC);
+        }
+    // backward, "+=": start from random values, both products in one call, then a second call.
+    // Exact increments e (sum of products) and their absolute sums a, in double:
+    Vec ei((size_t)N * IC, 0.0), ai((size_t)N * IC, 0.0), ew((size_t)OC * IC, 0.0), aw((size_t)OC * IC, 0.0);
+    for (int n = 0; n < N; n++)
+        for (int k = 0; k < IC; k++)
+            for (int o = 0; o < OC; o++) {
+                double t = (double)dout[(size_t)n * OC + o] * W[(size_t)o * IC + k];
+                ei[(size_t)n * IC + k] += t; ai[(size_t)n * IC + k] += std::fabs(t);
+            }
+    for (int o = 0; o < OC; o++)
+        for (int k = 0; k < IC; k++)
+            for (int n = 0; n < N; n++) {
+                double t = (double)dout[(size_t)n * OC + o] * inp[(size_t)n * IC + k];
+                ew[(size_t)o * IC + k] += t; aw[(size_t)o * IC + k] += std::fabs(t);
+            }
+    VecF dinp = dinp0, dW = dW0;
+    matmul_backward(dinp.data(), dW.data(), dout.data(), inp.data(), W.data(), N, IC, OC);
+    MatmulCheck ci, cw;
+    for (size_t i = 0; i < dinp.size(); i++) ci.add(dinp[i], dinp0[i] + ei[i], std::fabs(dinp0[i]) + ai[i], OC);
+    for (size_t i = 0; i < dW.size(); i++) cw.add(dW[i], dW0[i] + ew[i], std::fabs(dW0[i]) + aw[i], N);
+    // second call: c0 + 2 * product, i.e. a sum of 2K+1 terms, within gamma_{2K+1}
+    matmul_backward(dinp.data(), dW.data(), dout.data(), inp.data(), W.data(), N, IC, OC);
+    MatmulCheck ci2, cw2;
+    for (size_t i = 0; i < dinp.size(); i++) ci2.add(dinp[i], dinp0[i] + 2 * ei[i], std::fabs(dinp0[i]) + 2 * ai[i], 2 * OC);
+    for (size_t i = 0; i < dW.size(); i++) cw2.add(dW[i], dW0[i] + 2 * ew[i], std::fabs(dW0[i]) + 2 * aw[i], 2 * N);
+    MESSAGE("matmul fp32 N=" << N << " IC=" << IC << " OC=" << OC << ": max err/bound forward " << cf.worst_ratio
+            << ", dinp " << ci.worst_ratio << " (twice " << ci2.worst_ratio << "), dweight " << cw.worst_ratio
+            << " (twice " << cw2.worst_ratio << ")");
+    CHECK(cf.finite); CHECK(ci.finite); CHECK(cw.finite);
+    CHECK(cf.worst_ratio <= 1.0);
+    CHECK(ci.worst_ratio <= 1.0);
+    CHECK(cw.worst_ratio <= 1.0);
+    CHECK(ci2.worst_ratio <= 1.0);
+    CHECK(cw2.worst_ratio <= 1.0);
+}
+
+TEST_CASE("matmul float (blocked path) vs double reference: odd shapes, blocking multiples, accumulation") {
+    INFO("micro-tile " << MM_MR << "x" << MM_NR << ", KC " << MM_KC << ", MC " << MM_MC);
+    check_matmul_float(37, 53, 71, 1);                                   // odd, tiny (single thread)
+    check_matmul_float(2 * MM_MC, 2 * MM_KC, 2 * MM_NR, 2);              // exact multiples of every block
+    check_matmul_float(MM_MR, MM_KC, MM_NR, 3);                          // exactly one micro-tile, one depth block
+    check_matmul_float(MM_MC + 1, MM_KC + 1, MM_NR + 1, 4);              // one past each block
+    check_matmul_float(203, 269, 181, 5);                                // odd, big enough for threads
+    check_matmul_float(20, 300, 1000, 6);                                // few rows: columns split across threads
+    check_matmul_float(1, 64, 7, 7);                                     // a single row
+}
+
+TEST_CASE("matmul float: bitwise the same for 1 and 2 threads (forward, dinp, dweight)") {
+#ifdef _OPENMP
+    struct Shape { int N, IC, OC; };
+    for (Shape s : {Shape{203, 269, 181}, Shape{20, 300, 1000}, Shape{1000, 40, 24}}) {
+        CAPTURE(s.N); CAPTURE(s.IC); CAPTURE(s.OC);
+        llmc::Rng rng(21, 2);
+        VecF inp = to_float(randn(rng, (size_t)s.N * s.IC)), W = to_float(randn(rng, (size_t)s.OC * s.IC));
+        VecF dout = to_float(randn(rng, (size_t)s.N * s.OC)), dW0 = to_float(randn(rng, (size_t)s.OC * s.IC));
+        VecF dinp0 = to_float(randn(rng, (size_t)s.N * s.IC));
+        VecF o1((size_t)s.N * s.OC), o2 = o1, di1 = dinp0, di2 = dinp0, dw1 = dW0, dw2 = dW0;
+        int saved = omp_get_max_threads();
+        omp_set_num_threads(1);
+        matmul_forward(o1.data(), inp.data(), W.data(), s.N, s.IC, s.OC);
+        matmul_backward(di1.data(), dw1.data(), dout.data(), inp.data(), W.data(), s.N, s.IC, s.OC);
+        omp_set_num_threads(2);
+        matmul_forward(o2.data(), inp.data(), W.data(), s.N, s.IC, s.OC);
+        matmul_backward(di2.data(), dw2.data(), dout.data(), inp.data(), W.data(), s.N, s.IC, s.OC);
+        omp_set_num_threads(saved);
+        CHECK(std::memcmp(o1.data(), o2.data(), o1.size() * sizeof(float)) == 0);
+        CHECK(std::memcmp(di1.data(), di2.data(), di1.size() * sizeof(float)) == 0);
+        CHECK(std::memcmp(dw1.data(), dw2.data(), dw1.size() * sizeof(float)) == 0);
+    }
+#else
+    MESSAGE("built without OpenMP");
+    CHECK(true);
+#endif
+}
+
+// ============================================================================================
+// determinism of the other parameter-gradient sums and of attention's backward
+// ============================================================================================
+
+TEST_CASE("scalar/gate parameter gradients and attention backward: bitwise the same for 1 and 2 threads") {
+#ifdef _OPENMP
+    llmc::Rng rng(22, 2);
+    const int B = 3, T = 67, C = 40, Hkv = 2, D = 8, H = 4;
+    const long n = (long)B * T * C;
+    VecF x = to_float(randn(rng, n)), x0 = to_float(randn(rng, n)), g = to_float(randn(rng, n));
+    VecF w = to_float(randn(rng, 24, 0.3)), wg = to_float(randn(rng, Hkv * 12, 0.3));
+    VecF ve = to_float(randn(rng, (size_t)B * T * Hkv * D)), gv = to_float(randn(rng, (size_t)B * T * Hkv * D));
+    VecF q = to_float(randn(rng, (size_t)B * T * H * D)), k = to_float(randn(rng, (size_t)B * T * Hkv * D));
+    VecF v = to_float(randn(rng, (size_t)B * T * Hkv * D)), go = to_float(randn(rng, (size_t)B * T * H * D));
+    auto run_all = [&]() {
+        VecF r;
+        VecF dx(n), dx0(n, 0.0f);
+        float da = 0, db = 0;
+        lambdas_backward(dx.data(), dx0.data(), &da, &db, g.data(), x.data(), x0.data(), 0.9f, 0.2f, n);
+        r.push_back(da); r.push_back(db);
+        VecF dxm(n, 0.0f);
+        float dl = 0;
+        backout_backward(dxm.data(), &dl, g.data(), x.data(), 0.4f, n);
+        r.push_back(dl);
+        VecF de(n), dw(24, 0.0f);
+        float dls = 0;
+        smear_backward(de.data(), dw.data(), &dls, g.data(), x.data(), w.data(), 0.7f, B, T, C);
+        r.insert(r.end(), dw.begin(), dw.end()); r.push_back(dls);
+        VecF u = x, gamma((size_t)B * T * Hkv), vv = v, du((size_t)n, 0.0f), dve(ve.size()), dwg(Hkv * 12, 0.0f);
+        ve_gate_forward(vv.data(), gamma.data(), u.data(), ve.data(), wg.data(), B * T, C, Hkv, D);
+        ve_gate_backward(du.data(), dve.data(), dwg.data(), gv.data(), u.data(), ve.data(), gamma.data(), wg.data(), B * T, C, Hkv, D);
+        r.insert(r.end(), dwg.begin(), dwg.end());
+        VecF out(q.size()), lse((size_t)B * H * T), dq(q.size()), dk(k.size()), dv(v.size());
+        attention_forward(out.data(), lse.data(), q.data(), k.data(), v.data(), B, T, H, Hkv, D, 9);
+        attention_backward(dq.data(), dk.data(), dv.data(), go.data(), out.data(), lse.data(), q.data(), k.data(), v.data(), B, T, H, Hkv, D, 9);
+        r.insert(r.end(), dq.begin(), dq.end()); r.insert(r.end(), dk.begin(), dk.end()); r.insert(r.end(), dv.begin(), dv.end());
+        return r;
+    };
+    int saved = omp_get_max_threads();
+    omp_set_num_threads(1);
+    VecF r1 = run_all();
+    omp_set_num_threads(2);
+    VecF r2 = run_all();
+    omp_set_num_threads(saved);
+    REQUIRE(r1.size() == r2.size());
+    CHECK(std::memcmp(r1.data(), r2.data(), r1.size() * sizeof(float)) == 0);
+#else
+    MESSAGE("built without OpenMP");
+    CHECK(true);
+#endif
+}
