@@ -325,12 +325,12 @@ int main(int argc, char** argv) {
                 i++;
                 if (val_candidate) continue;
                 // apply the doc cap now so at most doc_cap code points per document are held
-                auto v = training_texts({doc}, doc_cap, INT64_MAX);
-                std::string capped(v[0]);
-                const uint8_t* s = (const uint8_t*)capped.data();
-                for (size_t k = 0; k < capped.size(); k += s[k] < 0x80 ? 1 : utf8_decode(s, capped.size(), k).len) chars++;
-                bytes += (int64_t)capped.size();
-                train_docs.push_back(std::move(capped));
+                int64_t cps;
+                doc.resize(utf8_prefix(doc.data(), doc.size(), doc_cap, &cps));
+                chars += cps;
+                bytes += (int64_t)doc.size();
+                train_docs.push_back(std::move(doc));
+                doc.clear();
                 if (chars > max_chars) break;
             }
             fprintf(stderr, "training tokenizer: vocab %lld on %zu documents (%.1f MB, %lld code points; every %lld-th document held out for val) with %d threads\n",

@@ -701,18 +701,26 @@ struct HeapEntry {
 
 // Prepare training text (§3.1): cap each document to doc_cap code points, stop after the document
 // that makes the running total exceed max_chars. Returns views into docs.
+// Byte length of the first max_cps code points of s (all of s if max_cps <= 0); *cps gets their
+// count. An ill-formed UTF-8 subsequence counts as one code point, as in the splitter.
+inline size_t utf8_prefix(const char* text, size_t n, int64_t max_cps, int64_t* cps) {
+    const uint8_t* s = (const uint8_t*)text;
+    size_t i = 0;
+    int64_t c = 0;
+    while (i < n && (max_cps <= 0 || c < max_cps)) {
+        i += s[i] < 0x80 ? 1 : utf8_decode(s, n, i).len;
+        c++;
+    }
+    *cps = c;
+    return i;
+}
+
 inline std::vector<std::string_view> training_texts(const std::vector<std::string>& docs, int64_t doc_cap, int64_t max_chars) {
     std::vector<std::string_view> out;
     int64_t total = 0;
     for (auto& d : docs) {
-        const uint8_t* s = (const uint8_t*)d.data();
-        size_t n = d.size(), i = 0;
-        int64_t cps = 0;
-        while (i < n && (doc_cap <= 0 || cps < doc_cap)) {
-            i += s[i] < 0x80 ? 1 : utf8_decode(s, n, i).len;
-            cps++;
-        }
-        out.emplace_back(d.data(), i);
+        int64_t cps;
+        out.emplace_back(d.data(), utf8_prefix(d.data(), d.size(), doc_cap, &cps));
         total += cps;
         if (total > max_chars) break;
     }

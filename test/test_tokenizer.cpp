@@ -967,6 +967,15 @@ TEST_CASE("prepare_data: documents, splits and shards end to end") {
         auto tr = read_shard(d + "/ot/in_train_000000.bin");
         CHECK(decode_bytes(tt, tr).find("<|bos|>") == 0);
         CHECK(out.find("bytes per token") != std::string::npos);
+        // the same tokenizer as training directly on the train documents (val candidates i % 10 == 0 held out)
+        std::vector<std::string> train_docs;
+        for (size_t i = 0; i < docs.size(); i++)
+            if (i % 10 != 0) train_docs.push_back(docs[i]);
+        TrainOptions o;
+        o.vocab_size = 600;
+        Tokenizer direct = tokenizer_train(train_docs, o);
+        REQUIRE(direct.n_mergeable() == tt.n_mergeable());
+        for (uint32_t r = 0; r < tt.n_mergeable(); r++) REQUIRE(direct.vocab.bytes(r) == tt.vocab.bytes(r));
     }
     SUBCASE("uint32 shards when n_vocab > 65536") {
         // the same ranks with the BOS special at id 70000 (ids between are holes)
