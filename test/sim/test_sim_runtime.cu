@@ -734,6 +734,9 @@ __global__ void fine_kernel(float* out) {
     out[threadIdx.x] = __shfl_xor_sync(0xffffffff, (float)threadIdx.x, 1);
     __syncthreads();
 }
+__global__ void nested_launch(float* out) {
+    if (threadIdx.x == 3) LAUNCH(fine_kernel, 1, 32, 0, 0, out);  // dynamic parallelism: not simulated
+}
 
 TEST_CASE("SIM: misuse is an error naming the kernel and the block, not a hang") {
     DevBuf<float> d(64);
@@ -776,6 +779,10 @@ TEST_CASE("SIM: misuse is an error naming the kernel and the block, not a hang")
     CHECK(has(e, "invalid block"));
     e = error_of([&] { LAUNCH(fine_kernel, 1, 32, 49 * 1024, 0, d.p); });
     CHECK(has(e, "cudaFuncSetAttribute"));
+
+    e = error_of([&] { LAUNCH(nested_launch, 1, 32, 0, 0, d.p); });
+    CHECK(has(e, "thread (3,0,0)"));
+    CHECK(has(e, "launched from inside kernel 'nested_launch'"));
 
     // the runtime is fine afterwards (the aborted blocks' fiber stacks are reused)
     LAUNCH(fine_kernel, 2, 32, 0, 0, d.p);
