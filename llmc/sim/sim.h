@@ -1363,11 +1363,13 @@ inline void run_grid(const char* name, const void* kfunc, dim3 grid, dim3 block,
     s.dyn = (unsigned char*)malloc(smem ? smem : 1);  // exactly the launched size: ASan sees the end
     if (s.fibers.size() < nthreads) s.fibers.resize(nthreads);
     if (s.dirty_stacks) {
-        // a previous launch was aborted mid-block: its frames were never unwound, so ASan's shadow
-        // for those stacks may still mark redzones; clear it before reusing them
+        // a previous launch was aborted mid-block: the frames of its unfinished threads were never
+        // unwound, so ASan's shadow for those stacks may still mark redzones; clear it before reuse
 #if LLMC_SIM_ASAN
-        for (size_t i = 0; i < s.stacks.size(); i++) __asan_unpoison_memory_region(s.stacks[i], s.stack_size);
+        for (auto& f : s.fibers)
+            if (f.st != St::Exited && f.stack) __asan_unpoison_memory_region(f.stack, f.stack_size);
 #endif
+        for (auto& f : s.fibers) f.st = St::Exited;
         s.dirty_stacks = false;
     }
     for (int i = 0; i < (int)nthreads; i++) {
