@@ -1335,6 +1335,16 @@ inline std::string run_block(uint3 bidx, bool reverse) {
     }
 }
 
+#if LLMC_SIM_ASAN
+// AddressSanitizer's report names the kernel's source line; this adds which block and thread.
+inline void asan_death_note() {
+    Sched& s = sched();
+    if (s.cur)
+        fprintf(stderr, "SIM: the bad access was made in kernel '%s', block (%u,%u,%u), thread (%u,%u,%u)\n", s.kernel, blockIdx.x, blockIdx.y,
+                blockIdx.z, s.cur->tid.x, s.cur->tid.y, s.cur->tid.z);
+}
+#endif
+
 inline void run_grid(const char* name, const void* kfunc, dim3 grid, dim3 block, size_t smem, void (*body)(void*), void* args) {
     Sched& s = sched();
     if (s.in_launch && s.cur) LLMC_FAIL("SIM: kernel '%s' launched from inside kernel '%s' (dynamic parallelism is not simulated)", name, s.kernel);
@@ -1354,6 +1364,10 @@ inline void run_grid(const char* name, const void* kfunc, dim3 grid, dim3 block,
                   "cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes), up to %zu)",
                   name, smem, allowed, kSmemOptin);
 
+#if LLMC_SIM_ASAN
+    static bool death_note = (__sanitizer_set_death_callback(asan_death_note), true);
+    (void)death_note;
+#endif
     ensure_stacks((int)nthreads);
     s.kernel = name;
     s.body = body;

@@ -239,7 +239,7 @@ template <class T> static void check_shuffles(const char* tname) {
         std::vector<T> h = d.get();
         for (int t = 0; t < B; t++) {
             int src = (t / 32) * 32 + shfl_expected_src(c.kind, t % 32, c.arg, c.width);
-            INFO(tname, " kind ", c.kind, " arg ", c.arg, " width ", c.width, " thread ", t);
+            INFO(std::string(tname), " kind ", c.kind, " arg ", c.arg, " width ", c.width, " thread ", t);
             CHECK((float)h[t] == (float)(src * 3 + 1));
         }
     }
@@ -893,6 +893,8 @@ TEST_CASE("SIM+ASan planted bug: an off-by-one write past a row of global memory
     CHECK(!(WIFEXITED(status) && WEXITSTATUS(status) == 0));
     CHECK(has(rep, "AddressSanitizer: heap-buffer-overflow"));
     CHECK(has(rep, "scale_rows_off_by_one"));
+    // the last row's block; the thread whose c reaches C = 100 with a stride of 64
+    CHECK(has(rep, "SIM: the bad access was made in kernel 'scale_rows_off_by_one', block (3,0,0), thread (36,0,0)"));
 }
 TEST_CASE("SIM+ASan: an out-of-bounds write to static or dynamic shared memory is reported") {
     int status = 0;
