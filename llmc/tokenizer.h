@@ -20,9 +20,11 @@
 // rank, leftmost on ties. Short pieces use tiktoken's linear scan; long pieces (a 100 KB whitespace
 // run would be quadratic) use a heap + linked list that makes the same choices. Ranks are looked up
 // through an open-addressing hash table over the token byte strings, never assuming rank == byte.
-// Many documents are encoded in parallel (OpenMP over documents).
+// A small per-thread cache maps recent short multi-token pieces to their ids. Many documents are
+// encoded in parallel (OpenMP over documents).
 #pragma once
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <cstring>
 #include <queue>
@@ -331,13 +333,20 @@ struct Vocab {
     std::vector<uint32_t> off;    // token r is arena[off[r], off[r+1])
     std::vector<uint64_t> slots;  // (hash high 32 bits << 32) | (rank + 1); 0 = empty
     uint64_t mask = 0;
+    uint64_t uid = 0;             // changes with every added token; copies share it (the encoder's
+                                  // per-thread piece cache is valid only for one uid)
+
+    static uint64_t next_uid() {
+        static std::atomic<uint64_t> counter{1};
+        return counter.fetch_add(1);
+    }
 
     size_t size() const { return off.empty() ? 0 : off.size() - 1; }
     std::string_view bytes(uint32_t r) const { return std::string_view(arena.data() + off[r], off[r + 1] - off[r]); }
 
     // Rank of the byte string, or -1.
-    int64_t find(const uint8_t* p, size_t n) const {
-        uint64_t h = hash_bytes(p, n);
+    int64_t find(const uint8_t* p, size_t n) const { return find_hashed(p, n, hash_bytes(p, n)); }
+    int64_t find_hashed(const uint8_t* p, size_t n, uint64_t h) const {
         uint64_t tag = h >> 32;
         for (uint64_t i = h & mask;; i = (i + 1) & mask) {
             uint64_t e = slots[i];
@@ -366,6 +375,7 @@ struct Vocab {
             }
         }
         uint32_t r = (uint32_t)size();
+        uid = next_uid();
         arena.append(b.data(), b.size());
         off.push_back((uint32_t)arena.size());
         slots[i] = ((h >> 32) << 32) | (uint64_t)(r + 1);
@@ -449,10 +459,30 @@ namespace tok_detail {
 
 static const uint32_t kNoRank = UINT32_MAX;
 
+// Direct-mapped cache of short pieces that are not single tokens -> their ids. Frequent words
+// outside the vocabulary ("Citizen:" style pieces, inflections) then cost one hash and one memcmp
+// instead of a full merge loop. One per thread; emptied when used with a different vocabulary.
+struct PieceCache {
+    static constexpr size_t kSlots = 4096, kMaxBytes = 22, kMaxIds = 11;
+    struct Slot {
+        uint8_t len = 0;  // 0: empty (cached pieces have >= 2 bytes)
+        uint8_t nids = 0;
+        char bytes[kMaxBytes];
+        uint32_t ids[kMaxIds];
+    };
+    std::vector<Slot> slots;
+    uint64_t uid = 0;
+    Slot& slot(uint64_t vocab_uid, uint64_t h) {
+        if (uid != vocab_uid || slots.empty()) { slots.assign(kSlots, Slot()); uid = vocab_uid; }
+        return slots[(h >> 20) & (kSlots - 1)];  // bits not used by the vocab table's first probe
+    }
+};
+
 struct MergeScratch {
     std::vector<uint32_t> pos, rank;                      // linear-scan version
     std::vector<uint32_t> next, prev, cur;                // heap version
     std::vector<std::pair<uint32_t, uint32_t>> heap;      // (rank, start)
+    PieceCache cache;
 };
 
 inline uint32_t rank_of(const Vocab& v, const uint8_t* s, size_t a, size_t b) {
@@ -540,9 +570,28 @@ inline void bpe_heap(const Vocab& v, const uint8_t* s, size_t n, std::vector<uin
 // Encode one piece (§4.1 steps 1-2), appending ids.
 inline void encode_piece(const Tokenizer& t, const uint8_t* s, size_t n, std::vector<uint32_t>& out,
                          tok_detail::MergeScratch& sc) {
-    int64_t r = t.vocab.find(s, n);
+    using tok_detail::PieceCache;
+    uint64_t h = hash_bytes(s, n);
+    int64_t r = t.vocab.find_hashed(s, n, h);
     if (r >= 0) { out.push_back((uint32_t)r); return; }
     // n >= 2 here: every single byte is a token (checked at load)
+    if (n <= PieceCache::kMaxBytes) {
+        PieceCache::Slot& sl = sc.cache.slot(t.vocab.uid, h);
+        if (sl.len == n && memcmp(sl.bytes, s, n) == 0) {
+            out.insert(out.end(), sl.ids, sl.ids + sl.nids);
+            return;
+        }
+        size_t before = out.size();
+        tok_detail::bpe_linear(t.vocab, s, n, out, sc);
+        size_t k = out.size() - before;
+        if (k <= PieceCache::kMaxIds) {
+            sl.len = (uint8_t)n;
+            sl.nids = (uint8_t)k;
+            memcpy(sl.bytes, s, n);
+            memcpy(sl.ids, out.data() + before, k * sizeof(uint32_t));
+        }
+        return;
+    }
     if (n <= 128) tok_detail::bpe_linear(t.vocab, s, n, out, sc);
     else tok_detail::bpe_heap(t.vocab, s, n, out, sc);
 }

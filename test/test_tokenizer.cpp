@@ -588,6 +588,34 @@ TEST_CASE("encode: agrees with the slow reference encoder; round trips") {
     }
 }
 
+TEST_CASE("encode: the per-thread piece cache never leaks ids between tokenizers") {
+    // two tokenizers with different merges, used alternately on the same short pieces in one thread
+    std::string text = "the other brother bothers their mothers; rather, the others gather together. ";
+    std::string text2 = "zebra zealots zoom; bizarre buzz fizz jazz. zebra zoo. ";
+    Tokenizer a = tokenizer_train({text + text}, no_special_opts(256 + 40));
+    Tokenizer b = tokenizer_train({text2 + text}, no_special_opts(256 + 25));
+    auto ra = ranks_of(a), rb = ranks_of(b);
+    Pieces words = split_text(text + text2);
+    for (int round = 0; round < 3; round++)
+        for (auto& w : words) {
+            REQUIRE(encode_ordinary(a, w) == ref_encode(ra, w, a.pattern));
+            REQUIRE(encode_ordinary(b, w) == ref_encode(rb, w, b.pattern));
+        }
+    // a copy that gains a token is a different vocabulary (its cache entries must not be reused)
+    Tokenizer c = a;
+    CHECK(c.vocab.uid == a.vocab.uid);
+    // (cached above under a's vocabulary; the new token joins its first two parts, so the merge
+    // loop, not the whole-piece fast path, must find a different answer)
+    auto before = encode_ordinary(c, " brothers");
+    REQUIRE(before.size() >= 3);
+    c.vocab.add(std::string(c.vocab.bytes(before[0])) + std::string(c.vocab.bytes(before[1])));
+    CHECK(c.vocab.uid != a.vocab.uid);
+    std::vector<uint32_t> want{(uint32_t)c.vocab.size() - 1};
+    want.insert(want.end(), before.begin() + 2, before.end());
+    CHECK(encode_ordinary(c, " brothers") == want);
+    CHECK(encode_ordinary(a, " brothers") == before);
+}
+
 TEST_CASE("encode: ranks are looked up by bytes, not assumed equal to byte values") {
     // a hand-made vocabulary whose single bytes are permuted (like r50k_base): rank of byte b is 255 - b,
     // then "ab" 256, "abab" 257
