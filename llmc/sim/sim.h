@@ -38,6 +38,9 @@
 // spins waiting for another thread or block to write something (without a barrier in between)
 // never sees it: fibers switch only at barriers and collectives, and blocks run in order, so such a
 // kernel hangs under SIM. `extern __shared__` arrays do not compile: use DYNAMIC_SMEM.
+// __CUDA_ARCH__ is not defined (as in nvcc's host pass): inline PTX belongs behind a wrapper with
+// a SIM path (`#ifdef LLMC_SIM`). Each fiber has a 256 KiB stack (1 MiB under ASan; the
+// environment variable LLMC_SIM_STACK_KB overrides); overflowing it faults on a guard page.
 #pragma once
 
 #include <math.h>
