@@ -777,12 +777,16 @@ TEST_CASE("matmul float (blocked path) vs double reference: odd shapes, blocking
     check_matmul_float(203, 269, 181, 5);                                // odd, big enough for threads
     check_matmul_float(20, 300, 1000, 6);                                // few rows: columns split across threads
     check_matmul_float(1, 64, 7, 7);                                     // a single row
+    // several column chunks (NC), row groups and depth blocks, in both "shared" orientations:
+    // forward/dweight share A (N < OC) or B, dinp the other
+    check_matmul_float(600, 300, 700, 8);
+    check_matmul_float(700, 600, 300, 9);
 }
 
 TEST_CASE("matmul float: bitwise the same for 1 and 2 threads (forward, dinp, dweight)") {
 #ifdef _OPENMP
     struct Shape { int N, IC, OC; };
-    for (Shape s : {Shape{203, 269, 181}, Shape{20, 300, 1000}, Shape{1000, 40, 24}}) {
+    for (Shape s : {Shape{203, 269, 181}, Shape{20, 300, 1000}, Shape{1000, 40, 24}, Shape{600, 300, 700}}) {
         CAPTURE(s.N); CAPTURE(s.IC); CAPTURE(s.OC);
         llmc::Rng rng(21, 2);
         VecF inp = to_float(randn(rng, (size_t)s.N * s.IC)), W = to_float(randn(rng, (size_t)s.OC * s.IC));

@@ -9,26 +9,29 @@
 //    tests and the baseline of dev/bench_matmul.cpp.
 //  * float: all three products go through one blocked GEMM, C (=|+=) A·B with A and B given by
 //    strides, so a transposed operand costs nothing but a different packing loop.
-//    The structure is the classic GotoBLAS/BLIS one:
-//      for each column block jc (NC wide) / depth block pc (KC deep):
-//        pack B[pc.., jc..] into NR-wide micro-panels   (stays in L2/L3, re-read for every row block)
-//        for each row block ic (MC tall): pack A[ic.., pc..] into MR-tall micro-panels (L2)
-//          for each NR x MR tile: micro-kernel: MR x NR accumulators live in vector registers for
-//          the whole depth KC; per k it loads one NR-wide row of B and broadcasts MR values of A
-//          (MR*NR/VL FMAs per 2 + MR loads).
-//    The micro-kernel is written with GCC/Clang vector extensions (no intrinsics), so the
-//    compiler picks the instructions: with -march=native on AVX-512 a 12 x 32 tile (24 zmm
-//    accumulators), on AVX2 a 6 x 16 tile, elsewhere 6 x 8.
-//    Edges: packing zero-pads partial panels, partial tiles are written through a small buffer.
+//    Packing (as in GotoBLAS/BLIS) copies A into MR-tall and B into NR-wide micro-panels, each
+//    KC deep and contiguous, so the micro-kernel reads both with unit stride. The micro-kernel
+//    keeps an MR x NR tile of C in vector registers for a whole depth block: per k it loads one
+//    NR-wide row of B and broadcasts MR values of A (MR*NR/VL FMAs per NR/VL + MR loads).
+//    It is written with GCC/Clang vector extensions (no intrinsics), so the compiler picks the
+//    instructions: with -march=native on AVX-512 a 12 x 32 tile (24 zmm accumulators), on AVX2
+//    6 x 16, elsewhere 6 x 8. Edges: packing zero-pads partial panels; partial tiles are
+//    written through a small buffer.
+//    Cache plan: the smaller operand ("shared") is packed once, up front, by all threads into
+//    one buffer; the larger one ("streamed") is packed piece by piece by the task that uses it,
+//    so it crosses the memory bus about once (for the lm_head, B = W is the big one in the
+//    forward, A = doutᵀ in dweight). Inside a task: for each NC-wide column chunk, for each group
+//    of rows whose C block stays in L2, for each depth block: for each MC-row block: tiles.
 //
-// Threads: the output C is split into one rectangle per thread (rows if M >= N else columns,
-// rounded to whole micro-tiles) and each thread runs the blocked GEMM on its rectangle with its
-// own packing buffers: no barriers, no shared writes. Every C element is computed by one thread
-// as: for each depth block in order, acc = sum over k in order (in registers), C += acc.
-// The depth blocking KC is fixed, so the result is bitwise independent of the thread count and
-// of how C was split (deterministic parameter gradients).
-// Accuracy: fp32 sums of KC products then one add per depth block; the tests bound the error
-// against a double reference.
+// Threads: C is cut into rectangles (tasks) along the streamed operand's dimension, ~3 per
+// thread, scheduled dynamically so a core slowed by another process does not hold up the
+// product. No two tasks write the same C element, and every C element is computed as: for each
+// depth block in order, acc = sum over its k in order (in registers), C += acc (= for the first
+// block of the forward). KC is a constant, so results are bitwise independent of the thread
+// count and of the task split (deterministic parameter gradients). Only the first phase
+// (packing the shared operand) ends in a barrier.
+// Accuracy: fp32 sums of at most KC products, then one add per depth block; the tests hold
+// every element to the rigorous bound gamma_{K+1} * sum |terms| against a double reference.
 #pragma once
 #include <algorithm>
 #include <cstdint>
@@ -98,6 +101,9 @@ constexpr int MM_NV = 2;                   // vectors per tile row
 constexpr int MM_NR = MM_NV * MM_VL;       // tile width
 constexpr int MM_KC = 256;                 // depth block: fixed (it defines the summation order)
 constexpr int MM_MC = 8 * MM_MR;           // row block: A block MC x KC (~100 KB on AVX-512) in L2
+constexpr int MM_NC = 512;                 // column chunk: B chunk KC x NC (512 KB) in L2
+constexpr long MM_L2_HALF = 1l << 20;      // bytes of C kept hot across depth blocks
+constexpr long MM_SHARED_BIG = 4l << 20;   // a shared operand this big is re-read as few times as possible
 
 typedef float mm_vec __attribute__((vector_size(MM_VL * sizeof(float))));
 
@@ -206,57 +212,84 @@ inline void mm_gemm(const MatmulOperands& op, int M, int N, int K, bool overwrit
     if (!omp_in_parallel()) nth = omp_get_max_threads();
 #endif
     if (2.0 * M * N * K < 4e6) nth = 1;  // not worth waking threads for tiny products
-    const int npanels = (N + MM_NR - 1) / MM_NR;
-    const long Npad = (long)npanels * MM_NR;
+    // The smaller operand is packed once, up front, into a buffer all threads read ("shared");
+    // the larger one is packed piece by piece by the task that uses it ("streamed"), so it is
+    // read from memory about once. M >= N: A streams, B is shared; else the reverse.
+    const bool share_B = M >= N;
+    const int mpanels = (M + MM_MR - 1) / MM_MR, npanels = (N + MM_NR - 1) / MM_NR;
+    const long Mpad = (long)mpanels * MM_MR, Npad = (long)npanels * MM_NR;
     const int kblocks = (K + MM_KC - 1) / MM_KC;
-    const int mblocks = (M + MM_MC - 1) / MM_MC;
-    // Tasks are (row block, column chunk). Whole rows (chunk = all of N) are best: A is packed
-    // once per row block. Only when there are too few row blocks to keep the threads busy are
-    // the columns cut, into chunks of at least 4 panels so the re-packing of A per chunk stays
-    // small (it moves 1/(2*chunk width) elements per flop).
-    int chunk_panels = npanels;
-    if (nth > 1 && mblocks < 4 * nth) {
-        int want = (4 * nth + mblocks - 1) / mblocks;
-        chunk_panels = std::max(4, (npanels + want - 1) / want);
-    }
-    const int nchunks = (npanels + chunk_panels - 1) / chunk_panels;
-    // All of B is packed once, up front, into a buffer shared by the threads: depth block pb
-    // starts at pb*KC*Npad and holds its panels [q][k][j]. It belongs to the calling thread and
-    // grows once (for the 256->32768 lm_head it is 32 MB).
-    static thread_local std::vector<float> bbuf;
-    size_t bsz = (size_t)K * Npad + 16;
-    if (bbuf.size() < bsz) bbuf.resize(bsz);
-    float* Bp = mm_align64_(bbuf.data());
+    // Tasks: the streamed operand's dimension is cut into ranges of whole panels, about 3 per
+    // thread (dynamic scheduling then evens out a core that another process slows down), but
+    // only one per thread when the shared operand is big, because every task re-reads all of it.
+    // If that dimension is too short, the other one is cut as well.
+    const long shared_bytes = 4l * K * (share_B ? Npad : Mpad);
+    int want = nth == 1 ? 1 : (shared_bytes > MM_SHARED_BIG ? nth : 3 * nth);
+    int units_long = share_B ? mpanels : npanels, units_short = share_B ? npanels : mpanels;
+    int t_long = std::min(want, units_long);
+    int t_short = std::min(units_short, (want + t_long - 1) / t_long);
+    const int tr = share_B ? t_long : t_short, tc = share_B ? t_short : t_long;
+    static thread_local std::vector<float> sbuf;  // the shared packed operand (caller's thread)
+    size_t ssz = (size_t)K * (share_B ? Npad : Mpad) + 16;
+    if (sbuf.size() < ssz) sbuf.resize(ssz);
+    float* S = mm_align64_(sbuf.data());
     #pragma omp parallel num_threads(nth) if (nth > 1)
     {
+        // 1. pack the shared operand: depth block pb starts at pc*Npad (or pc*Mpad); its panels follow
+        const int spanels = share_B ? npanels : mpanels;
         #pragma omp for schedule(static) collapse(2)
         for (int pb = 0; pb < kblocks; pb++) {
-            for (int q = 0; q < npanels; q++) {
+            for (int q = 0; q < spanels; q++) {
                 const int pc = pb * MM_KC, kc = std::min(MM_KC, K - pc);
-                mm_pack_B(Bp + (long)pc * Npad + (long)q * MM_NR * kc, op, pc, kc, q * MM_NR, std::min(MM_NR, N - q * MM_NR));
+                if (share_B) mm_pack_B(S + (long)pc * Npad + (long)q * MM_NR * kc, op, pc, kc, q * MM_NR, std::min(MM_NR, N - q * MM_NR));
+                else mm_pack_A(S + (long)pc * Mpad + (long)q * MM_MR * kc, op, q * MM_MR, std::min(MM_MR, M - q * MM_MR), pc, kc);
             }
         }
-        // (implicit barrier: B is complete before anyone multiplies with it)
-        static thread_local std::vector<float> abuf;  // this thread's packed A block
-        size_t asz = (size_t)MM_MC * MM_KC + 16;
-        if (abuf.size() < asz) abuf.resize(asz);
-        float* Ap = mm_align64_(abuf.data());
-        // dynamic: a core slowed down by another process does not hold up the whole product
+        // (implicit barrier: the shared operand is complete before anyone multiplies with it)
+        static thread_local std::vector<float> pbuf;  // this thread's piece of the streamed operand
+        size_t psz = (size_t)MM_KC * (share_B ? MM_MC : MM_NC) + 16;
+        if (pbuf.size() < psz) pbuf.resize(psz);
+        float* P = mm_align64_(pbuf.data());
+        // 2. tasks, each a rectangle of C: rows [r0, r1) x columns [c0, c1)
         #pragma omp for schedule(dynamic, 1) collapse(2)
-        for (int mb = 0; mb < mblocks; mb++) {
-            for (int ch = 0; ch < nchunks; ch++) {
-                const int ic = mb * MM_MC, mc = std::min(MM_MC, M - ic);
-                const int j0 = ch * chunk_panels * MM_NR, j1 = std::min(N, j0 + chunk_panels * MM_NR);
-                for (int pc = 0; pc < K; pc += MM_KC) {
-                    const int kc = std::min(MM_KC, K - pc);
-                    const bool first = overwrite && pc == 0;
-                    const float* Bblock = Bp + (long)pc * Npad;
-                    mm_pack_A(Ap, op, ic, mc, pc, kc);
-                    for (int jr = j0; jr < j1; jr += MM_NR) {
-                        const int nr = std::min(MM_NR, N - jr);
-                        for (int ir = 0; ir < mc; ir += MM_MR)
-                            mm_micro_kernel(kc, Ap + (long)ir * kc, Bblock + (long)jr * kc,
-                                            op.C + (long)(ic + ir) * op.ldc + jr, op.ldc, std::min(MM_MR, mc - ir), nr, first);
+        for (int ti = 0; ti < tr; ti++) {
+            for (int tj = 0; tj < tc; tj++) {
+                const int r0 = (int)((long)mpanels * ti / tr) * MM_MR, r1 = std::min(M, (int)((long)mpanels * (ti + 1) / tr) * MM_MR);
+                const int c0 = (int)((long)npanels * tj / tc) * MM_NR, c1 = std::min(N, (int)((long)npanels * (tj + 1) / tc) * MM_NR);
+                for (int jc = c0; jc < c1; jc += MM_NC) {
+                    const int nc = std::min(MM_NC, c1 - jc);
+                    // rows whose C block (rows x nc) stays in L2 while the depth blocks pass over it
+                    int rs_rows = kblocks == 1 ? M : std::max(MM_MC, (int)(MM_L2_HALF / (4l * nc)) / MM_MC * MM_MC);
+                    for (int rs = r0; rs < r1; rs += rs_rows) {
+                        const int rs_end = std::min(r1, rs + rs_rows);
+                        for (int pc = 0; pc < K; pc += MM_KC) {
+                            const int kc = std::min(MM_KC, K - pc);
+                            const bool first = overwrite && pc == 0;
+                            const float* Bblk;  // panels of columns [jc, jc+nc), panel j at Bblk + j*kc
+                            if (share_B) {
+                                Bblk = S + (long)pc * Npad + (long)jc * kc;
+                            } else {
+                                mm_pack_B(P, op, pc, kc, jc, nc);
+                                Bblk = P;
+                            }
+                            for (int ic = rs; ic < rs_end; ic += MM_MC) {
+                                const int mc = std::min(MM_MC, rs_end - ic);
+                                const float* Ablk;  // panels of rows [ic, ic+mc), panel i at Ablk + i*kc
+                                if (share_B) {
+                                    mm_pack_A(P, op, ic, mc, pc, kc);
+                                    Ablk = P;
+                                } else {
+                                    Ablk = S + (long)pc * Mpad + (long)ic * kc;
+                                }
+                                for (int jr = 0; jr < nc; jr += MM_NR) {
+                                    const int nr = std::min(MM_NR, nc - jr);
+                                    for (int ir = 0; ir < mc; ir += MM_MR)
+                                        mm_micro_kernel(kc, Ablk + (long)ir * kc, Bblk + (long)jr * kc,
+                                                        op.C + (long)(ic + ir) * op.ldc + jc + jr, op.ldc,
+                                                        std::min(MM_MR, mc - ir), nr, first);
+                                }
+                            }
+                        }
                     }
                 }
             }
