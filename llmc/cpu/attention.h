@@ -11,38 +11,176 @@
 //   dq_i = sum_j ds_ij k_j / sqrt(D),  dk_j = sum_{h in group, i} ds_ij q_i / sqrt(D),
 //   dv_j = sum_{h in group, i} p_ij G_i.
 //
-// Parallelism (both deterministic, every output row is owned by exactly one thread):
-//  * forward and the dq pass: one task per (b, h, query i);
-//  * the dk/dv pass: one task per (b, kv head, key j), which loops over the query heads of its
-//    group and the queries that see key j, in a fixed order. This recomputes s and p a second
-//    time (7 instead of 5 D-length vector ops per visible pair) but keeps both cores busy for any
-//    B and Hkv (a split over (b, kv head) alone would leave a core idle at B*Hkv = 1) and never
-//    adds into shared memory.
-// D-length dot products use 16 independent partial sums so the compiler can vectorize them
-// without reassociating (the order is fixed, so results do not depend on the build's vector width
-// beyond FMA contraction). Sums of exponentials accumulate in double.
+// Work is done in blocks of ATT_QB query rows (forward, dq) or key rows (dk, dv), so every
+// inner loop is a contiguous, vectorizable multiply-add over 4 source rows at once:
+//  * row-by-matrix products over D (scores, <G_i, v_j>) read a transposed copy (D x T) of the
+//    other operand, made once per call: s[j] += sum of 4 terms q[d] * Kt[d][j], along j;
+//  * probability-weighted sums (o_i, dq_i, dk_j, dv_j) run along D over the rows of v, k, q, G.
+// Softmax max/sum use ATT_LANES independent partial results (a fixed order, so no
+// reassociation is needed to vectorize them), and exp in float is a branch-free polynomial the
+// compiler vectorizes (attn_exp_, <= 2 ulp); double uses std::exp.
+//
+// Parallelism (deterministic: every output row is owned by one thread and summed in a fixed
+// order): forward and the dq pass split (b, h, query block); the dk/dv pass splits
+// (b, kv head, key block) and loops over the group's query heads and the queries that see each
+// key. Recomputing s and p in that second pass keeps both cores busy for any B and Hkv without
+// ever adding into shared memory.
 #pragma once
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include "llmc/cpu/common.h"
 #include "llmc/utils.h"
 
+constexpr int ATT_QB = 4;      // query (or key) rows per block
+constexpr int ATT_LANES = 16;  // partial results of the max/sum reductions
+
+// exp for the softmax. float: exp(x) = 2^n * e^r, n = round(x / ln2), r = x - n ln2 in
+// [-ln2/2, ln2/2] (ln2 split in two parts so r is exact to ~1e-11), e^r by its Taylor
+// polynomial to degree 7 (truncation < 3e-9 relative), 2^n by building the exponent bits.
+// Inputs below -87.3 flush to 0 (the result would be denormal), above 88 are clamped (never
+// happens here: arguments are s - max <= 0 or s - lse <= ~0).
 template <typename Real>
-inline Real attn_dot_(const Real* a, const Real* b, int D) {
-    Real acc[16] = {0};
-    int d = 0;
-    for (; d + 16 <= D; d += 16)
-        for (int l = 0; l < 16; l++) acc[l] += a[d + l] * b[d + l];
-    for (int l = 0; d < D; d++, l++) acc[l] += a[d] * b[d];
-    for (int w = 8; w >= 1; w /= 2)
-        for (int l = 0; l < w; l++) acc[l] += acc[l + w];
-    return acc[0];
+inline Real attn_exp_(Real x) { return std::exp(x); }
+template <>
+inline float attn_exp_<float>(float x) {
+    x = std::min(std::max(x, -87.33654f), 88.0f);
+    float n = std::nearbyint(x * 1.44269504088896341f);
+    float r = (x - n * 0.693145751953125f) - n * 1.42860682030941723212e-6f;
+    float p = 1.0f / 5040.0f;
+    p = p * r + 1.0f / 720.0f;
+    p = p * r + 1.0f / 120.0f;
+    p = p * r + 1.0f / 24.0f;
+    p = p * r + 1.0f / 6.0f;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    int32_t bits = ((int32_t)n + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, sizeof(float));
+    return p * scale;
 }
 
 inline void attention_check_args_(int B, int T, int H, int Hkv, int D, int window) {
     LLMC_CHECK(B > 0 && T > 0 && D > 0, "attention: bad shape B=%d T=%d D=%d", B, T, D);
     LLMC_CHECK(H > 0 && Hkv > 0 && H % Hkv == 0, "attention: n_head %d must be a positive multiple of n_kv_head %d", H, Hkv);
     LLMC_CHECK(window >= 0, "attention: window must be >= 0, got %d", window);
+}
+
+// dst (NH, D, T) per batch row = transpose of src (B, T, NH, D): dst[((b*NH + h)*D + d)*T + t]
+template <typename Real>
+void attn_transpose_(Real* dst, const Real* src, int B, int T, int NH, int D) {
+    #pragma omp for collapse(2) schedule(static)
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < NH; h++) {
+            Real* out = dst + ((long)b * NH + h) * D * T;
+            for (int t = 0; t < T; t++) {
+                const Real* row = src + (((long)b * T + t) * NH + h) * D;
+                for (int d = 0; d < D; d++) out[(long)d * T + t] = row[d];
+            }
+        }
+}
+
+// s[r][0..L) = sum_d x_r[d] * Yt[d][j0 .. j0+L), for nr rows r; Yt has leading dimension T.
+// Four d at a time, so each pass over s does 4 FMAs per load/store of s (the loop is bound by
+// memory operations, not arithmetic).
+template <typename Real>
+inline void attn_rows_times_t_(Real* s, int ldS, const Real* const* x, int nr, const Real* Yt, int T, int j0, int L, int D) {
+    for (int r = 0; r < nr; r++) memset(s + (long)r * ldS, 0, sizeof(Real) * L);
+    int d = 0;
+    for (; d + 4 <= D; d += 4) {
+        const Real* y0 = Yt + (long)d * T + j0;
+        const Real* y1 = y0 + T;
+        const Real* y2 = y1 + T;
+        const Real* y3 = y2 + T;
+        for (int r = 0; r < nr; r++) {
+            const Real a0 = x[r][d], a1 = x[r][d + 1], a2 = x[r][d + 2], a3 = x[r][d + 3];
+            Real* sr = s + (long)r * ldS;
+            for (int j = 0; j < L; j++) sr[j] += a0 * y0[j] + a1 * y1[j] + a2 * y2[j] + a3 * y3[j];
+        }
+    }
+    for (; d < D; d++) {
+        const Real* y = Yt + (long)d * T + j0;
+        for (int r = 0; r < nr; r++) {
+            const Real a = x[r][d];
+            Real* sr = s + (long)r * ldS;
+            for (int j = 0; j < L; j++) sr[j] += a * y[j];
+        }
+    }
+}
+
+// out_r[0..D) += sum_{x<L} c[r*ldC + x] * X_x[0..D), X_x = X + x*stride, for nr rows r.
+// Four source rows at a time (4 FMAs per load/store of out_r); they stay in L1 across r.
+template <typename Real>
+inline void attn_weighted_rows_(Real* const* out, int nr, const Real* c, int ldC, const Real* X, long stride, int L, int D) {
+    int x = 0;
+    for (; x + 4 <= L; x += 4) {
+        const Real* x0 = X + (long)x * stride;
+        const Real* x1 = x0 + stride;
+        const Real* x2 = x1 + stride;
+        const Real* x3 = x2 + stride;
+        for (int r = 0; r < nr; r++) {
+            const Real* cr = c + (long)r * ldC + x;
+            const Real c0 = cr[0], c1 = cr[1], c2 = cr[2], c3 = cr[3];
+            Real* o = out[r];
+            for (int d = 0; d < D; d++) o[d] += c0 * x0[d] + c1 * x1[d] + c2 * x2[d] + c3 * x3[d];
+        }
+    }
+    for (; x < L; x++) {
+        const Real* xr = X + (long)x * stride;
+        for (int r = 0; r < nr; r++) {
+            const Real cx = c[(long)r * ldC + x];
+            Real* o = out[r];
+            for (int d = 0; d < D; d++) o[d] += cx * xr[d];
+        }
+    }
+}
+
+template <typename Real>
+inline Real attn_max_(const Real* x, int n) {
+    Real m[ATT_LANES];
+    for (int l = 0; l < ATT_LANES; l++) m[l] = -INFINITY;
+    int i = 0;
+    for (; i + ATT_LANES <= n; i += ATT_LANES)
+        for (int l = 0; l < ATT_LANES; l++) m[l] = std::max(m[l], x[i + l]);
+    for (int l = 0; i < n; i++, l++) m[l] = std::max(m[l], x[i]);
+    Real r = m[0];
+    for (int l = 1; l < ATT_LANES; l++) r = std::max(r, m[l]);
+    return r;
+}
+
+// x[i] = exp(x[i] - sub), returns the sum (ATT_LANES partial sums, then added in a fixed order)
+template <typename Real>
+inline Real attn_exp_sum_(Real* x, int n, Real sub) {
+    Real acc[ATT_LANES] = {0};
+    int i = 0;
+    for (; i + ATT_LANES <= n; i += ATT_LANES)
+        for (int l = 0; l < ATT_LANES; l++) {
+            Real e = attn_exp_(x[i + l] - sub);
+            x[i + l] = e;
+            acc[l] += e;
+        }
+    for (int l = 0; i < n; i++, l++) {
+        Real e = attn_exp_(x[i] - sub);
+        x[i] = e;
+        acc[l] += e;
+    }
+    for (int w = ATT_LANES / 2; w >= 1; w /= 2)
+        for (int l = 0; l < w; l++) acc[l] += acc[l + w];
+    return acc[0];
+}
+
+template <typename Real>
+inline Real attn_dot_(const Real* a, const Real* b, int D) {
+    Real acc[ATT_LANES] = {0};
+    int d = 0;
+    for (; d + ATT_LANES <= D; d += ATT_LANES)
+        for (int l = 0; l < ATT_LANES; l++) acc[l] += a[d + l] * b[d + l];
+    for (int l = 0; d < D; d++, l++) acc[l] += a[d] * b[d];
+    for (int w = ATT_LANES / 2; w >= 1; w /= 2)
+        for (int l = 0; l < w; l++) acc[l] += acc[l + w];
+    return acc[0];
 }
 
 template <typename Real>
@@ -52,39 +190,43 @@ void attention_forward(Real* out, Real* lse, const Real* q, const Real* k, const
     const int w = std::min(window, T - 1);
     const int group = H / Hkv;
     const Real scale = (Real)(1.0 / std::sqrt((double)D));
+    const int nqb = (T + ATT_QB - 1) / ATT_QB;
+    const int ldS = w + ATT_QB;  // keys seen by a block of ATT_QB queries, at most
+    Real* Kt = cpu_scratch<Real, 2>((size_t)B * Hkv * D * T);
     #pragma omp parallel
     {
-        Real* p = cpu_scratch<Real>((size_t)w + 1);  // this thread's scores/probabilities of one row
-        #pragma omp for collapse(3) schedule(static, 4)
+        attn_transpose_(Kt, k, B, T, Hkv, D);  // (ends in a barrier)
+        Real* S = cpu_scratch<Real, 3>((size_t)ATT_QB * ldS);  // this thread's scores block
+        #pragma omp for collapse(3) schedule(dynamic, 4)
         for (int b = 0; b < B; b++) {
             for (int h = 0; h < H; h++) {
-                for (int i = 0; i < T; i++) {
+                for (int qb = 0; qb < nqb; qb++) {
                     const int kvh = h / group;
-                    const Real* qi = q + (((long)b * T + i) * H + h) * D;
-                    Real* oi = out + (((long)b * T + i) * H + h) * D;
-                    const int j0 = std::max(0, i - w);
-                    Real m = -INFINITY;
-                    for (int j = j0; j <= i; j++) {
-                        const Real* kj = k + (((long)b * T + j) * Hkv + kvh) * D;
-                        Real s = attn_dot_(qi, kj, D) * scale;
-                        p[j - j0] = s;
-                        m = std::max(m, s);
+                    const int i0 = qb * ATT_QB, nr = std::min(ATT_QB, T - i0);
+                    const int j0 = std::max(0, i0 - w), L = i0 + nr - j0;  // union of visible keys
+                    const Real* qrow[ATT_QB];
+                    for (int r = 0; r < nr; r++) qrow[r] = q + (((long)b * T + i0 + r) * H + h) * D;
+                    attn_rows_times_t_(S, ldS, qrow, nr, Kt + ((long)b * Hkv + kvh) * D * T, T, j0, L, D);
+                    for (int r = 0; r < nr; r++) {
+                        const int i = i0 + r;
+                        Real* s = S + (long)r * ldS;
+                        const int a = std::max(0, i - w) - j0, e = i - j0;  // visible: [a, e]
+                        for (int j = a; j <= e; j++) s[j] *= scale;
+                        Real m = attn_max_(s + a, e - a + 1);
+                        Real sum = attn_exp_sum_(s + a, e - a + 1, m);
+                        for (int j = 0; j < a; j++) s[j] = 0;
+                        for (int j = e + 1; j < L; j++) s[j] = 0;
+                        Real inv = (Real)1 / sum;
+                        for (int j = a; j <= e; j++) s[j] *= inv;  // probabilities
+                        lse[((long)b * H + h) * T + i] = m + std::log(sum);
                     }
-                    double sum = 0.0;
-                    for (int j = j0; j <= i; j++) {
-                        Real e = std::exp(p[j - j0] - m);
-                        p[j - j0] = e;
-                        sum += (double)e;
+                    // o_r = sum_j p_rj v_j, one pass over the v rows for the whole block
+                    Real* orow[ATT_QB];
+                    for (int r = 0; r < nr; r++) {
+                        orow[r] = out + (((long)b * T + i0 + r) * H + h) * D;
+                        memset(orow[r], 0, sizeof(Real) * D);
                     }
-                    for (int d = 0; d < D; d++) oi[d] = 0;
-                    for (int j = j0; j <= i; j++) {
-                        const Real* vj = v + (((long)b * T + j) * Hkv + kvh) * D;
-                        Real pj = p[j - j0];
-                        for (int d = 0; d < D; d++) oi[d] += pj * vj[d];
-                    }
-                    Real inv = (Real)(1.0 / sum);
-                    for (int d = 0; d < D; d++) oi[d] *= inv;
-                    lse[((long)b * H + h) * T + i] = m + (Real)std::log(sum);
+                    attn_weighted_rows_(orow, nr, S, ldS, v + (((long)b * T + j0) * Hkv + kvh) * D, (long)Hkv * D, L, D);
                 }
             }
         }
@@ -98,70 +240,115 @@ void attention_backward(Real* dq, Real* dk, Real* dv, const Real* dout, const Re
     const int w = std::min(window, T - 1);
     const int group = H / Hkv;
     const Real scale = (Real)(1.0 / std::sqrt((double)D));
-    // D_i = <G_i, o_i>, layout (B, H, T); computed once, read by both passes
+    const int nb = (T + ATT_QB - 1) / ATT_QB;
+    const int ldS = w + ATT_QB;
+    // scratch: D_i (B, H, T) and transposed copies (D x T per head) of k, v (pass 1), q, dout (pass 2)
     Real* Dbuf = cpu_scratch<Real, 1>((size_t)B * H * T);
-    #pragma omp parallel for collapse(3) schedule(static)
-    for (int b = 0; b < B; b++)
-        for (int h = 0; h < H; h++)
-            for (int i = 0; i < T; i++) {
-                long row = (((long)b * T + i) * H + h) * D;
-                Dbuf[((long)b * H + h) * T + i] = attn_dot_(dout + row, out + row, D);
-            }
-
-    // pass 1: dq, one task per query row
-    #pragma omp parallel for collapse(3) schedule(static, 4)
-    for (int b = 0; b < B; b++) {
-        for (int h = 0; h < H; h++) {
-            for (int i = 0; i < T; i++) {
-                const int kvh = h / group;
-                const long row = (((long)b * T + i) * H + h) * D;
-                const Real* qi = q + row;
-                const Real* gi = dout + row;
-                Real* dqi = dq + row;
-                const Real lse_i = lse[((long)b * H + h) * T + i];
-                const Real D_i = Dbuf[((long)b * H + h) * T + i];
-                for (int d = 0; d < D; d++) dqi[d] = 0;
-                for (int j = std::max(0, i - w); j <= i; j++) {
-                    const Real* kj = k + (((long)b * T + j) * Hkv + kvh) * D;
-                    const Real* vj = v + (((long)b * T + j) * Hkv + kvh) * D;
-                    Real p = std::exp(attn_dot_(qi, kj, D) * scale - lse_i);
-                    Real ds = p * (attn_dot_(gi, vj, D) - D_i);
-                    for (int d = 0; d < D; d++) dqi[d] += ds * kj[d];
+    Real* Kt = cpu_scratch<Real, 2>((size_t)B * Hkv * D * T);
+    Real* Vt = cpu_scratch<Real, 4>((size_t)B * Hkv * D * T);
+    Real* Qt = cpu_scratch<Real, 5>((size_t)B * H * D * T);
+    Real* Gt = cpu_scratch<Real, 6>((size_t)B * H * D * T);
+    #pragma omp parallel
+    {
+        attn_transpose_(Kt, k, B, T, Hkv, D);
+        attn_transpose_(Vt, v, B, T, Hkv, D);
+        attn_transpose_(Qt, q, B, T, H, D);
+        attn_transpose_(Gt, dout, B, T, H, D);
+        #pragma omp for collapse(3) schedule(static)
+        for (int b = 0; b < B; b++)
+            for (int h = 0; h < H; h++)
+                for (int i = 0; i < T; i++) {
+                    long row = (((long)b * T + i) * H + h) * D;
+                    Dbuf[((long)b * H + h) * T + i] = attn_dot_(dout + row, out + row, D);
                 }
-                for (int d = 0; d < D; d++) dqi[d] *= scale;
-            }
-        }
-    }
+        // (barrier: the loops above end in one)
+        Real* P = cpu_scratch<Real, 3>((size_t)2 * ATT_QB * ldS);  // p and ds of one block
+        Real* S2 = P + (long)ATT_QB * ldS;
 
-    // pass 2: dk, dv, one task per key row; sums over the group's query heads and the queries
-    // i in [j, j + w] that see key j, in that fixed order
-    #pragma omp parallel for collapse(3) schedule(static, 4)
-    for (int b = 0; b < B; b++) {
-        for (int kvh = 0; kvh < Hkv; kvh++) {
-            for (int j = 0; j < T; j++) {
-                const long krow = (((long)b * T + j) * Hkv + kvh) * D;
-                const Real* kj = k + krow;
-                const Real* vj = v + krow;
-                Real* dkj = dk + krow;
-                Real* dvj = dv + krow;
-                for (int d = 0; d < D; d++) { dkj[d] = 0; dvj[d] = 0; }
-                const int i1 = std::min(T - 1, j + w);
-                for (int h = kvh * group; h < (kvh + 1) * group; h++) {
-                    for (int i = j; i <= i1; i++) {
-                        const long row = (((long)b * T + i) * H + h) * D;
-                        const Real* qi = q + row;
-                        const Real* gi = dout + row;
-                        const Real lse_i = lse[((long)b * H + h) * T + i];
-                        const Real D_i = Dbuf[((long)b * H + h) * T + i];
-                        Real p = std::exp(attn_dot_(qi, kj, D) * scale - lse_i);
-                        Real ds = p * (attn_dot_(gi, vj, D) - D_i);
-                        for (int d = 0; d < D; d++) {
-                            dkj[d] += ds * qi[d];
-                            dvj[d] += p * gi[d];
+        // pass 1: dq, per (b, h, query block)
+        #pragma omp for collapse(3) schedule(dynamic, 4)
+        for (int b = 0; b < B; b++) {
+            for (int h = 0; h < H; h++) {
+                for (int qb = 0; qb < nb; qb++) {
+                    const int kvh = h / group;
+                    const int i0 = qb * ATT_QB, nr = std::min(ATT_QB, T - i0);
+                    const int j0 = std::max(0, i0 - w), L = i0 + nr - j0;
+                    const Real* qrow[ATT_QB];
+                    const Real* grow[ATT_QB];
+                    for (int r = 0; r < nr; r++) {
+                        qrow[r] = q + (((long)b * T + i0 + r) * H + h) * D;
+                        grow[r] = dout + (((long)b * T + i0 + r) * H + h) * D;
+                    }
+                    attn_rows_times_t_(P, ldS, qrow, nr, Kt + ((long)b * Hkv + kvh) * D * T, T, j0, L, D);     // scores
+                    attn_rows_times_t_(S2, ldS, grow, nr, Vt + ((long)b * Hkv + kvh) * D * T, T, j0, L, D);    // <G_i, v_j>
+                    for (int r = 0; r < nr; r++) {
+                        const int i = i0 + r;
+                        const Real lse_i = lse[((long)b * H + h) * T + i], D_i = Dbuf[((long)b * H + h) * T + i];
+                        Real* p = P + (long)r * ldS;
+                        Real* ds = S2 + (long)r * ldS;
+                        const int a = std::max(0, i - w) - j0, e = i - j0;
+                        for (int j = 0; j < L; j++) {
+                            bool vis = j >= a && j <= e;
+                            Real pj = vis ? attn_exp_(p[j] * scale - lse_i) : (Real)0;
+                            ds[j] = pj * (ds[j] - D_i);
                         }
                     }
+                    Real* dqrow[ATT_QB];
+                    for (int r = 0; r < nr; r++) {
+                        dqrow[r] = dq + (((long)b * T + i0 + r) * H + h) * D;
+                        memset(dqrow[r], 0, sizeof(Real) * D);
+                    }
+                    attn_weighted_rows_(dqrow, nr, S2, ldS, k + (((long)b * T + j0) * Hkv + kvh) * D, (long)Hkv * D, L, D);
+                    for (int r = 0; r < nr; r++)
+                        for (int d = 0; d < D; d++) dqrow[r][d] *= scale;
                 }
-                for (int d = 0; d < D; d++) dkj[d] *= scale;
+            }
+        }
+
+        // pass 2: dk, dv, per (b, kv head, key block); sums over the group's query heads (in
+        // order) and the queries that see the block's keys (in order)
+        #pragma omp for collapse(3) schedule(dynamic, 4)
+        for (int b = 0; b < B; b++) {
+            for (int kvh = 0; kvh < Hkv; kvh++) {
+                for (int kb = 0; kb < nb; kb++) {
+                    const int j0 = kb * ATT_QB, nk = std::min(ATT_QB, T - j0);
+                    const int i_end = std::min(T - 1, j0 + nk - 1 + w), L = i_end - j0 + 1;  // queries j0..i_end
+                    const Real* krow[ATT_QB];
+                    const Real* vrow[ATT_QB];
+                    Real* dkrow[ATT_QB];
+                    Real* dvrow[ATT_QB];
+                    for (int r = 0; r < nk; r++) {
+                        long off = (((long)b * T + j0 + r) * Hkv + kvh) * D;
+                        krow[r] = k + off; vrow[r] = v + off;
+                        dkrow[r] = dk + off; dvrow[r] = dv + off;
+                        memset(dkrow[r], 0, sizeof(Real) * D);
+                        memset(dvrow[r], 0, sizeof(Real) * D);
+                    }
+                    for (int h = kvh * group; h < (kvh + 1) * group; h++) {
+                        const Real* lse_h = lse + ((long)b * H + h) * T;
+                        const Real* D_h = Dbuf + ((long)b * H + h) * T;
+                        attn_rows_times_t_(P, ldS, krow, nk, Qt + ((long)b * H + h) * D * T, T, j0, L, D);   // scores s_ji
+                        attn_rows_times_t_(S2, ldS, vrow, nk, Gt + ((long)b * H + h) * D * T, T, j0, L, D);  // <G_i, v_j>
+                        for (int r = 0; r < nk; r++) {
+                            const int j = j0 + r;
+                            Real* p = P + (long)r * ldS;
+                            Real* ds = S2 + (long)r * ldS;
+                            // query i = j0 + x sees key j iff j <= i <= j + w
+                            const int a = j - j0, e = std::min(i_end, j + w) - j0;
+                            for (int x = 0; x < L; x++) {
+                                bool vis = x >= a && x <= e;
+                                Real px = vis ? attn_exp_(p[x] * scale - lse_h[j0 + x]) : (Real)0;
+                                p[x] = px;
+                                ds[x] = px * (ds[x] - D_h[j0 + x]);
+                            }
+                        }
+                        const long row0 = (((long)b * T + j0) * H + h) * D;
+                        attn_weighted_rows_(dkrow, nk, S2, ldS, q + row0, (long)H * D, L, D);
+                        attn_weighted_rows_(dvrow, nk, P, ldS, dout + row0, (long)H * D, L, D);
+                    }
+                    for (int r = 0; r < nk; r++)
+                        for (int d = 0; d < D; d++) dkrow[r][d] *= scale;
+                }
             }
         }
     }
