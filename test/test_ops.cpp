@@ -866,3 +866,102 @@ TEST_CASE("scalar/gate parameter gradients and attention backward: bitwise the s
     CHECK(true);
 #endif
 }
+
+// ============================================================================================
+// float instantiations (what the trainer runs) agree with double
+// ============================================================================================
+
+TEST_CASE("attention's float exp: within 3 ulp of exp in double over the softmax range") {
+    // the softmax only evaluates exp at arguments <= ~0 (s - max, s - lse); values below
+    // exp(-87.3) (denormals) flush to 0
+    double worst = 0;
+    for (int i = 0; i <= 200000; i++) {
+        float x = -87.0f + 88.0f * (float)i / 200000.0f;  // [-87, 1]
+        double ref = std::exp((double)x);
+        double got = attn_exp_<float>(x);
+        worst = std::max(worst, std::fabs(got - ref) / ref);
+    }
+    MESSAGE("attn_exp_<float> max relative error " << worst << " (ulp = 2^-23 = 1.19e-7 relative at most)");
+    CHECK(worst <= 3 * std::ldexp(1.0, -23));
+    CHECK(attn_exp_<float>(-100.0f) == 0.0f);
+    CHECK(attn_exp_<float>(0.0f) == 1.0f);
+}
+
+// Relative agreement of a float result with the double one: max |f - d| / max |d| over the
+// tensor. Every op below does O(1..C) fp32 operations per element on O(1) data (sums over
+// C <= 64 values accumulate in double), so errors are a few ulps: 2e-6 leaves >10x margin.
+static double frel(const VecF& f, const Vec& d) {
+    double md = 0, mx = 0;
+    for (size_t i = 0; i < d.size(); i++) { md = std::max(md, std::fabs((double)f[i] - d[i])); mx = std::max(mx, std::fabs(d[i])); }
+    return mx > 0 ? md / mx : md;
+}
+
+TEST_CASE("float ops agree with double: rmsnorm, qknorm, rope, relu2, lambdas, backout, smear, ve_gate, embedding") {
+    llmc::Rng rng(30, 3);
+    const int B = 2, T = 9, C = 40, NH = 4, D = 10, Hkv = 2, Dv = 4;
+    const int N = B * T, n = N * C;
+    Vec x = randn(rng, n), x0 = randn(rng, n), g = randn(rng, n);
+    VecF xf = to_float(x), x0f = to_float(x0), gf = to_float(g);
+    const double tol = 2e-6;
+    {   // rmsnorm
+        Vec o(n), r(N), dx(n, 0.0); VecF of(n), rf(N), dxf(n, 0.0f);
+        rmsnorm_forward(o.data(), r.data(), x.data(), N, C); rmsnorm_backward(dx.data(), g.data(), o.data(), r.data(), N, C);
+        rmsnorm_forward(of.data(), rf.data(), xf.data(), N, C); rmsnorm_backward(dxf.data(), gf.data(), of.data(), rf.data(), N, C);
+        CHECK(frel(of, o) <= tol); CHECK(frel(rf, r) <= tol); CHECK(frel(dxf, dx) <= tol);
+    }
+    {   // qknorm, rope (rows of D)
+        const int rows = n / D;
+        Vec o(n), r(rows), dx(n); VecF of(n), rf(rows), dxf(n);
+        qknorm_forward(o.data(), r.data(), x.data(), rows, D); qknorm_backward(dx.data(), g.data(), o.data(), r.data(), rows, D);
+        qknorm_forward(of.data(), rf.data(), xf.data(), rows, D); qknorm_backward(dxf.data(), gf.data(), of.data(), rf.data(), rows, D);
+        CHECK(frel(of, o) <= tol); CHECK(frel(dxf, dx) <= tol);
+        VecF cs(64 * D / 2), sn(64 * D / 2);
+        rope_table(cs.data(), sn.data(), 64, D, 100000.0);
+        rope_forward(o.data(), x.data(), cs.data(), sn.data(), B, T, NH, D, 7); rope_backward(dx.data(), g.data(), cs.data(), sn.data(), B, T, NH, D, 7);
+        rope_forward(of.data(), xf.data(), cs.data(), sn.data(), B, T, NH, D, 7); rope_backward(dxf.data(), gf.data(), cs.data(), sn.data(), B, T, NH, D, 7);
+        CHECK(frel(of, o) <= tol); CHECK(frel(dxf, dx) <= tol);
+    }
+    {   // relu2, lambdas, backout
+        Vec o(n), dx(n), dx0(n, 0.0), da = {0, 0}; VecF of(n), dxf(n), dx0f(n, 0.0f), daf = {0, 0};
+        relu2_forward(o.data(), x.data(), n); relu2_backward(dx.data(), g.data(), x.data(), n);
+        relu2_forward(of.data(), xf.data(), n); relu2_backward(dxf.data(), gf.data(), xf.data(), n);
+        CHECK(frel(of, o) <= tol); CHECK(frel(dxf, dx) <= tol);
+        lambdas_forward(o.data(), x.data(), x0.data(), 0.8, 0.3, n);
+        lambdas_backward(dx.data(), dx0.data(), &da[0], &da[1], g.data(), x.data(), x0.data(), 0.8, 0.3, n);
+        lambdas_forward(of.data(), xf.data(), x0f.data(), 0.8f, 0.3f, n);
+        lambdas_backward(dxf.data(), dx0f.data(), &daf[0], &daf[1], gf.data(), xf.data(), x0f.data(), 0.8f, 0.3f, n);
+        CHECK(frel(of, o) <= tol); CHECK(frel(dxf, dx) <= tol); CHECK(frel(dx0f, dx0) <= tol); CHECK(frel(daf, da) <= tol);
+        Vec dl = {0}; VecF dlf = {0};
+        Vec dm(n, 0.0); VecF dmf(n, 0.0f);
+        backout_forward(o.data(), x.data(), x0.data(), 0.6, n); backout_backward(dm.data(), &dl[0], g.data(), x0.data(), 0.6, n);
+        backout_forward(of.data(), xf.data(), x0f.data(), 0.6f, n); backout_backward(dmf.data(), &dlf[0], gf.data(), x0f.data(), 0.6f, n);
+        CHECK(frel(of, o) <= tol); CHECK(frel(dmf, dm) <= tol); CHECK(frel(dlf, dl) <= tol);
+    }
+    {   // smear
+        Vec w = randn(rng, 24, 0.3), o(n), de(n), dw(24, 0.0), dl = {0};
+        VecF wf = to_float(w), of(n), def(n), dwf(24, 0.0f), dlf = {0};
+        smear_forward(o.data(), x.data(), w.data(), 0.7, B, T, C); smear_backward(de.data(), dw.data(), &dl[0], g.data(), x.data(), w.data(), 0.7, B, T, C);
+        smear_forward(of.data(), xf.data(), wf.data(), 0.7f, B, T, C); smear_backward(def.data(), dwf.data(), &dlf[0], gf.data(), xf.data(), wf.data(), 0.7f, B, T, C);
+        CHECK(frel(of, o) <= tol); CHECK(frel(def, de) <= tol); CHECK(frel(dwf, dw) <= tol); CHECK(frel(dlf, dl) <= tol);
+    }
+    {   // ve_gate
+        const int KV = Hkv * Dv;
+        Vec ve = randn(rng, N * KV), v0 = randn(rng, N * KV), wg = randn(rng, Hkv * 12, 0.3), gv = randn(rng, N * KV);
+        Vec v = v0, gam(N * Hkv), du(n, 0.0), dve(N * KV), dwg(Hkv * 12, 0.0);
+        VecF vef = to_float(ve), vf = to_float(v0), wgf = to_float(wg), gvf = to_float(gv), gamf(N * Hkv), duf(n, 0.0f), dvef(N * KV), dwgf(Hkv * 12, 0.0f);
+        ve_gate_forward(v.data(), gam.data(), x.data(), ve.data(), wg.data(), N, C, Hkv, Dv);
+        ve_gate_backward(du.data(), dve.data(), dwg.data(), gv.data(), x.data(), ve.data(), gam.data(), wg.data(), N, C, Hkv, Dv);
+        ve_gate_forward(vf.data(), gamf.data(), xf.data(), vef.data(), wgf.data(), N, C, Hkv, Dv);
+        ve_gate_backward(duf.data(), dvef.data(), dwgf.data(), gvf.data(), xf.data(), vef.data(), gamf.data(), wgf.data(), N, C, Hkv, Dv);
+        CHECK(frel(vf, v) <= tol); CHECK(frel(gamf, gam) <= tol); CHECK(frel(duf, du) <= tol);
+        CHECK(frel(dvef, dve) <= tol); CHECK(frel(dwgf, dwg) <= tol);
+    }
+    {   // embedding
+        std::vector<int> idx(N);
+        for (auto& i : idx) i = (int)rng.below(7);
+        Vec tab = randn(rng, 7 * C), o(n), dt(7 * C, 0.0); VecF tabf = to_float(tab), of(n), dtf(7 * C, 0.0f);
+        embedding_forward(o.data(), idx.data(), tab.data(), N, C); embedding_backward(dt.data(), g.data(), idx.data(), N, C);
+        embedding_forward(of.data(), idx.data(), tabf.data(), N, C); embedding_backward(dtf.data(), gf.data(), idx.data(), N, C);
+        CHECK(frel(of, o) <= tol); CHECK(frel(dtf, dt) <= tol);  // (the float table is the rounded double one)
+    }
+}
