@@ -333,6 +333,9 @@ int main(int argc, char** argv) {
                 doc.clear();
                 if (chars > max_chars) break;
             }
+            if (train_docs.empty())
+                LLMC_FAIL("no training documents for the tokenizer in '%s': the input is empty or every document is a validation "
+                          "candidate (--val-every %lld); pass --tokenizer to use an existing one", input.c_str(), val_every);
             fprintf(stderr, "training tokenizer: vocab %lld on %zu documents (%.1f MB, %lld code points; every %lld-th document held out for val) with %d threads\n",
                     vocab_size, train_docs.size(), bytes / 1e6, (long long)chars, val_every, nthreads);
             TrainOptions o;

@@ -415,6 +415,8 @@ struct Tokenizer {
     }
 };
 
+static const uint32_t kMaxVocab = 1u << 24;  // 16.7M ids; the largest public vocabularies have ~200k
+
 // Check invariants and build the derived tables. `what` names the source in errors.
 inline void tokenizer_finalize(Tokenizer& t, const std::string& what) {
     uint32_t N = t.n_mergeable();
@@ -437,6 +439,8 @@ inline void tokenizer_finalize(Tokenizer& t, const std::string& what) {
         }
         maxid = std::max(maxid, sp.second);
     }
+    // a sane bound: per-id tables are allocated below, and a corrupt sidecar must not ask for GBs
+    if (maxid >= kMaxVocab) LLMC_FAIL("%s: token id %u is too large (ids must be < %u)", what.c_str(), maxid, kMaxVocab);
     if (t.n_vocab == 0) t.n_vocab = maxid + 1;
     if (t.n_vocab != maxid + 1) LLMC_FAIL("%s: n_vocab is %u but the largest id is %u (expected n_vocab %u)", what.c_str(), t.n_vocab, maxid, maxid + 1);
     int64_t bos = t.special_id(t.bos_token);
@@ -782,7 +786,7 @@ inline Tokenizer tokenizer_train(const std::vector<std::string>& docs, const Tra
     if (opt.vocab_size < 256 + nspecial)
         LLMC_FAIL("--vocab-size %lld is too small: it must be at least 256 + %lld special tokens = %lld",
                   (long long)opt.vocab_size, (long long)nspecial, (long long)(256 + nspecial));
-    if (opt.vocab_size > (int64_t)INT32_MAX) LLMC_FAIL("--vocab-size %lld is too large", (long long)opt.vocab_size);
+    if (opt.vocab_size > (int64_t)kMaxVocab) LLMC_FAIL("--vocab-size %lld is too large (max %u)", (long long)opt.vocab_size, kMaxVocab);
     const int64_t num_merges = opt.vocab_size - 256 - nspecial;
 
     // 1. count chunks (one map per thread, merged)
@@ -1127,7 +1131,7 @@ inline void apply_sidecar(Tokenizer& t, const Json& j, const std::string& what) 
     std::sort(t.specials.begin(), t.specials.end(), [](auto& x, auto& y) { return x.second < y.second; });
     t.bos_token = get("bos_token", Json::String).s;
     int64_t nv = get("n_vocab", Json::Int).i;
-    if (nv <= 0 || nv > (int64_t)INT32_MAX) LLMC_FAIL("%s: key 'n_vocab' has bad value %lld", what.c_str(), (long long)nv);
+    if (nv <= 0 || nv > (int64_t)kMaxVocab) LLMC_FAIL("%s: key 'n_vocab' has bad value %lld (must be 1..%u)", what.c_str(), (long long)nv, kMaxVocab);
     t.n_vocab = (uint32_t)nv;
     tokenizer_finalize(t, what);
 }

@@ -808,6 +808,8 @@ TEST_CASE("files: bad sidecar gives one clear error each") {
                          doctest::Contains("'<|bos|>' is a prefix of '<|bos|>x'"), Error);
     CHECK_THROWS_WITH_AS(load_with(with("special_tokens", Json::array({Json::array({"<|bos|>"})}))),
                          doctest::Contains("key 'special_tokens': entry 0 must be a [name, id] pair"), Error);
+    CHECK_THROWS_WITH_AS(load_with(with("special_tokens", Json::array({Json::array({"<|bos|>", 2000000000})}))),
+                         doctest::Contains("token id 2000000000 is too large"), Error);
     // unknown keys are ignored; holes between special ids are allowed
     Json holes = with("special_tokens", Json::array({Json::array({"<|bos|>", 456}), Json::array({"<|x|>", 464})}));
     holes.set("comment", "extra");
@@ -1039,7 +1041,9 @@ TEST_CASE("prepare_data: documents, splits and shards end to end") {
         CHECK(out.find("bad.jsonl line 2: \"text\" has type integer") != std::string::npos);
         write_text(d + "/empty.txt", "\n\n\n\n");
         CHECK(run_cmd("./prepare_data --input " + d + "/empty.txt --out " + d + "/ob", &out) == 1);
-        CHECK(out.find("empty corpus") != std::string::npos);
+        CHECK(out.find("no training documents for the tokenizer") != std::string::npos);
+        CHECK(run_cmd("./prepare_data --input " + d + "/in.txt --out " + d + "/ob --val-every 1", &out) == 1);
+        CHECK(out.find("every document is a validation candidate (--val-every 1)") != std::string::npos);
         CHECK(run_cmd("./prepare_data --help", &out) == 0);
         for (const char* flag : {"--input", "--out", "--prefix", "--format", "--doc-sep", "--tokenizer", "--vocab-size", "--doc-cap",
                                  "--max-chars", "--val-every", "--val-max-tokens", "--shard-size", "--threads"})
