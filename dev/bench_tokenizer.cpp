@@ -12,6 +12,8 @@
 //    dominates; (b) synthetic text of words drawn from a Zipf distribution over 400k random words,
 //    which has many distinct chunks like real web text. Time and peak RSS (VmHWM, which includes
 //    the corpus held in memory) are printed.
+#include <sys/resource.h>
+
 #include <chrono>
 #include <cstdio>
 #include <string>
@@ -23,6 +25,13 @@
 using namespace llmc;
 
 static double now_s() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
+
+// user + system CPU seconds of the whole process (all threads)
+static double cpu_s() {
+    rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return ru.ru_utime.tv_sec + ru.ru_stime.tv_sec + 1e-6 * (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
+}
 
 static long status_kb(const char* key) {
     FILE* f = fopen("/proc/self/status", "r");
@@ -95,13 +104,15 @@ static std::vector<std::string> synthetic_docs(size_t bytes, size_t* total) {
 static void bench_encode(const char* label, const Tokenizer& tok, const std::vector<std::string>& docs, size_t bytes) {
     std::vector<std::vector<uint32_t>> out;
     for (int th : {1, 2}) {
-        double t = now_s();
+        double t = now_s(), c = cpu_s();
         encode_batch(tok, docs, out, true, th);
-        double dt = now_s() - t;
+        double dt = now_s() - t, dc = cpu_s() - c;
         size_t ntok = 0;
         for (auto& v : out) ntok += v.size();
-        printf("encode %-26s %d thread%s: %7.1f MB/s total, %6.1f MB/s per thread (%zu tokens, %.3f bytes/token)\n", label, th,
-               th > 1 ? "s" : " ", bytes / 1e6 / dt, bytes / 1e6 / dt / th, ntok, (double)bytes / (ntok - docs.size()));
+        // MB per CPU-second separates a loaded machine (threads waiting for a core) from poor scaling
+        printf("encode %-26s %d thread%s: %7.1f MB/s total, %6.1f MB/s per thread, %6.1f MB per CPU-second, CPU use %3.0f%% "
+               "(%zu tokens, %.3f bytes/token)\n", label, th, th > 1 ? "s" : " ", bytes / 1e6 / dt, bytes / 1e6 / dt / th,
+               bytes / 1e6 / dc, 100 * dc / dt, ntok, (double)bytes / (ntok - docs.size()));
     }
 }
 
