@@ -13,9 +13,11 @@ Checks (each prints one line; the exit status is 1 if any differs):
   2. the shards prepare_data writes equal [BOS] + tiktoken.encode_ordinary(doc) per document;
   3. 20,000 random strings (ASCII pieces, tricky code points, random code points of all planes)
      encode to tiktoken's ids with each pattern;
-  4. code points assigned in Unicode 15.1 / 16.0 / 17.0 are classified the way tiktoken does.
+  4. code points assigned in Unicode 15.1 / 16.0 / 17.0 are classified the way tiktoken does;
+  5. the case-insensitive contractions ('S, 'ſ, 'Ll, Kelvin sign, ...) split as in tiktoken.
 """
 import argparse
+import base64
 import json
 import os
 import random
@@ -83,6 +85,16 @@ def write_jsonl(path, texts):
     with open(path, "w", encoding="utf-8") as f:
         for s in texts:
             f.write(json.dumps({"text": s}) + "\n")
+
+
+def write_tokenizer(stem, ranks):
+    """ranks + a sidecar with the nanochat pattern and <|bos|> right after the ranks"""
+    with open(stem + ".tiktoken", "w") as f:
+        for b, r in sorted(ranks.items(), key=lambda kv: kv[1]):
+            f.write(base64.b64encode(b).decode() + f" {r}\n")
+    json.dump({"format": "tiktoken-sidecar", "version": 1, "name": "probe", "pattern": PATTERNS["nanochat"],
+               "n_mergeable": len(ranks), "special_tokens": [["<|bos|>", len(ranks)]], "bos_token": "<|bos|>",
+               "n_vocab": len(ranks) + 1}, open(stem + ".json", "w"))
 
 
 def check_training(prep, tmp, input_path, docs, vocab, label):
@@ -162,13 +174,7 @@ def main():
         ranks[("a" + chr(cp) + "a").encode()] = len(ranks)
     enc = tiktoken.Encoding(name="probe", pat_str=PATTERNS["nanochat"], mergeable_ranks=ranks, special_tokens={})
     stem = os.path.join(tmp, "probe")
-    with open(stem + ".tiktoken", "w") as f:
-        import base64
-        for b, r in ranks.items():
-            f.write(base64.b64encode(b).decode() + f" {r}\n")
-    json.dump({"format": "tiktoken-sidecar", "version": 1, "name": "probe", "pattern": PATTERNS["nanochat"],
-               "n_mergeable": len(ranks), "special_tokens": [["<|bos|>", len(ranks)]], "bos_token": "<|bos|>",
-               "n_vocab": len(ranks) + 1}, open(stem + ".json", "w"))
+    write_tokenizer(stem, ranks)
     probe_texts = ["a" + chr(cp) + "a" for cp, _ in probes.values()]
     write_jsonl(rand_path, probe_texts)
     run([prep, "--input", rand_path, "--out", os.path.join(tmp, "probe_out"), "--prefix", "p", "--tokenizer", stem,
@@ -178,6 +184,24 @@ def main():
         t = enc.encode_ordinary(s)
         report(t == g and (len(t) == 1) == letter, f"Unicode {label}: tiktoken {'L' if len(t) == 1 else 'not L'}, ours "
                + ("same" if t == g else "different"))
+    # 5: the case-insensitive contractions: apostrophe + two letters from a set with case-fold
+    # relatives (long s, Kelvin sign, dotted/dotless i, sharp s); every substring is a token, so the
+    # ids spell out tiktoken's pieces
+    chars = list("sSdDmMtTlLvVeErRkK") + ["\u017f", "\u212a", "\u0130", "\u0131", "\u1e9e", "\u00df", "\u212b", "x"]
+    cands = ["'" + a + b + "x" for a in chars for b in chars]
+    ranks = {bytes([i]): i for i in range(256)}
+    for c in cands:
+        for i in range(2, len(c) + 1):
+            for j in range(0, i - 1):
+                ranks.setdefault(c[j:i].encode(), len(ranks))
+    write_tokenizer(stem, ranks)
+    write_jsonl(rand_path, cands)
+    run([prep, "--input", rand_path, "--out", os.path.join(tmp, "a1_out"), "--prefix", "p", "--tokenizer", stem,
+         "--val-every", "0"])
+    enc = tiktoken.Encoding(name="a1", pat_str=PATTERNS["nanochat"], mergeable_ranks=ranks, special_tokens={})
+    got = split_at_bos(read_shard(os.path.join(tmp, "a1_out", "p_train_000000.bin")), len(ranks))
+    bad = [c for c, g in zip(cands, got) if enc.encode_ordinary(c) != g]
+    report(not bad, f"contractions: {len(cands)} apostrophe cases, {len(bad)} split differently" + (f" (first: {bad[0]!r})" if bad else ""))
     sys.exit(1 if failures else 0)
 
 
