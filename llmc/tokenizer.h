@@ -3,9 +3,10 @@
 //
 // Split (§2). The regex of nanochat/GPT-4 is implemented as a hand-written scanner over bytes: at
 // each position the seven rules A1..A7 are tried in order and the first match gives the piece. Code
-// points are classified L / N / S(White_Space) / O from generated Unicode tables (unicode_tables.h);
-// a flat table covers the BMP, above it a binary search. Ill-formed UTF-8 is consumed one maximal
-// ill-formed subsequence at a time, each counted as one O code point that keeps its bytes (§2.5).
+// points are classified L / N / S(White_Space) / O from generated Unicode 16.0 tables (the version
+// tiktoken and rustbpe use; unicode_tables.h): a flat table covers the BMP, above it a binary
+// search. Ill-formed UTF-8 is consumed one maximal ill-formed subsequence at a time, each counted
+// as one O code point that keeps its bytes (§2.5).
 //
 // Training (§3). Distinct chunks are counted (OpenMP, one hash map per thread, merged), each chunk
 // becomes a word of byte ids weighted by its count, and merges are chosen by the highest pair count
@@ -347,6 +348,7 @@ struct Vocab {
     // Rank of the byte string, or -1.
     int64_t find(const uint8_t* p, size_t n) const { return find_hashed(p, n, hash_bytes(p, n)); }
     int64_t find_hashed(const uint8_t* p, size_t n, uint64_t h) const {
+        if (slots.empty()) return -1;
         uint64_t tag = h >> 32;
         for (uint64_t i = h & mask;; i = (i + 1) & mask) {
             uint64_t e = slots[i];
@@ -603,6 +605,7 @@ inline void encode_piece(const Tokenizer& t, const uint8_t* s, size_t n, std::ve
 // encode_ordinary: split, then BPE each piece; never emits specials. Appends to out.
 inline void encode_ordinary(const Tokenizer& t, const char* text, size_t n, std::vector<uint32_t>& out) {
     static thread_local tok_detail::MergeScratch sc;
+    LLMC_CHECK(t.n_mergeable() >= 256, "encode: tokenizer '%s' has no vocabulary (was it loaded or trained?)", t.name.c_str());
     const uint8_t* s = (const uint8_t*)text;
     for (size_t p = 0; p < n;) {
         size_t q = next_piece(t.pattern, s, n, p);

@@ -819,6 +819,11 @@ TEST_CASE("files: bad sidecar gives one clear error each") {
     CHECK(h.token_bytes[460] == 0);
 }
 
+TEST_CASE("encode: an empty tokenizer is an error, not a crash") {
+    Tokenizer empty;
+    CHECK_THROWS_WITH_AS(encode_ordinary(empty, "abc"), doctest::Contains("has no vocabulary"), Error);
+}
+
 TEST_CASE("training: bad options") {
     TrainOptions o;
     o.vocab_size = 264;
