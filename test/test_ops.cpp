@@ -871,6 +871,28 @@ TEST_CASE("scalar/gate parameter gradients and attention backward: bitwise the s
 // float instantiations (what the trainer runs) agree with double
 // ============================================================================================
 
+TEST_CASE("softcap's float tanh: within 4 * 2^-24 relative of tanh in double") {
+    // relative error over [-10, 10] (x = l / softcap), dense around the 0.55 switch point, and at 0
+    double worst = 0, worst_x = 0;
+    for (int i = -200000; i <= 200000; i++) {
+        float x = 10.0f * (float)i / 200000.0f;
+        double ref = std::tanh((double)x);
+        double got = cpu_tanh_<float>(x);
+        double err = ref == 0 ? std::fabs(got) : std::fabs(got - ref) / std::fabs(ref);
+        if (err > worst) { worst = err; worst_x = x; }
+    }
+    for (int i = -1000; i <= 1000; i++) {
+        float x = 0.55f + 1e-6f * i;
+        double ref = std::tanh((double)x), got = cpu_tanh_<float>(x);
+        worst = std::max(worst, std::fabs(got - ref) / ref);
+    }
+    MESSAGE("cpu_tanh_<float> max relative error " << worst << " at x = " << worst_x);
+    CHECK(worst <= 4 * std::ldexp(1.0, -24));
+    CHECK(cpu_tanh_<float>(0.0f) == 0.0f);
+    CHECK(cpu_tanh_<float>(1e-20f) == 1e-20f);
+    CHECK(cpu_tanh_<float>(-50.0f) == -1.0f);
+}
+
 TEST_CASE("attention's float exp: within 3 ulp of exp in double over the softmax range") {
     // the softmax only evaluates exp at arguments <= ~0 (s - max, s - lse); values below
     // exp(-87.3) (denormals) flush to 0
@@ -878,13 +900,13 @@ TEST_CASE("attention's float exp: within 3 ulp of exp in double over the softmax
     for (int i = 0; i <= 200000; i++) {
         float x = -87.0f + 88.0f * (float)i / 200000.0f;  // [-87, 1]
         double ref = std::exp((double)x);
-        double got = attn_exp_<float>(x);
+        double got = cpu_exp_<float>(x);
         worst = std::max(worst, std::fabs(got - ref) / ref);
     }
-    MESSAGE("attn_exp_<float> max relative error " << worst << " (ulp = 2^-23 = 1.19e-7 relative at most)");
+    MESSAGE("cpu_exp_<float> max relative error " << worst << " (ulp = 2^-23 = 1.19e-7 relative at most)");
     CHECK(worst <= 3 * std::ldexp(1.0, -23));
-    CHECK(attn_exp_<float>(-100.0f) == 0.0f);
-    CHECK(attn_exp_<float>(0.0f) == 1.0f);
+    CHECK(cpu_exp_<float>(-100.0f) == 0.0f);
+    CHECK(cpu_exp_<float>(0.0f) == 1.0f);
 }
 
 // Relative agreement of a float result with the double one: max |f - d| / max |d| over the

@@ -18,7 +18,7 @@
 //  * probability-weighted sums (o_i, dq_i, dk_j, dv_j) run along D over the rows of v, k, q, G.
 // Softmax max/sum use ATT_LANES independent partial results (a fixed order, so no
 // reassociation is needed to vectorize them), and exp in float is a branch-free polynomial the
-// compiler vectorizes (attn_exp_, <= 2 ulp); double uses std::exp.
+// compiler vectorizes (cpu_exp_ in common.h); double uses std::exp.
 //
 // Parallelism (deterministic: every output row is owned by one thread and summed in a fixed
 // order): forward and the dq pass split (b, h, query block); the dk/dv pass splits
@@ -35,32 +35,6 @@
 
 constexpr int ATT_QB = 4;      // query (or key) rows per block
 constexpr int ATT_LANES = 16;  // partial results of the max/sum reductions
-
-// exp for the softmax. float: exp(x) = 2^n * e^r, n = round(x / ln2), r = x - n ln2 in
-// [-ln2/2, ln2/2] (ln2 split in two parts so r is exact to ~1e-11), e^r by its Taylor
-// polynomial to degree 7 (truncation < 3e-9 relative), 2^n by building the exponent bits.
-// Inputs below -87.3 give 0 (exp would be a denormal, < 2^-126), above 88 are clamped (never
-// happens here: arguments are s - max <= 0 or s - lse <= ~0). Branch-free, so it vectorizes.
-template <typename Real>
-inline Real attn_exp_(Real x) { return std::exp(x); }
-template <>
-inline float attn_exp_<float>(float x_in) {
-    float x = std::min(std::max(x_in, -87.33654f), 88.0f);
-    float n = std::nearbyint(x * 1.44269504088896341f);
-    float r = (x - n * 0.693145751953125f) - n * 1.42860682030941723212e-6f;
-    float p = 1.0f / 5040.0f;
-    p = p * r + 1.0f / 720.0f;
-    p = p * r + 1.0f / 120.0f;
-    p = p * r + 1.0f / 24.0f;
-    p = p * r + 1.0f / 6.0f;
-    p = p * r + 0.5f;
-    p = p * r + 1.0f;
-    p = p * r + 1.0f;
-    int32_t bits = ((int32_t)n + 127) << 23;
-    float scale;
-    memcpy(&scale, &bits, sizeof(float));
-    return x_in < -87.33654f ? 0.0f : p * scale;
-}
 
 inline void attention_check_args_(int B, int T, int H, int Hkv, int D, int window) {
     LLMC_CHECK(B > 0 && T > 0 && D > 0, "attention: bad shape B=%d T=%d D=%d", B, T, D);
@@ -157,12 +131,12 @@ inline Real attn_exp_sum_(Real* x, int n, Real sub) {
     int i = 0;
     for (; i + ATT_LANES <= n; i += ATT_LANES)
         for (int l = 0; l < ATT_LANES; l++) {
-            Real e = attn_exp_(x[i + l] - sub);
+            Real e = cpu_exp_(x[i + l] - sub);
             x[i + l] = e;
             acc[l] += e;
         }
     for (int l = 0; i < n; i++, l++) {
-        Real e = attn_exp_(x[i] - sub);
+        Real e = cpu_exp_(x[i] - sub);
         x[i] = e;
         acc[l] += e;
     }
@@ -289,7 +263,7 @@ void attention_backward(Real* dq, Real* dk, Real* dv, const Real* dout, const Re
                         const int a = std::max(0, i - w) - j0, e = i - j0;
                         for (int j = 0; j < L; j++) {
                             bool vis = j >= a && j <= e;
-                            Real pj = vis ? attn_exp_(p[j] * scale - lse_i) : (Real)0;
+                            Real pj = vis ? cpu_exp_(p[j] * scale - lse_i) : (Real)0;
                             ds[j] = pj * (ds[j] - D_i);
                         }
                     }
@@ -337,7 +311,7 @@ void attention_backward(Real* dq, Real* dk, Real* dv, const Real* dout, const Re
                             const int a = j - j0, e = std::min(i_end, j + w) - j0;
                             for (int x = 0; x < L; x++) {
                                 bool vis = x >= a && x <= e;
-                                Real px = vis ? attn_exp_(p[x] * scale - lse_h[j0 + x]) : (Real)0;
+                                Real px = vis ? cpu_exp_(p[x] * scale - lse_h[j0 + x]) : (Real)0;
                                 p[x] = px;
                                 ds[x] = px * (ds[x] - D_h[j0 + x]);
                             }

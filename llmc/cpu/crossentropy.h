@@ -2,19 +2,21 @@
 //
 // Like llm.c's fused classifier, one pass per row computes the loss and (optionally) overwrites
 // the logits with their gradient, so the (N, Vp) probabilities are never materialized:
-//   z_v = s * tanh(l_v / s)                         (s = softcap, 15 in the model), v < V
-//   loss = logsumexp_v z_v - z_y                     (0 for ignored rows, y == -1)
-//   dl_v = dloss_scale * (p_v - [v == y]) * (1 - (z_v / s)^2)   for v < V
+//   t_v = tanh(l_v / s),  z_v = s t_v          (s = softcap, 15 in the model), v < V
+//   loss = logsumexp_v z_v - z_y                 (0 for ignored rows, y == -1)
+//   dl_v = dloss_scale * (p_v - [v == y]) * (1 - t_v^2)   for v < V
 //   dl_v = 0 for padded columns v >= V and for ignored rows.
 // dloss_scale carries the mean over valid tokens and the gradient-accumulation factor
 // (e.g. 1/(N_valid * grad_accum)), so this op needs no global count.
-// dlogits may alias logits: each row reads all its logits (max, then sum of exp) before the
-// third pass writes, and that pass reads l_v right before overwriting the same element.
-// z is recomputed in each pass instead of stored (tanh is cheap next to the lm_head matmul and
-// no scratch row is needed). The sum of exponentials is accumulated in double.
+// Per row: t goes into a per-thread scratch row (so dlogits may alias logits: the logits are
+// read once, by that first pass), then e_v = exp(z_v - max z) (kept in a second scratch row),
+// their sum in double, and p_v = e_v / sum. tanh and exp are cpu_tanh_/cpu_exp_ (common.h),
+// which the compiler vectorizes in float; with glibc's scalar tanhf/expf this op took longer
+// than the lm_head matmuls. Rows are split across threads (each row is independent).
 // Targets are validated before any work so that a bad one throws (outside the OpenMP region).
 #pragma once
 #include <cmath>
+#include "llmc/cpu/common.h"
 #include "llmc/utils.h"
 
 template <typename Real>
@@ -28,34 +30,63 @@ void softcap_crossentropy_forward_backward(Real* losses, Real* dlogits, const Re
     }
     const Real s = (Real)softcap;
     const Real inv_s = (Real)1 / s;
-    #pragma omp parallel for schedule(static)
-    for (int i = 0; i < N; i++) {
-        const Real* l = logits + (long)i * Vp;
-        int y = targets[i];
-        if (y == -1) {
-            losses[i] = 0;
-            if (dlogits) { Real* d = dlogits + (long)i * Vp; for (int v = 0; v < Vp; v++) d[v] = 0; }
-            continue;
+    const Real scale = (Real)dloss_scale;
+    constexpr int LANES = 16;
+    #pragma omp parallel
+    {
+        Real* t = cpu_scratch<Real, 7>((size_t)V);  // tanh(l / s) of the current row
+        Real* e = cpu_scratch<Real, 8>((size_t)V);  // exp(z - max z) of the current row
+        #pragma omp for schedule(static)
+        for (int i = 0; i < N; i++) {
+            const Real* l = logits + (long)i * Vp;
+            Real* d = dlogits ? dlogits + (long)i * Vp : nullptr;
+            const int y = targets[i];
+            if (y == -1) {
+                losses[i] = 0;
+                if (d) for (int v = 0; v < Vp; v++) d[v] = 0;
+                continue;
+            }
+            // pass 1: t and its max (max z = s max t, s > 0); lane-wise so it vectorizes
+            Real tm[LANES];
+            for (int k = 0; k < LANES; k++) tm[k] = (Real)-1;
+            int v = 0;
+            for (; v + LANES <= V; v += LANES)
+                for (int k = 0; k < LANES; k++) {
+                    Real tv = cpu_tanh_(l[v + k] * inv_s);
+                    t[v + k] = tv;
+                    tm[k] = std::max(tm[k], tv);
+                }
+            for (int k = 0; v < V; v++, k++) {
+                Real tv = cpu_tanh_(l[v] * inv_s);
+                t[v] = tv;
+                tm[k] = std::max(tm[k], tv);
+            }
+            Real tmax = tm[0];
+            for (int k = 1; k < LANES; k++) tmax = std::max(tmax, tm[k]);
+            const Real zmax = s * tmax;
+            // pass 2: e = exp(z - zmax) and their sum (double lanes, added in a fixed order)
+            double acc[LANES] = {0};
+            v = 0;
+            for (; v + LANES <= V; v += LANES)
+                for (int k = 0; k < LANES; k++) {
+                    Real ev = cpu_exp_(s * t[v + k] - zmax);
+                    e[v + k] = ev;
+                    acc[k] += (double)ev;
+                }
+            for (int k = 0; v < V; v++, k++) {
+                Real ev = cpu_exp_(s * t[v] - zmax);
+                e[v] = ev;
+                acc[k] += (double)ev;
+            }
+            double sum = 0.0;
+            for (int k = 0; k < LANES; k++) sum += acc[k];
+            losses[i] = zmax + (Real)std::log(sum) - s * t[y];
+            if (!d) continue;
+            // pass 3: the gradient (overwrites; the logits of this row were all read in pass 1)
+            const Real inv_sum = (Real)(1.0 / sum);
+            for (v = 0; v < V; v++) d[v] = scale * (e[v] * inv_sum) * ((Real)1 - t[v] * t[v]);
+            d[y] = scale * (e[y] * inv_sum - (Real)1) * ((Real)1 - t[y] * t[y]);
+            for (v = V; v < Vp; v++) d[v] = 0;
         }
-        // pass 1: max of z (z is monotonic in l, but computing it is as cheap and obviously right)
-        Real zmax = -s;
-        for (int v = 0; v < V; v++) { Real z = s * std::tanh(l[v] * inv_s); if (z > zmax) zmax = z; }
-        // pass 2: sum of exp(z - zmax)
-        double sum = 0.0;
-        for (int v = 0; v < V; v++) sum += (double)std::exp(s * std::tanh(l[v] * inv_s) - zmax);
-        Real lse = zmax + (Real)std::log(sum);
-        Real zy = s * std::tanh(l[y] * inv_s);
-        losses[i] = lse - zy;
-        if (!dlogits) continue;
-        // pass 3: gradient, overwriting (possibly in place)
-        Real* d = dlogits + (long)i * Vp;
-        const Real scale = (Real)dloss_scale;
-        for (int v = 0; v < V; v++) {
-            Real t = std::tanh(l[v] * inv_s);   // = z / s
-            Real p = std::exp(s * t - lse);
-            Real ind = (v == y) ? (Real)1 : (Real)0;
-            d[v] = scale * (p - ind) * ((Real)1 - t * t);
-        }
-        for (int v = V; v < Vp; v++) d[v] = 0;
     }
 }
