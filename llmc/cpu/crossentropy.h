@@ -8,6 +8,7 @@
 //   dl_v = 0 for padded columns v >= V and for ignored rows.
 // dloss_scale carries the mean over valid tokens and the gradient-accumulation factor
 // (e.g. 1/(N_valid * grad_accum)), so this op needs no global count.
+// l / s is a true division, as the spec writes it (not a multiply by 1/s).
 // Per row: t goes into a per-thread scratch row (so dlogits may alias logits: the logits are
 // read once, by that first pass), then e_v = exp(z_v - max z) (kept in a second scratch row),
 // their sum in double, and p_v = e_v / sum. tanh and exp are cpu_tanh_/cpu_exp_ (common.h),
@@ -29,7 +30,6 @@ void softcap_crossentropy_forward_backward(Real* losses, Real* dlogits, const Re
         if (y != -1 && (y < 0 || y >= V)) LLMC_FAIL("softcap_crossentropy: target of row %d is %d, outside [0, %d) and not -1 (ignore)", i, y, V);
     }
     const Real s = (Real)softcap;
-    const Real inv_s = (Real)1 / s;
     const Real scale = (Real)dloss_scale;
     constexpr int LANES = 16;
     #pragma omp parallel
@@ -52,12 +52,12 @@ void softcap_crossentropy_forward_backward(Real* losses, Real* dlogits, const Re
             int v = 0;
             for (; v + LANES <= V; v += LANES)
                 for (int k = 0; k < LANES; k++) {
-                    Real tv = cpu_tanh_(l[v + k] * inv_s);
+                    Real tv = cpu_tanh_(l[v + k] / s);
                     t[v + k] = tv;
                     tm[k] = std::max(tm[k], tv);
                 }
             for (int k = 0; v < V; v++, k++) {
-                Real tv = cpu_tanh_(l[v] * inv_s);
+                Real tv = cpu_tanh_(l[v] / s);
                 t[v] = tv;
                 tm[k] = std::max(tm[k], tv);
             }
