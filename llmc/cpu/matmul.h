@@ -101,9 +101,10 @@ constexpr int MM_NV = 2;                   // vectors per tile row
 constexpr int MM_NR = MM_NV * MM_VL;       // tile width
 constexpr int MM_KC = 256;                 // depth block: fixed (it defines the summation order)
 constexpr int MM_MC = 8 * MM_MR;           // row block: A block MC x KC (~100 KB on AVX-512) in L2
-constexpr int MM_NC = 512;                 // column chunk: B chunk KC x NC (512 KB) in L2
+constexpr int MM_NC = (512 + MM_NR - 1) / MM_NR * MM_NR;  // column chunk (whole panels): B chunk KC x NC (512 KB) in L2
 constexpr long MM_L2_HALF = 1l << 20;      // bytes of C kept hot across depth blocks
 constexpr long MM_SHARED_BIG = 4l << 20;   // a shared operand this big is re-read as few times as possible
+static_assert(MM_MC % MM_MR == 0 && MM_NC % MM_NR == 0, "row blocks and column chunks must be whole panels");
 
 typedef float mm_vec __attribute__((vector_size(MM_VL * sizeof(float))));
 
