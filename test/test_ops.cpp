@@ -537,6 +537,34 @@ TEST_CASE("attention backward: finite differences (GQA, window < T, odd D), over
     }
 }
 
+TEST_CASE("attention backward: float agrees with double (GQA, window, T not a multiple of the blocks)") {
+    llmc::Rng rng(23, 1);
+    struct Shape { int B, T, H, Hkv, D, window; };
+    for (Shape sh : {Shape{2, 37, 4, 2, 20, 9}, Shape{1, 50, 2, 1, 64, 100}}) {
+        int B = sh.B, T = sh.T, H = sh.H, Hkv = sh.Hkv, D = sh.D, W = sh.window;
+        CAPTURE(T); CAPTURE(D); CAPTURE(W);
+        Vec q = randn(rng, B * T * H * D), k = randn(rng, B * T * Hkv * D), v = randn(rng, B * T * Hkv * D), g = randn(rng, B * T * H * D);
+        Vec out(q.size()), lse(B * H * T), dq(q.size()), dk(k.size()), dv(v.size());
+        attention_forward(out.data(), lse.data(), q.data(), k.data(), v.data(), B, T, H, Hkv, D, W);
+        attention_backward(dq.data(), dk.data(), dv.data(), g.data(), out.data(), lse.data(), q.data(), k.data(), v.data(), B, T, H, Hkv, D, W);
+        VecF qf = to_float(q), kf = to_float(k), vf = to_float(v), gf = to_float(g);
+        VecF of(q.size()), lf(B * H * T), dqf(q.size(), NAN), dkf(k.size(), NAN), dvf(v.size(), NAN);
+        attention_forward(of.data(), lf.data(), qf.data(), kf.data(), vf.data(), B, T, H, Hkv, D, W);
+        attention_backward(dqf.data(), dkf.data(), dvf.data(), gf.data(), of.data(), lf.data(), qf.data(), kf.data(), vf.data(), B, T, H, Hkv, D, W);
+        // fp32 rounding (2^-24 ~ 6e-8 per operation, a few operations deep, partial sums of
+        // <= 100 terms) gives a few 1e-7 of the tensor's largest element (observed 1-3e-7);
+        // 3e-6 leaves 10x margin, while a wrong term (a mask off by one) would be ~1e-2
+        auto rel = [](const VecF& f, const Vec& d) {
+            double md = 0, mx = 0;
+            for (size_t i = 0; i < d.size(); i++) { md = std::max(md, std::fabs((double)f[i] - d[i])); mx = std::max(mx, std::fabs(d[i])); }
+            return md / mx;
+        };
+        double eq = rel(dqf, dq), ek = rel(dkf, dk), ev = rel(dvf, dv);
+        MESSAGE("attention fp32 backward: max err / max |grad|: dq " << eq << ", dk " << ek << ", dv " << ev);
+        CHECK(eq <= 3e-6); CHECK(ek <= 3e-6); CHECK(ev <= 3e-6);
+    }
+}
+
 TEST_CASE("attention: bad head counts are a clear error") {
     Vec x(64, 0.0), l(64, 0.0);
     CHECK_THROWS_WITH_AS(attention_forward(x.data(), l.data(), x.data(), x.data(), x.data(), 1, 2, 3, 2, 4, 10),
