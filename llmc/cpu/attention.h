@@ -11,10 +11,10 @@
 //   dq_i = sum_j ds_ij k_j / sqrt(D),  dk_j = sum_{h in group, i} ds_ij q_i / sqrt(D),
 //   dv_j = sum_{h in group, i} p_ij G_i.
 //
-// Work is done in blocks of ATT_QB query rows (forward, dq) or key rows (dk, dv), so every
-// inner loop is a contiguous, vectorizable multiply-add over 4 source rows at once:
+// Work is done in blocks of ATT_QB query rows (forward, dq) or key rows (dk, dv), as small
+// matrix products with a register tile of ATT_QB rows x 64 floats:
 //  * row-by-matrix products over D (scores, <G_i, v_j>) read a transposed copy (D x T) of the
-//    other operand, made once per call: s[j] += sum of 4 terms q[d] * Kt[d][j], along j;
+//    other operand, made once per call, so a tile row is contiguous: s[j..] += q[d] * Kt[d][j..];
 //  * probability-weighted sums (o_i, dq_i, dk_j, dv_j) run along D over the rows of v, k, q, G.
 // Softmax max/sum use ATT_LANES independent partial results (a fixed order, so no
 // reassociation is needed to vectorize them), and exp in float is a branch-free polynomial the
@@ -42,71 +42,108 @@ inline void attention_check_args_(int B, int T, int H, int Hkv, int D, int windo
     LLMC_CHECK(window >= 0, "attention: window must be >= 0, got %d", window);
 }
 
-// dst (NH, D, T) per batch row = transpose of src (B, T, NH, D): dst[((b*NH + h)*D + d)*T + t]
+// Leading dimension of the transposed copies: T plus one cache line, so that walking down d
+// (stride ld) does not hit the same L1 set every time when T*sizeof(Real) is a multiple of 4 KB.
+inline long attn_ld_(int T) { return (long)T + 16; }
+
+// dst (NH, D, ld) per batch row = transpose of src (B, T, NH, D): dst[((b*NH + h)*D + d)*ld + t]
 template <typename Real>
 void attn_transpose_(Real* dst, const Real* src, int B, int T, int NH, int D) {
+    const long ld = attn_ld_(T);
     #pragma omp for collapse(2) schedule(static)
     for (int b = 0; b < B; b++)
         for (int h = 0; h < NH; h++) {
-            Real* out = dst + ((long)b * NH + h) * D * T;
+            Real* out = dst + ((long)b * NH + h) * D * ld;
             for (int t = 0; t < T; t++) {
                 const Real* row = src + (((long)b * T + t) * NH + h) * D;
-                for (int d = 0; d < D; d++) out[(long)d * T + t] = row[d];
+                for (int d = 0; d < D; d++) out[(long)d * ld + t] = row[d];
             }
         }
 }
 
-// s[r][0..L) = sum_d x_r[d] * Yt[d][j0 .. j0+L), for nr rows r; Yt has leading dimension T.
-// Four d at a time, so each pass over s does 4 FMAs per load/store of s (the loop is bound by
-// memory operations, not arithmetic).
+// Register tiles for the two products below: ATT_QB rows x ATT_NV vectors of 64 bytes
+// (16 floats or 8 doubles) accumulate in registers over the whole reduction, so each step is
+// ATT_NV loads + ATT_QB broadcasts for ATT_QB * ATT_NV FMAs (a 4 x 64 float tile: 16 zmm).
+// Vector extensions on a template type (GCC/Clang, also accepted by nvcc's front end).
+constexpr int ATT_NV = 4;
 template <typename Real>
-inline void attn_rows_times_t_(Real* s, int ldS, const Real* const* x, int nr, const Real* Yt, int T, int j0, int L, int D) {
-    for (int r = 0; r < nr; r++) memset(s + (long)r * ldS, 0, sizeof(Real) * L);
-    int d = 0;
-    for (; d + 4 <= D; d += 4) {
-        const Real* y0 = Yt + (long)d * T + j0;
-        const Real* y1 = y0 + T;
-        const Real* y2 = y1 + T;
-        const Real* y3 = y2 + T;
-        for (int r = 0; r < nr; r++) {
-            const Real a0 = x[r][d], a1 = x[r][d + 1], a2 = x[r][d + 2], a3 = x[r][d + 3];
-            Real* sr = s + (long)r * ldS;
-            for (int j = 0; j < L; j++) sr[j] += a0 * y0[j] + a1 * y1[j] + a2 * y2[j] + a3 * y3[j];
+struct AttVec { typedef Real type __attribute__((vector_size(64))); };
+
+// s[r][0..L) = sum_d x_r[d] * Yt[d][j0 .. j0+L), for nr <= ATT_QB rows r; Yt has leading
+// dimension T (attn_ld_). Full tiles of ATT_NV vectors along j in registers; the tail along j plainly.
+template <typename Real>
+inline void attn_rows_times_t_(Real* s, int ldS, const Real* const* x_in, int nr, const Real* Yt, long T, int j0, int L, int D) {
+    typedef typename AttVec<Real>::type V;
+    constexpr int VL = (int)(64 / sizeof(Real)), JW = ATT_NV * VL;
+    const Real* x[ATT_QB];
+    for (int r = 0; r < ATT_QB; r++) x[r] = x_in[r < nr ? r : 0];  // pad rows: computed, not stored
+    int jb = 0;
+    for (; jb + JW <= L; jb += JW) {
+        V acc[ATT_QB][ATT_NV];
+        for (int r = 0; r < ATT_QB; r++)
+            for (int v = 0; v < ATT_NV; v++) acc[r][v] = (V){};
+        const Real* y = Yt + j0 + jb;
+        for (int d = 0; d < D; d++, y += T) {
+            V yv[ATT_NV];
+            for (int v = 0; v < ATT_NV; v++) memcpy(&yv[v], y + v * VL, sizeof(V));
+            for (int r = 0; r < ATT_QB; r++) {
+                const Real a = x[r][d];
+                for (int v = 0; v < ATT_NV; v++) acc[r][v] += a * yv[v];
+            }
         }
+        for (int r = 0; r < nr; r++)
+            for (int v = 0; v < ATT_NV; v++) memcpy(s + (long)r * ldS + jb + v * VL, &acc[r][v], sizeof(V));
     }
-    for (; d < D; d++) {
+    if (jb == L) return;
+    for (int r = 0; r < nr; r++) memset(s + (long)r * ldS + jb, 0, sizeof(Real) * (L - jb));
+    for (int d = 0; d < D; d++) {
         const Real* y = Yt + (long)d * T + j0;
         for (int r = 0; r < nr; r++) {
             const Real a = x[r][d];
             Real* sr = s + (long)r * ldS;
-            for (int j = 0; j < L; j++) sr[j] += a * y[j];
+            for (int j = jb; j < L; j++) sr[j] += a * y[j];
         }
     }
 }
 
-// out_r[0..D) += sum_{x<L} c[r*ldC + x] * X_x[0..D), X_x = X + x*stride, for nr rows r.
-// Four source rows at a time (4 FMAs per load/store of out_r); they stay in L1 across r.
+// out_r[0..D) += sum_{x<L} c[r*ldC + x] * X_x[0..D), X_x = X + x*stride, for nr <= ATT_QB rows r.
+// Full tiles of ATT_NV vectors along D in registers over all L source rows; the tail along D
+// plainly.
 template <typename Real>
-inline void attn_weighted_rows_(Real* const* out, int nr, const Real* c, int ldC, const Real* X, long stride, int L, int D) {
-    int x = 0;
-    for (; x + 4 <= L; x += 4) {
-        const Real* x0 = X + (long)x * stride;
-        const Real* x1 = x0 + stride;
-        const Real* x2 = x1 + stride;
-        const Real* x3 = x2 + stride;
-        for (int r = 0; r < nr; r++) {
-            const Real* cr = c + (long)r * ldC + x;
-            const Real c0 = cr[0], c1 = cr[1], c2 = cr[2], c3 = cr[3];
-            Real* o = out[r];
-            for (int d = 0; d < D; d++) o[d] += c0 * x0[d] + c1 * x1[d] + c2 * x2[d] + c3 * x3[d];
+inline void attn_weighted_rows_(Real* const* out, int nr, const Real* c_in, int ldC, const Real* X, long stride, int L, int D) {
+    typedef typename AttVec<Real>::type V;
+    constexpr int VL = (int)(64 / sizeof(Real)), DW = ATT_NV * VL;
+    const Real* c[ATT_QB];
+    for (int r = 0; r < ATT_QB; r++) c[r] = c_in + (long)(r < nr ? r : 0) * ldC;
+    int db = 0;
+    for (; db + DW <= D; db += DW) {
+        V acc[ATT_QB][ATT_NV];
+        for (int r = 0; r < ATT_QB; r++)
+            for (int v = 0; v < ATT_NV; v++) acc[r][v] = (V){};
+        const Real* xr = X + db;
+        for (int x = 0; x < L; x++, xr += stride) {
+            V xv[ATT_NV];
+            for (int v = 0; v < ATT_NV; v++) memcpy(&xv[v], xr + v * VL, sizeof(V));
+            for (int r = 0; r < ATT_QB; r++) {
+                const Real a = c[r][x];
+                for (int v = 0; v < ATT_NV; v++) acc[r][v] += a * xv[v];
+            }
         }
+        for (int r = 0; r < nr; r++)
+            for (int v = 0; v < ATT_NV; v++) {
+                V o;
+                memcpy(&o, out[r] + db + v * VL, sizeof(V));
+                o += acc[r][v];
+                memcpy(out[r] + db + v * VL, &o, sizeof(V));
+            }
     }
-    for (; x < L; x++) {
+    if (db == D) return;
+    for (int x = 0; x < L; x++) {
         const Real* xr = X + (long)x * stride;
         for (int r = 0; r < nr; r++) {
-            const Real cx = c[(long)r * ldC + x];
+            const Real cx = c[r][x];
             Real* o = out[r];
-            for (int d = 0; d < D; d++) o[d] += cx * xr[d];
+            for (int d = db; d < D; d++) o[d] += cx * xr[d];
         }
     }
 }
@@ -166,7 +203,7 @@ void attention_forward(Real* out, Real* lse, const Real* q, const Real* k, const
     const Real scale = (Real)(1.0 / std::sqrt((double)D));
     const int nqb = (T + ATT_QB - 1) / ATT_QB;
     const int ldS = w + ATT_QB;  // keys seen by a block of ATT_QB queries, at most
-    Real* Kt = cpu_scratch<Real, 2>((size_t)B * Hkv * D * T);
+    Real* Kt = cpu_scratch<Real, 2>((size_t)B * Hkv * D * attn_ld_(T));
     #pragma omp parallel
     {
         attn_transpose_(Kt, k, B, T, Hkv, D);  // (ends in a barrier)
@@ -180,7 +217,7 @@ void attention_forward(Real* out, Real* lse, const Real* q, const Real* k, const
                     const int j0 = std::max(0, i0 - w), L = i0 + nr - j0;  // union of visible keys
                     const Real* qrow[ATT_QB];
                     for (int r = 0; r < nr; r++) qrow[r] = q + (((long)b * T + i0 + r) * H + h) * D;
-                    attn_rows_times_t_(S, ldS, qrow, nr, Kt + ((long)b * Hkv + kvh) * D * T, T, j0, L, D);
+                    attn_rows_times_t_(S, ldS, qrow, nr, Kt + ((long)b * Hkv + kvh) * D * attn_ld_(T), attn_ld_(T), j0, L, D);
                     for (int r = 0; r < nr; r++) {
                         const int i = i0 + r;
                         Real* s = S + (long)r * ldS;
@@ -218,10 +255,10 @@ void attention_backward(Real* dq, Real* dk, Real* dv, const Real* dout, const Re
     const int ldS = w + ATT_QB;
     // scratch: D_i (B, H, T) and transposed copies (D x T per head) of k, v (pass 1), q, dout (pass 2)
     Real* Dbuf = cpu_scratch<Real, 1>((size_t)B * H * T);
-    Real* Kt = cpu_scratch<Real, 2>((size_t)B * Hkv * D * T);
-    Real* Vt = cpu_scratch<Real, 4>((size_t)B * Hkv * D * T);
-    Real* Qt = cpu_scratch<Real, 5>((size_t)B * H * D * T);
-    Real* Gt = cpu_scratch<Real, 6>((size_t)B * H * D * T);
+    Real* Kt = cpu_scratch<Real, 2>((size_t)B * Hkv * D * attn_ld_(T));
+    Real* Vt = cpu_scratch<Real, 4>((size_t)B * Hkv * D * attn_ld_(T));
+    Real* Qt = cpu_scratch<Real, 5>((size_t)B * H * D * attn_ld_(T));
+    Real* Gt = cpu_scratch<Real, 6>((size_t)B * H * D * attn_ld_(T));
     #pragma omp parallel
     {
         attn_transpose_(Kt, k, B, T, Hkv, D);
@@ -253,8 +290,8 @@ void attention_backward(Real* dq, Real* dk, Real* dv, const Real* dout, const Re
                         qrow[r] = q + (((long)b * T + i0 + r) * H + h) * D;
                         grow[r] = dout + (((long)b * T + i0 + r) * H + h) * D;
                     }
-                    attn_rows_times_t_(P, ldS, qrow, nr, Kt + ((long)b * Hkv + kvh) * D * T, T, j0, L, D);     // scores
-                    attn_rows_times_t_(S2, ldS, grow, nr, Vt + ((long)b * Hkv + kvh) * D * T, T, j0, L, D);    // <G_i, v_j>
+                    attn_rows_times_t_(P, ldS, qrow, nr, Kt + ((long)b * Hkv + kvh) * D * attn_ld_(T), attn_ld_(T), j0, L, D);     // scores
+                    attn_rows_times_t_(S2, ldS, grow, nr, Vt + ((long)b * Hkv + kvh) * D * attn_ld_(T), attn_ld_(T), j0, L, D);    // <G_i, v_j>
                     for (int r = 0; r < nr; r++) {
                         const int i = i0 + r;
                         const Real lse_i = lse[((long)b * H + h) * T + i], D_i = Dbuf[((long)b * H + h) * T + i];
@@ -301,8 +338,8 @@ void attention_backward(Real* dq, Real* dk, Real* dv, const Real* dout, const Re
                     for (int h = kvh * group; h < (kvh + 1) * group; h++) {
                         const Real* lse_h = lse + ((long)b * H + h) * T;
                         const Real* D_h = Dbuf + ((long)b * H + h) * T;
-                        attn_rows_times_t_(P, ldS, krow, nk, Qt + ((long)b * H + h) * D * T, T, j0, L, D);   // scores s_ji
-                        attn_rows_times_t_(S2, ldS, vrow, nk, Gt + ((long)b * H + h) * D * T, T, j0, L, D);  // <G_i, v_j>
+                        attn_rows_times_t_(P, ldS, krow, nk, Qt + ((long)b * H + h) * D * attn_ld_(T), attn_ld_(T), j0, L, D);   // scores s_ji
+                        attn_rows_times_t_(S2, ldS, vrow, nk, Gt + ((long)b * H + h) * D * attn_ld_(T), attn_ld_(T), j0, L, D);  // <G_i, v_j>
                         for (int r = 0; r < nk; r++) {
                             const int j = j0 + r;
                             Real* p = P + (long)r * ldS;
