@@ -55,8 +55,12 @@ int main(int argc, char** argv) {
         printf("matmul GFLOP/s, N=%d rows, %d threads (fast: best of reps; naive: one run, <=4096 output features)\n", N, nth);
         double load[1] = {0};
         if (getloadavg(load, 1) < 1) load[0] = -1;
-        printf("micro-tile %dx%d floats, KC=%d MC=%d; load average at start %.2f (other processes share the cores)\n\n",
+        printf("micro-tile %dx%d floats, KC=%d MC=%d; load average at start %.2f (other processes share the cores)\n",
                MM_MR, MM_NR, MM_KC, MM_MC, load[0]);
+        const char* wp = getenv("OMP_WAIT_POLICY");
+        printf("OMP_WAIT_POLICY=%s%s\n\n", wp ? wp : "(unset)",
+               wp ? "" : "  (on a loaded machine, spinning workers lose their core and each parallel call can"
+                         " wait a whole time slice; try OMP_WAIT_POLICY=passive)");
         printf("%-12s %-8s %10s %10s %10s %9s %10s\n", "shape", "product", "fast", "fast 1thr", "naive", "speedup", "rel diff");
         struct Shape { int IC, OC; const char* name; };
         Shape shapes[] = {{256, 256, "256x256"}, {256, 1024, "256->1024"}, {1024, 256, "1024->256"}, {256, 32768, "lm_head"}};
