@@ -1,0 +1,92 @@
+// test_util.h: helpers shared by the kernel tests in test/sim/ (built under SIM with g++, and with
+// nvcc for a real GPU; everything here is host code over the CUDA runtime API, so it works in both).
+//   DeviceBuffer<T>   cudaMalloc'd array with upload / download / poison (NaN fill)
+//   randn, to_bf16, to_f32, bf16_round     random inputs and bf16 rounding on the host
+//   count_mismatches  element-wise compare against a reference with a per-element tolerance;
+//                     NaN in the result always counts as a mismatch (so a poisoned, never written
+//                     element fails), and the first few mismatches are printed with their index.
+// Include after <doctest/doctest.h>.
+#pragma once
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <vector>
+#include "llmc/cuda/common.cuh"
+#include "llmc/rng.h"
+
+namespace testutil {
+
+template <typename T>
+struct DeviceBuffer {
+    T* ptr = nullptr;
+    size_t n = 0;
+    explicit DeviceBuffer(size_t n_) : n(n_) {
+        cudaCheck(cudaMalloc((void**)&ptr, std::max<size_t>(n, 1) * sizeof(T)));
+    }
+    explicit DeviceBuffer(const std::vector<T>& h) : DeviceBuffer(h.size()) { upload(h); }
+    ~DeviceBuffer() { if (ptr) cudaFree(ptr); }
+    DeviceBuffer(const DeviceBuffer&) = delete;
+    DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+    void upload(const std::vector<T>& h) {
+        REQUIRE(h.size() == n);
+        cudaCheck(cudaMemcpy(ptr, h.data(), n * sizeof(T), cudaMemcpyHostToDevice));
+    }
+    std::vector<T> download() const {
+        std::vector<T> h(n);
+        cudaCheck(cudaDeviceSynchronize());  // a kernel fault surfaces here, checked
+        cudaCheck(cudaMemcpy(h.data(), ptr, n * sizeof(T), cudaMemcpyDeviceToHost));
+        return h;
+    }
+    // all-ones bytes: 0xFFFF is a NaN bf16 and 0xFFFFFFFF a NaN fp32
+    void poison() { cudaCheck(cudaMemset(ptr, 0xFF, n * sizeof(T))); }
+};
+
+inline std::vector<float> randn(size_t n, llmc::Rng& rng, double std = 1.0) {
+    std::vector<float> v(n);
+    for (auto& x : v) x = (float)rng.normal(0.0, std);
+    return v;
+}
+
+inline std::vector<floatX> to_bf16(const std::vector<float>& v) {
+    std::vector<floatX> r(v.size());
+    for (size_t i = 0; i < v.size(); i++) r[i] = __float2bfloat16(v[i]);
+    return r;
+}
+
+inline std::vector<float> to_f32(const std::vector<floatX>& v) {
+    std::vector<float> r(v.size());
+    for (size_t i = 0; i < v.size(); i++) r[i] = __bfloat162float(v[i]);
+    return r;
+}
+
+// the fp32 values a bf16 tensor holds: the inputs the CPU reference sees
+inline std::vector<float> bf16_round(const std::vector<float>& v) { return to_f32(to_bf16(v)); }
+
+inline bool bits_equal(const std::vector<float>& a, const std::vector<float>& b) {
+    return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+}
+
+// 2^-8: the largest relative error of one round-to-nearest to bf16 (8 significant bits: half an
+// ulp is 2^-8 of the leading power of two, which is <= |value|).
+constexpr double BF16_ROUND = 1.0 / 256.0;
+
+// Number of i with |got[i] - ref[i]| > tol(i) (NaN in got or ref counts). Prints up to 5 of them.
+template <typename G, typename R, typename Tol>
+long count_mismatches(const char* what, const std::vector<G>& got, const std::vector<R>& ref, Tol tol) {
+    REQUIRE(got.size() == ref.size());
+    long bad = 0;
+    for (size_t i = 0; i < got.size(); i++) {
+        const double g = (double)got[i], r = (double)ref[i], t = tol(i);
+        const double err = std::fabs(g - r);
+        const bool ok = !std::isnan(g) && !std::isnan(r) && err <= t;
+        if (!ok) {
+            if (bad < 5) std::printf("  %s[%zu]: got %.9g, want %.9g (|err| %.3g > tol %.3g)\n", what, i, g, r, err, t);
+            bad++;
+        }
+    }
+    if (bad) std::printf("  %s: %ld of %zu elements out of tolerance\n", what, bad, got.size());
+    return bad;
+}
+
+}  // namespace testutil
