@@ -26,7 +26,7 @@ NVLDLIBS := -lcublasLt -lcublas
 
 # ---- SIM: the CUDA kernel sources compiled by g++ against llmc/sim (design.md §4) ----
 SIM_SRCS := $(wildcard llmc/sim/*.cpp)
-SIMFLAGS ?= -std=c++17 -O1 -g -I. -DLLMC_SIM -Wall -Wno-unused-parameter -Wno-sign-compare -fopenmp
+SIMFLAGS ?= -std=c++17 -O1 -g -I. -DLLMC_SIM -Wall -Wno-unused-parameter -Wno-sign-compare -Wno-unknown-pragmas -fopenmp
 ASANFLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer
 
 CPU_TESTS := $(patsubst test/%.cpp,$(BUILD)/test/%,$(wildcard test/test_*.cpp))

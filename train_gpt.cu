@@ -579,7 +579,11 @@ struct EvalResult { double loss = 0, bpb = 0; int64_t tokens = 0; };
 inline EvalResult evaluate(GPT<float>& m, llmc::DataLoader& val, int B, int T, int64_t eval_tokens,
                            const std::vector<int32_t>* token_bytes, std::vector<int>& inputs, std::vector<int>& targets) {
     val.reset();
-    int64_t batches = std::max<int64_t>(1, eval_tokens / ((int64_t)B * T));
+    // At most the split's size: the default 40M tokens is sized for FineWeb, and on a small split
+    // (tinyshakespeare's ~30k tokens) more would only repeat the same documents.
+    int64_t split_tokens = 0;
+    for (const auto& f : val.files) split_tokens += f.ntok;
+    int64_t batches = std::max<int64_t>(1, std::min<int64_t>(eval_tokens, split_tokens) / ((int64_t)B * T));
     double nats = 0.0, nats_counted = 0.0;
     int64_t bytes = 0, count = 0;
     for (int64_t b = 0; b < batches; b++) {
@@ -697,7 +701,7 @@ inline int train_main(int argc, char** argv) {
     cli.add("bos-id", &o.bos_id, "document delimiter id when there is no tokenizer (e.g. 50256)");
     cli.add("loader", &o.loader, "bestfit (BOS-aligned packing) or contiguous (llm.c)");
     cli.add("eval-every", &o.eval_every, "evaluate val loss / bpb every N steps (and at the end); -1 = only at the end");
-    cli.add("eval-tokens", &o.eval_tokens, "validation tokens per evaluation");
+    cli.add("eval-tokens", &o.eval_tokens, "validation tokens per evaluation (at most one pass over the split)");
     cli.add("save-every", &o.save_every, "checkpoint every N steps (and at the end); -1 = only at the end");
     cli.add("out-dir", &o.out_dir, "checkpoint and log directory");
     cli.add("resume", &o.resume, "checkpoint directory (latest meta_*.json) or meta file to resume from");
@@ -773,7 +777,6 @@ inline int train_main(int argc, char** argv) {
     try { (void)llmc::glob_files(o.val_data); } catch (const llmc::Error&) { have_val = false; }
     if (have_val) {
         val.name = "val";
-        val.warn_on_wrap = true;
         val.quiet = true;
         val.init(o.val_data, B, T, 0, 1, mode, bos, vocab, tok ? "the tokenizer's bos_token" : "--bos-id");
     } else {

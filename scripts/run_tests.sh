@@ -3,6 +3,9 @@
 # last line: "N passed, N failed" (test cases). Exit non-zero if any test failed or any executable
 # crashed or printed no doctest summary.
 set -u
+# OpenMP threads that spin while waiting collapse throughput on a loaded 2-core machine (CI shares
+# the cores with the build); passive waiting costs nothing when the machine is idle.
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
 passed=0; failed=0; bad=0
 for exe in "$@"; do
   echo "=== $exe"
