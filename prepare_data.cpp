@@ -229,24 +229,6 @@ struct ShardWriter {
     }
 };
 
-static void make_dirs(const std::string& dir) {
-    std::string cur;
-    size_t p = 0;
-    while (p <= dir.size()) {
-        size_t s = dir.find('/', p);
-        if (s == std::string::npos) s = dir.size();
-        cur = dir.substr(0, s);
-        p = s + 1;
-        if (cur.empty()) continue;
-        struct stat st;
-        if (stat(cur.c_str(), &st) == 0) {
-            if (!S_ISDIR(st.st_mode)) LLMC_FAIL("--out: '%s' exists and is not a directory", cur.c_str());
-            continue;
-        }
-        if (mkdir(cur.c_str(), 0755) != 0 && errno != EEXIST) LLMC_FAIL("--out: cannot create '%s': %s", cur.c_str(), strerror(errno));
-    }
-}
-
 static double now_s() {
     return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
@@ -306,7 +288,7 @@ int main(int argc, char** argv) {
         std::string sep = doc_sep == "none" ? std::string() : unescape(doc_sep);
         if (doc_sep != "none" && sep.empty()) LLMC_FAIL("--doc-sep is empty (use none for one document per file)");
         if (prefix.empty()) prefix = file_stem(input.substr(0, input.find(',')));
-        make_dirs(out);
+        make_dirs(out, "--out");
 
         // ---- pass 1: the tokenizer ----
         Tokenizer tok;

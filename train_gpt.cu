@@ -801,7 +801,7 @@ inline int train_main(int argc, char** argv) {
     }
 
     // ---- output ----
-    if (mkdir(o.out_dir.c_str(), 0755) != 0 && errno != EEXIST) LLMC_FAIL("cannot create --out-dir '%s': %s", o.out_dir.c_str(), strerror(errno));
+    llmc::make_dirs(o.out_dir, "--out-dir");
     if (o.log_file.empty()) o.log_file = o.out_dir + "/log.jsonl";
     llmc::File log(o.log_file, start_step > 0 ? "ab" : "wb");
     auto log_line = [&](const llmc::Json& j) { std::string s = llmc::json_dump(j, -1) + "\n"; log.write(s.data(), s.size()); fflush(log.f); };

@@ -14,6 +14,8 @@
 #include <stdexcept>
 #include <string>
 
+#include <sys/stat.h>
+
 namespace llmc {
 
 struct Error : std::runtime_error {
@@ -104,6 +106,24 @@ inline void write_file_atomic(const std::string& path, const std::string& data) 
         f.close();
     }
     if (rename(tmp.c_str(), path.c_str()) != 0) LLMC_FAIL("cannot rename '%s' to '%s': %s", tmp.c_str(), path.c_str(), strerror(errno));
+}
+
+// mkdir -p: create dir and its missing parents; `what` names the flag or input in the error.
+inline void make_dirs(const std::string& dir, const char* what) {
+    size_t p = 0;
+    while (p <= dir.size()) {
+        size_t s = dir.find('/', p);
+        if (s == std::string::npos) s = dir.size();
+        std::string cur = dir.substr(0, s);
+        p = s + 1;
+        if (cur.empty()) continue;
+        struct stat st;
+        if (stat(cur.c_str(), &st) == 0) {
+            if (!S_ISDIR(st.st_mode)) LLMC_FAIL("%s: '%s' exists and is not a directory", what, cur.c_str());
+            continue;
+        }
+        if (mkdir(cur.c_str(), 0755) != 0 && errno != EEXIST) LLMC_FAIL("%s: cannot create '%s': %s", what, cur.c_str(), strerror(errno));
+    }
 }
 
 }  // namespace llmc

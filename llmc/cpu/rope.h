@@ -27,9 +27,12 @@ inline void rope_table(float* cos, float* sin, int max_pos, int D, double base) 
     }
 }
 
-// inp/out (B,T,NH,D); out = rotate(inp, -theta)
+// The rotation shared by forward and backward: per pair (x1, x2) = (x[j], x[j + D/2]),
+//   y1 = x1 cos + sign x2 sin,   y2 = -sign x1 sin + x2 cos
+// sign = +1 rotates by -theta (forward), sign = -1 by +theta (the transpose: backward).
+// out == inp allowed (each pair is read before it is written).
 template <typename Real>
-void rope_forward(Real* out, const Real* inp, const float* cos, const float* sin, int B, int T, int NH, int D, int pos0) {
+void rope_rotate_(Real* out, const Real* inp, const float* cos, const float* sin, int B, int T, int NH, int D, int pos0, Real sign) {
     const int half = D / 2;
     #pragma omp parallel for collapse(2) schedule(static)
     for (int b = 0; b < B; b++) {
@@ -42,7 +45,7 @@ void rope_forward(Real* out, const Real* inp, const float* cos, const float* sin
                 Real* y = out + off;
                 for (int j = 0; j < half; j++) {
                     Real x1 = x[j], x2 = x[j + half];
-                    Real cj = (Real)c[j], sj = (Real)s[j];
+                    Real cj = (Real)c[j], sj = sign * (Real)s[j];
                     y[j] = x1 * cj + x2 * sj;
                     y[j + half] = -x1 * sj + x2 * cj;
                 }
@@ -51,26 +54,14 @@ void rope_forward(Real* out, const Real* inp, const float* cos, const float* sin
     }
 }
 
+// inp/out (B,T,NH,D); out = rotate(inp, -theta)
+template <typename Real>
+void rope_forward(Real* out, const Real* inp, const float* cos, const float* sin, int B, int T, int NH, int D, int pos0) {
+    rope_rotate_(out, inp, cos, sin, B, T, NH, D, pos0, (Real)1);
+}
+
 // dinp = rotate(dout, +theta)  (overwrite; dinp == dout allowed)
 template <typename Real>
 void rope_backward(Real* dinp, const Real* dout, const float* cos, const float* sin, int B, int T, int NH, int D, int pos0) {
-    const int half = D / 2;
-    #pragma omp parallel for collapse(2) schedule(static)
-    for (int b = 0; b < B; b++) {
-        for (int t = 0; t < T; t++) {
-            const float* c = cos + (long)(pos0 + t) * half;
-            const float* s = sin + (long)(pos0 + t) * half;
-            for (int h = 0; h < NH; h++) {
-                long off = (((long)b * T + t) * NH + h) * D;
-                const Real* g = dout + off;
-                Real* dx = dinp + off;
-                for (int j = 0; j < half; j++) {
-                    Real g1 = g[j], g2 = g[j + half];
-                    Real cj = (Real)c[j], sj = (Real)s[j];
-                    dx[j] = g1 * cj - g2 * sj;
-                    dx[j + half] = g1 * sj + g2 * cj;
-                }
-            }
-        }
-    }
+    rope_rotate_(dinp, dout, cos, sin, B, T, NH, D, pos0, (Real)-1);
 }

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# `make bench`: the benchmarks. Throughput is measured here, never asserted by a test. These
+# machines are noisy, so every figure that matters is printed next to a baseline run in the same
+# invocation (ratios), and the last lines are a short table.
+#
+#  1. CPU trainer throughput, issue #2's fixed config: depth 4, n_embd 256 (4 heads of 64),
+#     sequence 256, batch 4, vocab 32768; tokens/s and model GFLOP/s (FLOPs/token from model.md:
+#     6 x matmul params + attention). Run with the nanochat extras on and with --arch core.
+#     Baseline for the ratio: the dense matmul rate of this machine (bench_matmul, same run).
+#  2. bench_matmul: our CPU sgemm in the three layouts the model uses.
+#  3. bench_tokenizer: encode MB/s per core and 32k-vocabulary training time.
+#
+# Knobs (environment): STEPS (timed trainer steps, default 10), THREADS (default: all cores),
+# QUICK=1 (skip the tokenizer benchmark).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
+STEPS=${STEPS:-10}
+THREADS=${THREADS:--1}
+tmp=$(mktemp -d /tmp/llmc_bench.XXXXXX)
+trap 'rm -rf "$tmp"' EXIT
+
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')"
+echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)"
+
+# Token data: tinyshakespeare with a 4096-token BPE (the ids are valid in a 32768-token model; the
+# compute per token does not depend on which ids they are). Falls back to a synthetic corpus.
+corpus=../shared/data/tinyshakespeare.txt
+[ -f "$corpus" ] || corpus=data/tinyshakespeare.txt
+if [ ! -f "$corpus" ]; then
+  corpus=$tmp/synthetic.txt
+  for i in $(seq 1 4000); do echo "the quick brown fox $i jumps over the lazy dog $((i * 7919 % 1000))."; echo; done > "$corpus"
+fi
+./prepare_data --input "$corpus" --out "$tmp/data" --prefix bench --vocab-size 4096 > "$tmp/prep.log"
+bos=$(grep -o '"bos_token_id": *[0-9]*' "$tmp/data/tokenizer.json" | grep -o '[0-9]*$' || true)
+[ -n "$bos" ] || bos=4087
+
+train() {  # $1 = label, rest = extra flags; prints the trainer's throughput line
+  local label=$1; shift
+  ./train_gpt_cpu --data-dir "$tmp/data" --tokenizer none --vocab-size 32768 --bos-id "$bos" \
+    --out-dir "$tmp/out_$label" --depth 4 --aspect-ratio 64 --head-dim 64 --max-seq-len 256 \
+    --device-batch-size 4 --total-batch-size 1024 --num-iterations $((STEPS + 1)) \
+    --eval-every -1 --eval-tokens 1024 --num-samples 0 --threads "$THREADS" "$@" > "$tmp/$label.log"
+  grep -E '^(parameters|throughput)' "$tmp/$label.log" | sed "s/^/  [$label] /"
+}
+
+echo
+echo "== 1. CPU trainer: depth 4, n_embd 256, T 256, B 4, vocab 32768 ($STEPS timed steps after one warm-up)"
+train nanochat
+train core --arch core
+echo
+echo "== 2. matmul (build/dev/bench_matmul)"
+build/dev/bench_matmul | tee "$tmp/matmul.log"
+if [ "${QUICK:-0}" != 1 ]; then
+  echo
+  echo "== 3. tokenizer (build/dev/bench_tokenizer)"
+  build/dev/bench_tokenizer || echo "(bench_tokenizer failed)"
+fi
+
+# Summary table. llm.c's train_gpt2.c on a 2-core machine of this kind (4-layer, 256-channel GPT-2,
+# B 4, T 256): ~309 tokens/s = ~30 model GFLOP/s (issue #2); the goal is 2x that in GFLOP/s.
+tps() { grep -o 'throughput: [0-9]* tokens/s, [0-9.]*' "$tmp/$1.log" | awk '{print $2, $4}'; }
+read -r nt ng <<< "$(tps nanochat)"
+read -r ct cg <<< "$(tps core)"
+mm=$(grep -Eo '[0-9.]+ GFLOP/s' "$tmp/matmul.log" | head -1 | awk '{print $1}')
+echo
+echo "| run | tokens/s | model GFLOP/s | vs llm.c CPU (30 GFLOP/s) | vs our sgemm (${mm:-?} GFLOP/s) |"
+echo "|---|---|---|---|---|"
+for row in "nanochat $nt $ng" "core $ct $cg"; do
+  set -- $row
+  awk -v n="$1" -v t="$2" -v g="$3" -v m="${mm:-0}" 'BEGIN {
+    printf "| %s | %d | %.1f | %.2fx | %s |\n", n, t, g, g / 30.0, (m > 0 ? sprintf("%.2f", g / m) : "?") }'
+done
