@@ -22,12 +22,10 @@
 // fp32 summation approximates, and the reduction order is fixed (one thread per row/column chunk,
 // then a serial sum), so the step is bit-deterministic whatever the OpenMP thread count.
 //
-// The small GEMMs (m x n times n x n, n x n squared, ...) use a register-blocked fp32 GEMM written
-// here (muon_matmul). Why not llmc/cpu/matmul.h: that header is being written in parallel with this
-// one and its API was not fixed yet; the Muon products are plain row-major C = A*B with no
-// transposes or bias, so a small packed, register-blocked kernel suffices. It accumulates in fp32,
-// like the GPU's GEMMs (g++ contracts the multiply-adds into FMAs under -march=native; C++ mode
-// defaults to -ffp-contract=fast; that is one rounding per product-sum instead of two).
+// The GEMMs (the Gram matrix X^T X or X X^T, its square, the product with X) go through the
+// project's blocked CPU GEMM (mm_gemm in llmc/cpu/matmul.h: fp32 accumulation, like the GPU's
+// GEMMs, and bitwise independent of the thread count). Its operands are given by strides, so the
+// Gram matrix reads X transposed in place: no transposed copy.
 //
 // Memory: MuonScratch holds every work buffer; reserve() it once for the largest shape (or let the
 // first step grow it). After that muon_update allocates nothing.
@@ -37,6 +35,7 @@
 #include <cstring>
 #include <vector>
 #include "llmc/utils.h"
+#include "llmc/cpu/matmul.h"
 
 namespace llmc {
 
@@ -53,16 +52,10 @@ constexpr double MUON_POLAR_COEFFS[MUON_NS_STEPS][3] = {
     {2.3465413258596377, -1.7097828382687081, 0.42323551169305323},
 };
 
-// GEMM column panel width and the size of the packed right operand of a K x N matrix (muon_matmul)
-constexpr int MUON_NR = 16;
-typedef float v8f __attribute__((vector_size(32))); // 8 floats, the GEMM micro-kernel's register type
-inline long muon_pack_size(int K, int N) { return (long)K * ((N + MUON_NR - 1) / MUON_NR) * MUON_NR; }
-
 // Work buffers for one matrix at a time. reserve(m, n) for every shape the optimizer will see
 // (or the largest ones) before training; muon_update calls reserve() itself, which is a no-op
 // once the buffers are big enough.
 struct MuonScratch {
-    std::vector<float> Xt;    // m*n: transpose of X
     std::vector<float> Y;     // m*n: the GEMM product X*Bm or Bm*X
     std::vector<float> A;     // s*s, s = min(m,n): Gram matrix
     std::vector<float> AA;    // s*s: A*A
@@ -71,13 +64,9 @@ struct MuonScratch {
     std::vector<float> vec2;  // max(m,n): NorMuon per-row/column scale
     std::vector<double> acc;  // max(m,n): double partial sums (deterministic reductions)
     std::vector<float> X;     // m*n: the matrix being orthogonalized
-    std::vector<float> pack;  // the GEMM's packed copy of its right operand (muon_pack_size)
     void reserve(int m, int n) {
         size_t mn = (size_t)m * n, s = (size_t)std::min(m, n), mx = (size_t)std::max(m, n);
-        if (X.size() < mn) { X.resize(mn); Xt.resize(mn); Y.resize(mn); }
-        // right operands of the GEMMs: X (K = m rows, n cols), Xt (K = n, m cols), A or Bm (s x s)
-        size_t np = (size_t)std::max(muon_pack_size(m, n), muon_pack_size(n, m));
-        if (pack.size() < np) pack.resize(np);
+        if (X.size() < mn) { X.resize(mn); Y.resize(mn); }
         if (A.size() < s * s) { A.resize(s * s); AA.resize(s * s); Bm.resize(s * s); }
         if (vec.size() < mx) { vec.resize(mx); vec2.resize(mx); acc.resize(mx); }
     }
@@ -95,77 +84,22 @@ inline float torch_lerp(float a, float b, float w) {
     return std::fabs(w) < 0.5f ? a + w * (b - a) : b - (b - a) * (1.0f - w);
 }
 
-// C[M x N] = A[M x K] * B[K x N], row-major, fp32 accumulation, C overwritten.
-// B is first packed into 16-column panels (pack: K * round_up(N, 16) floats, panel-major, each
-// panel K x 16 contiguous): walking a 16-column panel of a row-major B would stride by N floats per
-// k, and for power-of-two N every row of the panel falls into the same few L1 sets. Then each task
-// computes a 6 x 16 tile of C with its 12 accumulators (6 rows x 2 vectors of 8) in registers,
-// reading 6 rows of A and one packed panel. Tasks are ordered panel-major, so consecutive tasks of
-// one thread reuse the panel from cache. Every C element is summed by one thread in k order: the
-// result does not depend on the thread count. Single thread, 512^3: ~65 GFLOP/s (AVX-512 Xeon).
-inline void muon_matmul(const float* __restrict A, const float* __restrict B, float* __restrict C,
-                        int M, int N, int K, float* __restrict pack) {
-    constexpr int MR = 6, NR = MUON_NR;
-    const int n_rb = (M + MR - 1) / MR, n_cb = (N + NR - 1) / NR;
-    // pack B: panel cb holds columns [cb*16, cb*16+16), zero-padded past N
-#pragma omp parallel for schedule(static)
-    for (int cb = 0; cb < n_cb; cb++) {
-        const int j0 = cb * NR, nr = std::min(NR, N - j0);
-        float* dst = pack + (long)cb * K * NR;
-        for (int k = 0; k < K; k++) {
-            const float* src = B + (long)k * N + j0;
-            for (int jj = 0; jj < NR; jj++) dst[(long)k * NR + jj] = jj < nr ? src[jj] : 0.0f;
-        }
-    }
-#pragma omp parallel for collapse(2) schedule(static)
-    for (int cb = 0; cb < n_cb; cb++) {
-        for (int rb = 0; rb < n_rb; rb++) {
-            const int i0 = rb * MR, j0 = cb * NR;
-            const int mr = std::min(MR, M - i0), nr = std::min(NR, N - j0);
-            const float* bp = pack + (long)cb * K * NR;
-            // accumulators as GCC vector-extension values (8 floats = one AVX register), written out
-            // because GCC did not keep a plain float acc[6][16] array in registers (measured ~2
-            // GFLOP/s that way, ~65 GFLOP/s with this form)
-            v8f acc[MR][2];
-            for (int r = 0; r < MR; r++) acc[r][0] = acc[r][1] = v8f{};
-            if (mr == MR) {
-                const float* a0 = A + (long)i0 * K;
-                for (int k = 0; k < K; k++) {
-                    v8f b0, b1;
-                    std::memcpy(&b0, bp + (long)k * NR, sizeof(v8f));
-                    std::memcpy(&b1, bp + (long)k * NR + 8, sizeof(v8f));
-                    for (int r = 0; r < MR; r++) {
-                        const float a = a0[(long)r * K + k];
-                        acc[r][0] += a * b0;
-                        acc[r][1] += a * b1;
-                    }
-                }
-            } else { // last row tile
-                for (int k = 0; k < K; k++) {
-                    v8f b0, b1;
-                    std::memcpy(&b0, bp + (long)k * NR, sizeof(v8f));
-                    std::memcpy(&b1, bp + (long)k * NR + 8, sizeof(v8f));
-                    for (int r = 0; r < mr; r++) {
-                        const float a = A[(long)(i0 + r) * K + k];
-                        acc[r][0] += a * b0;
-                        acc[r][1] += a * b1;
-                    }
-                }
-            }
-            for (int r = 0; r < mr; r++)
-                for (int jj = 0; jj < nr; jj++) C[(long)(i0 + r) * N + j0 + jj] = acc[r][jj / 8][jj % 8];
-        }
-    }
+// C[M x N] = A[M x K] * B[K x N], row-major, C overwritten.
+inline void muon_matmul(const float* A, const float* B, float* C, int M, int N, int K) {
+    MatmulOperands op{A, K, 1, B, N, 1, C, N};
+    mm_gemm(op, M, N, K, true);
 }
 
-// dst[n x m] = src[m x n]^T
-inline void muon_transpose(const float* src, float* dst, int m, int n) {
-    constexpr int TB = 32; // tile so both reads and writes stay within a few cache lines
-#pragma omp parallel for collapse(2) schedule(static)
-    for (int ib = 0; ib < m; ib += TB)
-        for (int jb = 0; jb < n; jb += TB)
-            for (int i = ib; i < std::min(ib + TB, m); i++)
-                for (int j = jb; j < std::min(jb + TB, n); j++) dst[(long)j * m + i] = src[(long)i * n + j];
+// The Gram matrix of X (m x n), the smaller of the two: tall (m > n) G = X^T X (n x n), else
+// G = X X^T (m x m). The transposed operand is read through its strides.
+inline void muon_gram(const float* X, float* G, int m, int n) {
+    if (m > n) {
+        MatmulOperands op{X, 1, n, X, n, 1, G, n};  // A(i,k) = X[k][i], B(k,j) = X[k][j]
+        mm_gemm(op, n, n, m, true);
+    } else {
+        MatmulOperands op{X, n, 1, X, 1, n, G, m};  // A(i,k) = X[i][k], B(k,j) = X[j][k]
+        mm_gemm(op, m, m, n, true);
+    }
 }
 
 // out[i] = sum_j X[i,j]^2 for each row, accumulated in double (one thread per row: deterministic)
@@ -223,24 +157,20 @@ inline void polar_express(float* X, int m, int n, MuonScratch& s) {
     const long mn = (long)m * n;
     const bool tall = m > n;
     const int q = tall ? n : m; // Gram matrix size
-    float* Xt = s.Xt.data();
     float* Y = s.Y.data();
     float* A = s.A.data();
     float* AA = s.AA.data();
     float* Bm = s.Bm.data();
-    float* P = s.pack.data();
     for (int it = 0; it < MUON_NS_STEPS; it++) {
         const float a = (float)MUON_POLAR_COEFFS[it][0];
         const float b = (float)MUON_POLAR_COEFFS[it][1];
         const float c = (float)MUON_POLAR_COEFFS[it][2];
-        muon_transpose(X, Xt, m, n);                 // Xt: n x m
-        if (tall) muon_matmul(Xt, X, A, n, n, m, P);    // A = X^T X   (n x n)
-        else      muon_matmul(X, Xt, A, m, m, n, P);    // A = X X^T   (m x m)
-        muon_matmul(A, A, AA, q, q, q, P);              // A*A
+        muon_gram(X, A, m, n);                       // A = X^T X (tall) or X X^T
+        muon_matmul(A, A, AA, q, q, q);              // A*A
         const long qq = (long)q * q;
         for (long i = 0; i < qq; i++) Bm[i] = b * A[i] + c * AA[i];
-        if (tall) muon_matmul(X, Bm, Y, m, n, n, P);    // X * Bm
-        else      muon_matmul(Bm, X, Y, m, n, m, P);    // Bm * X
+        if (tall) muon_matmul(X, Bm, Y, m, n, n);    // X * Bm
+        else      muon_matmul(Bm, X, Y, m, n, m);    // Bm * X
 #pragma omp parallel for schedule(static)
         for (long i = 0; i < mn; i++) X[i] = a * X[i] + Y[i];
     }

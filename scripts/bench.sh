@@ -7,6 +7,7 @@
 #     sequence 256, batch 4, vocab 32768; tokens/s and model GFLOP/s (FLOPs/token from model.md:
 #     6 x matmul params + attention). Run with the nanochat extras on and with --arch core.
 #     Baseline for the ratio: the dense matmul rate of this machine (bench_matmul, same run).
+#     Also with OpenBLAS matmuls (train_gpt_cpu_openblas) when libopenblas-dev is installed.
 #  2. bench_matmul: our CPU sgemm in the three layouts the model uses.
 #  3. bench_tokenizer: encode MB/s per core and 32k-vocabulary training time.
 #
@@ -35,9 +36,9 @@ fi
 bos=$(grep -o '"bos_token_id": *[0-9]*' "$tmp/data/tokenizer.json" | grep -o '[0-9]*$' || true)
 [ -n "$bos" ] || bos=4087
 
-train() {  # $1 = label, rest = extra flags; prints the trainer's throughput line
-  local label=$1; shift
-  ./train_gpt_cpu --data-dir "$tmp/data" --tokenizer none --vocab-size 32768 --bos-id "$bos" \
+train() {  # $1 = label, $2 = binary, rest = extra flags; prints the trainer's throughput line
+  local label=$1 bin=$2; shift 2
+  $bin --data-dir "$tmp/data" --tokenizer none --vocab-size 32768 --bos-id "$bos" \
     --out-dir "$tmp/out_$label" --depth 4 --aspect-ratio 64 --head-dim 64 --max-seq-len 256 \
     --device-batch-size 4 --total-batch-size 1024 --num-iterations $((STEPS + 1)) \
     --eval-every -1 --eval-tokens 1024 --num-samples 0 --threads "$THREADS" "$@" > "$tmp/$label.log"
@@ -46,8 +47,23 @@ train() {  # $1 = label, rest = extra flags; prints the trainer's throughput lin
 
 echo
 echo "== 1. CPU trainer: depth 4, n_embd 256, T 256, B 4, vocab 32768 ($STEPS timed steps after one warm-up)"
-train nanochat
-train core --arch core
+train nanochat ./train_gpt_cpu
+train core ./train_gpt_cpu --arch core
+# Optional: the same with the matmuls in OpenBLAS (built only where libopenblas-dev is installed).
+have_blas=0
+if make -s train_gpt_cpu_openblas >/dev/null 2>&1; then
+  have_blas=1
+  # Debian's OpenBLAS 0.3.21 does not recognise recent Xeons (Sapphire Rapids is detected as
+  # "Prescott", plain SSE3: 4x slower); name the kernel family from the CPU flags unless the user did.
+  if [ -z "${OPENBLAS_CORETYPE:-}" ]; then
+    if grep -qw avx512f /proc/cpuinfo; then export OPENBLAS_CORETYPE=SkylakeX
+    elif grep -qw avx2 /proc/cpuinfo; then export OPENBLAS_CORETYPE=Haswell; fi
+  fi
+  echo "  (OpenBLAS kernels: OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-auto})"
+  OPENBLAS_NUM_THREADS=$([ "$THREADS" -gt 0 ] 2>/dev/null && echo "$THREADS" || nproc) train openblas ./train_gpt_cpu_openblas
+else
+  echo "  (OpenBLAS comparison skipped: apt-get install libopenblas-dev to build train_gpt_cpu_openblas)"
+fi
 echo
 echo "== 2. matmul (build/dev/bench_matmul)"
 build/dev/bench_matmul | tee "$tmp/matmul.log"
@@ -62,11 +78,14 @@ fi
 tps() { grep -o 'throughput: [0-9]* tokens/s, [0-9.]*' "$tmp/$1.log" | awk '{print $2, $4}'; }
 read -r nt ng <<< "$(tps nanochat)"
 read -r ct cg <<< "$(tps core)"
-mm=$(grep -Eo '[0-9.]+ GFLOP/s' "$tmp/matmul.log" | head -1 | awk '{print $1}')
+# our sgemm rate: the mean of bench_matmul's "fast" column over the model's 12 products
+mm=$(awk '$2 ~ /^(forward|dinp|dweight)$/ { s += $3; n++ } END { if (n) printf "%.0f", s / n }' "$tmp/matmul.log" || true)
 echo
-echo "| run | tokens/s | model GFLOP/s | vs llm.c CPU (30 GFLOP/s) | vs our sgemm (${mm:-?} GFLOP/s) |"
+echo "| run | tokens/s | model GFLOP/s | vs llm.c CPU (30 GFLOP/s) | fraction of our mean sgemm rate (${mm:-?} GFLOP/s) |"
 echo "|---|---|---|---|---|"
-for row in "nanochat $nt $ng" "core $ct $cg"; do
+rows=("nanochat $nt $ng" "core $ct $cg")
+if [ $have_blas = 1 ]; then read -r bt bg <<< "$(tps openblas)"; rows+=("nanochat+OpenBLAS $bt $bg"); fi
+for row in "${rows[@]}"; do
   set -- $row
   awk -v n="$1" -v t="$2" -v g="$3" -v m="${mm:-0}" 'BEGIN {
     printf "| %s | %d | %.1f | %.2fx | %s |\n", n, t, g, g / 30.0, (m > 0 ? sprintf("%.2f", g / m) : "?") }'

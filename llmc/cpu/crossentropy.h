@@ -64,22 +64,16 @@ void softcap_crossentropy_forward_backward(Real* losses, Real* dlogits, const Re
             Real tmax = tm[0];
             for (int k = 1; k < LANES; k++) tmax = std::max(tmax, tm[k]);
             const Real zmax = s * tmax;
-            // pass 2: e = exp(z - zmax) and their sum (double lanes, added in a fixed order)
-            double acc[LANES] = {0};
-            v = 0;
-            for (; v + LANES <= V; v += LANES)
-                for (int k = 0; k < LANES; k++) {
-                    Real ev = cpu_exp_(s * t[v + k] - zmax);
-                    e[v + k] = ev;
-                    acc[k] += (double)ev;
-                }
-            for (int k = 0; v < V; v++, k++) {
-                Real ev = cpu_exp_(s * t[v] - zmax);
-                e[v] = ev;
-                acc[k] += (double)ev;
-            }
+            // pass 2: e = exp(z - zmax), then their sum in 8 double lanes added in a fixed order.
+            // Two loops, not one: fused, GCC kept the double lanes in memory and ran the whole
+            // pass scalar (measured: this op was 20% of a d4/V=32768 step; split, each loop vectorizes).
+            for (v = 0; v < V; v++) e[v] = cpu_exp_(s * t[v] - zmax);
+            double acc[8] = {0};
+            for (v = 0; v + 8 <= V; v += 8)
+                for (int k = 0; k < 8; k++) acc[k] += (double)e[v + k];
+            for (int k = 0; v < V; v++, k++) acc[k] += (double)e[v];
             double sum = 0.0;
-            for (int k = 0; k < LANES; k++) sum += acc[k];
+            for (int k = 0; k < 8; k++) sum += acc[k];
             losses[i] = zmax + (Real)std::log(sum) - s * t[y];
             if (!d) continue;
             // pass 3: the gradient (overwrites; the logits of this row were all read in pass 1)

@@ -32,6 +32,10 @@
 // (packing the shared operand) ends in a barrier.
 // Accuracy: fp32 sums of at most KC products, then one add per depth block; the tests hold
 // every element to the rigorous bound gamma_{K+1} * sum |terms| against a double reference.
+//
+// Optional: built with -DLLMC_OPENBLAS (make train_gpt_cpu_openblas, needs Debian's
+// libopenblas-dev), the float products call cblas_sgemm instead: a comparison point for the
+// benchmark. OpenBLAS is deterministic for a fixed thread count but not across thread counts.
 #pragma once
 #include <algorithm>
 #include <cstdint>
@@ -40,6 +44,9 @@
 #include <vector>
 #ifdef _OPENMP
 #include <omp.h>
+#endif
+#ifdef LLMC_OPENBLAS
+#include <cblas.h>
 #endif
 
 // ---- plain loops ----
@@ -304,8 +311,12 @@ template <typename Real>
 void matmul_forward(Real* out, const Real* inp, const Real* weight, int N, int IC, int OC) {
     if constexpr (std::is_same<Real, float>::value) {
         // out(N,OC) = inp(N,IC) · Wᵀ: A = inp, B(k,j) = W[j*IC + k]
+#ifdef LLMC_OPENBLAS
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, OC, IC, 1.0f, inp, IC, weight, IC, 0.0f, out, OC);
+#else
         MatmulOperands op{inp, IC, 1, weight, 1, IC, out, OC};
         mm_gemm(op, N, OC, IC, true);
+#endif
     } else {
         matmul_forward_naive(out, inp, weight, N, IC, OC);
     }
@@ -317,13 +328,21 @@ void matmul_backward(Real* dinp, Real* dweight, const Real* dout, const Real* in
     if constexpr (std::is_same<Real, float>::value) {
         if (dinp) {
             // dinp(N,IC) += dout(N,OC) · W(OC,IC)
+#ifdef LLMC_OPENBLAS
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, IC, OC, 1.0f, dout, OC, weight, IC, 1.0f, dinp, IC);
+#else
             MatmulOperands op{dout, OC, 1, weight, IC, 1, dinp, IC};
             mm_gemm(op, N, IC, OC, false);
+#endif
         }
         if (dweight) {
             // dweight(OC,IC) += doutᵀ · inp: A(i,k) = dout[k*OC + i], B = inp
+#ifdef LLMC_OPENBLAS
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, OC, IC, N, 1.0f, dout, OC, inp, IC, 1.0f, dweight, IC);
+#else
             MatmulOperands op{dout, 1, OC, inp, IC, 1, dweight, IC};
             mm_gemm(op, OC, IC, N, false);
+#endif
         }
     } else {
         matmul_backward_naive(dinp, dweight, dout, inp, weight, N, IC, OC);
