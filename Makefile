@@ -29,6 +29,13 @@ SIM_SRCS := $(wildcard llmc/sim/*.cpp)
 SIMFLAGS ?= -std=c++17 -O1 -g -I. -DLLMC_SIM -Wall -Wno-unused-parameter -Wno-sign-compare -Wno-unknown-pragmas -fopenmp
 ASANFLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer
 
+# ---- fuzzing (optional): libFuzzer targets when clang++ can link -fsanitize=fuzzer ----
+CLANGXX := $(shell command -v clang++ 2>/dev/null)
+HAVE_LIBFUZZER := $(if $(CLANGXX),$(shell printf 'extern "C" int LLVMFuzzerTestOneInput(const unsigned char*, unsigned long) { return 0; }' | \
+    $(CLANGXX) -x c++ -fsanitize=fuzzer -fopenmp - -o /tmp/llmc_fuzz_probe.$$$$ >/dev/null 2>&1 && echo 1; rm -f /tmp/llmc_fuzz_probe.$$$$))
+FUZZFLAGS := -std=c++17 -O1 -g -I. -fopenmp -fsanitize=fuzzer,address,undefined -fno-omit-frame-pointer
+FUZZ_TESTS := $(if $(HAVE_LIBFUZZER),$(patsubst test/fuzz/%.cpp,$(BUILD)/fuzz/%,$(wildcard test/fuzz/fuzz_*.cpp)))
+
 CPU_TESTS := $(patsubst test/%.cpp,$(BUILD)/test/%,$(wildcard test/test_*.cpp))
 SIM_TESTS := $(patsubst test/sim/%.cu,$(BUILD)/sim/%,$(wildcard test/sim/test_*.cu))
 SIM_ASAN_TESTS := $(patsubst test/sim/%.cu,$(BUILD)/sim_asan/%,$(wildcard test/sim/test_*.cu))
@@ -45,6 +52,11 @@ programs: $(PROGRAMS)
 train_gpt_cpu: train_gpt.cu $(HEADERS)
 	$(CXX) $(CXXFLAGS) -x c++ $< -o $@ $(LDLIBS)
 
+# Optional comparison build: the CPU matmuls through OpenBLAS (apt-get install libopenblas-dev).
+OPENBLAS_INC ?= $(firstword $(wildcard /usr/include/x86_64-linux-gnu/openblas-pthread /usr/include/openblas /usr/include/x86_64-linux-gnu))
+train_gpt_cpu_openblas: train_gpt.cu $(HEADERS)
+	$(CXX) $(CXXFLAGS) -DLLMC_OPENBLAS -I$(OPENBLAS_INC) -x c++ $< -o $@ $(LDLIBS) -lopenblas
+
 prepare_data: prepare_data.cpp $(HEADERS)
 	$(CXX) $(CXXFLAGS) $< -o $@ $(LDLIBS)
 
@@ -52,6 +64,10 @@ prepare_data: prepare_data.cpp $(HEADERS)
 $(BUILD)/test/%: test/%.cpp $(HEADERS)
 	@mkdir -p $(@D)
 	$(CXX) $(CXXFLAGS) $< -o $@ $(LDLIBS)
+
+$(BUILD)/fuzz/%: test/fuzz/%.cpp $(HEADERS)
+	@mkdir -p $(@D)
+	$(CLANGXX) $(FUZZFLAGS) $< -o $@
 
 $(BUILD)/sim/%: test/sim/%.cu $(HEADERS) $(SIM_SRCS)
 	@mkdir -p $(@D)
@@ -73,8 +89,9 @@ $(BUILD)/dev/%: dev/%.cpp $(HEADERS)
 gpu_build: $(if $(NVCC),$(GPU_TESTS))
 	@$(if $(NVCC),echo "GPU test binaries compiled with $(NVCC)",echo "nvcc not found: GPU build skipped")
 
-test: programs $(CPU_TESTS) $(SIM_TESTS) $(SIM_ASAN_TESTS) gpu_build
-	@ASAN_OPTIONS=detect_leaks=0 scripts/run_tests.sh $(CPU_TESTS) $(SIM_TESTS) $(SIM_ASAN_TESTS)
+test: programs $(CPU_TESTS) $(SIM_TESTS) $(SIM_ASAN_TESTS) $(FUZZ_TESTS) gpu_build
+	@$(if $(FUZZ_TESTS),,echo "clang++ with libFuzzer not found: fuzz targets skipped (test_tokenizer's randomized fuzz case still runs)")
+	@ASAN_OPTIONS=detect_leaks=0 scripts/run_tests.sh $(CPU_TESTS) $(SIM_TESTS) $(SIM_ASAN_TESTS) $(FUZZ_TESTS)
 
 test_gpu: $(GPU_TESTS)
 	@scripts/run_tests.sh $(GPU_TESTS)
@@ -86,4 +103,4 @@ run: programs
 	@scripts/run_demo.sh
 
 clean:
-	rm -rf $(BUILD) $(PROGRAMS)
+	rm -rf $(BUILD) $(PROGRAMS) train_gpt_cpu_openblas

@@ -1,14 +1,24 @@
 #!/usr/bin/env bash
-# Run each doctest executable given, show its output, and print the totals over all of them as the
-# last line: "N passed, N failed" (test cases). Exit non-zero if any test failed or any executable
-# crashed or printed no doctest summary.
+# Run each test executable given (doctest, or libFuzzer targets under */fuzz/), show its output, and
+# print the totals over all of them as the last line: "N passed, N failed" (test cases; a fuzz
+# target counts as one). Exit non-zero if any test failed or any executable crashed or printed no
+# doctest summary.
 set -u
 # OpenMP threads that spin while waiting collapse throughput on a loaded 2-core machine (CI shares
 # the cores with the build); passive waiting costs nothing when the machine is idle.
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
 passed=0; failed=0; bad=0
+FUZZ_SECONDS=${FUZZ_SECONDS:-20}
 for exe in "$@"; do
   echo "=== $exe"
+  case "$exe" in */fuzz/*)
+    # a libFuzzer target: bounded run from a fixed seed; one test case, passed iff it exits 0
+    # (a crash, sanitizer report or broken invariant exits non-zero and leaves the input in build/fuzz/)
+    out=$("$exe" -seed=1 -max_total_time="$FUZZ_SECONDS" -rss_limit_mb=2048 -artifact_prefix="$(dirname "$exe")/" 2>&1); rc=$?
+    echo "$out" | tail -n 4
+    if [ "$rc" -eq 0 ]; then passed=$((passed+1)); else echo "!!! $exe found a failing input (exit $rc)"; failed=$((failed+1)); fi
+    continue;;
+  esac
   out=$("$exe" 2>&1); rc=$?
   echo "$out" | tail -n 40
   line=$(echo "$out" | grep -E '^\[doctest\] test cases:' | tail -n 1)
