@@ -1,6 +1,8 @@
 // bench_tokenizer: throughput of the tokenizer (llmc/tokenizer.h). Measured here, never asserted.
 //
-//   build/dev/bench_tokenizer [--corpus PATH] [--mb 50] [--vocab 32768]
+//   build/dev/bench_tokenizer [--corpus PATH] [--mb 50] [--vocab 32768] [--dump-synthetic PATH]
+//   (--dump-synthetic: write the synthetic documents of 2(b), one per line, and exit; used by
+//   dev/data/bench_reference.py to time rustbpe and tiktoken on the same text)
 //
 // 1. Encoding: the corpus (default tinyshakespeare) split at "\n\n" into documents, repeated until
 //    it is >= --mb MB, encoded with a tokenizer of --vocab trained on the corpus; MB/s with 1 and
@@ -132,12 +134,24 @@ int main(int argc, char** argv) {
     std::string corpus = "";
     double mb = 50;
     long long vocab = 32768;
+    std::string dump;
     for (int i = 1; i + 1 < argc; i += 2) {
         std::string a = argv[i];
         if (a == "--corpus") corpus = argv[i + 1];
         else if (a == "--mb") mb = atof(argv[i + 1]);
         else if (a == "--vocab") vocab = atoll(argv[i + 1]);
+        else if (a == "--dump-synthetic") dump = argv[i + 1];
         else { fprintf(stderr, "unknown flag %s\n", a.c_str()); return 1; }
+    }
+    if (!dump.empty()) {
+        LLMC_MAIN_GUARD({
+            size_t sb = 0;
+            std::string all;
+            for (auto& d : synthetic_docs((size_t)(mb * 1e6), &sb)) { all += d; all += '\n'; }  // documents have no newlines
+            write_file_atomic(dump, all);
+            printf("wrote %.1f MB of synthetic documents to %s\n", sb / 1e6, dump.c_str());
+        });
+        return 0;
     }
     if (corpus.empty())
         for (const char* p : {"../shared/data/tinyshakespeare.txt", "data/tinyshakespeare.txt", "/work/shared/data/tinyshakespeare.txt"})
