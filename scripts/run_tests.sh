@@ -19,8 +19,10 @@ for exe in "$@"; do
     if [ "$rc" -eq 0 ]; then passed=$((passed+1)); else echo "!!! $exe found a failing input (exit $rc)"; failed=$((failed+1)); fi
     continue;;
   esac
+  t0=$(date +%s.%N)
   out=$("$exe" 2>&1); rc=$?
   echo "$out" | tail -n 40
+  echo "--- $exe: $(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }') s"
   line=$(echo "$out" | grep -E '^\[doctest\] test cases:' | tail -n 1)
   if [ -z "$line" ]; then
     echo "!!! $exe printed no doctest summary (exit $rc)"; bad=$((bad+1)); failed=$((failed+1)); continue
