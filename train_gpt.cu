@@ -721,6 +721,13 @@ inline int train_main(int argc, char** argv) {
     // ---- data and tokenizer ----
     if (o.train_data.empty()) o.train_data = o.data_dir + "/*_train_*.bin";
     if (o.val_data.empty()) o.val_data = o.data_dir + "/*_val_*.bin";
+    LLMC_CHECK(o.temperature >= 0.0, "--temperature must be >= 0 (0 = greedy), got %g", o.temperature);
+    LLMC_CHECK(o.top_k >= 0, "--top-k must be >= 0 (0 = all tokens), got %d", o.top_k);
+    LLMC_CHECK(o.num_samples >= 0 && o.sample_tokens >= 0, "--num-samples and --sample-tokens must be >= 0");
+    // a tokenizer named on the command line must exist; the default one (next to the shards) may not
+    if (!o.tokenizer.empty() && o.tokenizer != "none")
+        LLMC_CHECK(llmc::file_exists(o.tokenizer + ".tiktoken"), "--tokenizer: '%s.tiktoken' not found (give the stem, without .tiktoken, or 'none')",
+                   o.tokenizer.c_str());
     if (o.tokenizer.empty()) o.tokenizer = o.data_dir + "/tokenizer";
     std::unique_ptr<llmc::Tokenizer> tok;
     if (o.tokenizer != "none" && llmc::file_exists(o.tokenizer + ".tiktoken")) tok.reset(new llmc::Tokenizer(llmc::tokenizer_load(o.tokenizer)));

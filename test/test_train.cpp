@@ -132,6 +132,10 @@ TEST_CASE("bad input: one clear error and exit status 1, never a crash") {
     expect_error(base + kTiny + " --total-batch-size 1000", "not a positive multiple");
     expect_error(base + kTiny + " --n-kv-head 3", "must divide n_head");
     expect_error(base + kTiny + " --arch foo", "--arch must be nanochat or core");
+    expect_error(base + kTiny + " --depth 0", "--depth must be >= 1");
+    expect_error(base + kTiny + " --head-dim 7", "head_dim 7 must be even");
+    expect_error(base + kTiny + " --temperature -1", "--temperature must be >= 0");
+    expect_error(base + kTiny + " --tokenizer " + d + "/no_such_tokenizer", "no_such_tokenizer.tiktoken' not found");
     expect_error(base + kTiny + " --train-data '" + d + "/nothing_*.bin'", "nothing_*.bin");
     // token ids >= vocab: the 1024-token shards read with a 100-token vocabulary
     expect_error(base + kTiny + " --tokenizer none --vocab-size 100 --bos-id 5", "vocab");
