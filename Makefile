@@ -85,9 +85,19 @@ $(BUILD)/dev/%: dev/%.cpp $(HEADERS)
 	@mkdir -p $(@D)
 	$(CXX) $(CXXFLAGS) $< -o $@ $(LDLIBS)
 
+# Kernel benchmark (dev/cuda/bench_kernels.cu): nvcc for a GPU (scripts/gpu_check.sh runs it); the
+# SIM build runs tiny shapes on the CPU as a smoke test of the program itself.
+$(BUILD)/gpu/bench_kernels: dev/cuda/bench_kernels.cu $(HEADERS)
+	@mkdir -p $(@D)
+	$(NVCC) $(NVCCFLAGS) $< -o $@ $(NVLDLIBS)
+
+$(BUILD)/sim/bench_kernels: dev/cuda/bench_kernels.cu $(HEADERS) $(SIM_SRCS)
+	@mkdir -p $(@D)
+	$(CXX) $(SIMFLAGS) -x c++ $< -x none $(SIM_SRCS) -o $@ $(LDLIBS)
+
 # GPU targets compile whenever nvcc exists (CI catches code only one compiler accepts).
-gpu_build: $(if $(NVCC),$(GPU_TESTS))
-	@$(if $(NVCC),echo "GPU test binaries compiled with $(NVCC)",echo "nvcc not found: GPU build skipped")
+gpu_build: $(if $(NVCC),$(GPU_TESTS) $(BUILD)/gpu/bench_kernels)
+	@$(if $(NVCC),echo "GPU test binaries and bench_kernels compiled with $(NVCC)",echo "nvcc not found: GPU build skipped")
 
 test: programs $(CPU_TESTS) $(SIM_TESTS) $(SIM_ASAN_TESTS) $(FUZZ_TESTS) gpu_build
 	@$(if $(FUZZ_TESTS),,echo "clang++ with libFuzzer not found: fuzz targets skipped (test_tokenizer's randomized fuzz case still runs)")

@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # gpu_check.sh: one command for a machine with an NVIDIA GPU. Builds the kernel tests with nvcc
 # (test/sim/test_*.cu -> build/gpu/test_*, the same sources the SIM build runs on the CPU), runs
-# each one, and prints a table last: test binary, test cases passed / failed, seconds.
-# Exit status 0 only if every binary ran and every test case passed.
-#   usage: scripts/gpu_check.sh [test_name ...]     (default: all; e.g. scripts/gpu_check.sh test_matmul)
+# each one, then builds and runs the kernel benchmark (dev/cuda/bench_kernels.cu ->
+# build/gpu/bench_kernels). Prints last: the tests' table (test binary, test cases passed / failed,
+# seconds), then the benchmark's markdown table (kernel, shape, ms, GB/s or TFLOP/s, % of peak).
+# Exit status 0 only if every test binary ran, every test case passed and the benchmark ran.
+#   usage: scripts/gpu_check.sh [name ...]     (default: all tests and the benchmark; a name is a
+#          test, e.g. test_matmul, or bench_kernels; BENCH=0 skips the benchmark)
 set -u
 cd "$(dirname "$0")/.."
 
@@ -13,23 +16,30 @@ if ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi -L >/dev/null 2>&1; t
 fi
 echo "GPU: $(nvidia-smi --query-gpu=name,compute_cap,driver_version --format=csv,noheader | head -1)"
 
+bench=${BENCH:-1}
 if [ "$#" -gt 0 ]; then
-  names=("$@")
+  names=(); want_bench=0
+  for n in "$@"; do
+    if [ "$n" = bench_kernels ]; then want_bench=1; else names+=("$n"); fi
+  done
+  [ "$want_bench" -eq 1 ] || bench=0
 else
   names=()
   for f in test/sim/test_*.cu; do names+=("$(basename "$f" .cu)"); done
 fi
 targets=()
-for n in "${names[@]}"; do targets+=("build/gpu/$n"); done
+for n in ${names[@]+"${names[@]}"}; do targets+=("build/gpu/$n"); done
 
-echo "== building: ${targets[*]}"
-if ! make "${targets[@]}"; then
-  echo "gpu_check: build failed" >&2
-  exit 1
+if [ "${#targets[@]}" -gt 0 ]; then
+  echo "== building: ${targets[*]}"
+  if ! make "${targets[@]}"; then
+    echo "gpu_check: build failed" >&2
+    exit 1
+  fi
 fi
 
 rows=(); total_fail=0
-for t in "${targets[@]}"; do
+for t in ${targets[@]+"${targets[@]}"}; do
   echo "=== $t"
   start=$(date +%s.%N)
   out=$("$t" 2>&1); rc=$?
@@ -47,7 +57,30 @@ for t in "${targets[@]}"; do
   rows+=("$(printf '%-28s %7s %7s %8s  %s' "$(basename "$t")" "$p" "$f" "$secs" "$status")")
 done
 
-echo
-printf '%-28s %7s %7s %8s  %s\n' "test binary" "passed" "failed" "seconds" "status"
-for r in "${rows[@]}"; do echo "$r"; done
+# the benchmark: its lines (device, peaks, one per kernel) now, its markdown table at the very end
+bench_table=""
+if [ "$bench" != 0 ]; then
+  echo "=== build/gpu/bench_kernels"
+  if ! make build/gpu/bench_kernels; then
+    bench_table="bench_kernels: build failed"; total_fail=$((total_fail + 1))
+  else
+    bout=$(build/gpu/bench_kernels 2>&1); rc=$?
+    echo "$bout" | grep -v -e '^|' -e '^$'
+    if [ "$rc" -ne 0 ]; then
+      bench_table="bench_kernels: FAILED (exit $rc): $(echo "$bout" | tail -n 1)"; total_fail=$((total_fail + 1))
+    else
+      bench_table=$(echo "$bout" | grep -E '^(device|peak)'; echo; echo "$bout" | grep -E '^\|')
+    fi
+  fi
+fi
+
+if [ "${#rows[@]}" -gt 0 ]; then
+  echo
+  printf '%-28s %7s %7s %8s  %s\n' "test binary" "passed" "failed" "seconds" "status"
+  for r in "${rows[@]}"; do echo "$r"; done
+fi
+if [ -n "$bench_table" ]; then
+  echo
+  echo "$bench_table"
+fi
 [ "$total_fail" -eq 0 ]

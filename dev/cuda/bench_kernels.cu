@@ -1,0 +1,365 @@
+// bench_kernels.cu: time the CUDA kernels of llmc/cuda/ at GPT-sized shapes (a d20-like model:
+// n_embd 1280, MLP 5120, vocab 32768, 32 x 2048 tokens) and print achieved GB/s for the memory-bound
+// kernels and TFLOP/s for the GEMMs, each also as a fraction of the device's peak.
+//
+// Plain CUDA: built with nvcc (make build/gpu/bench_kernels) and, like the kernel tests, with g++
+// under SIM (make build/sim/bench_kernels), where it is a smoke test of this program only: the SIM
+// figures measure the CPU simulation and say nothing about a GPU. There is no correctness check
+// here; test/sim/test_*.cu do that.
+//
+// Timing: one warm-up call, then `reps` calls queued back to back on the stream with an event
+// recorded after each (one synchronization at the end). best = the fastest call (its event
+// interval), mean = total / reps; rates are computed from best. Host work inside a call (the
+// cuBLASLt heuristic query in matmul_cublaslt, the host-side plan build) is part of the time
+// when the GPU waits for it.
+//
+// Rates. GB/s = bytes / best time, where bytes is the least DRAM traffic the kernel must do (each
+// input read once, each output written once; the formulas are next to each call). A re-read that
+// hits L2 (rmsnorm's and the cross-entropy's second pass over a row) is not counted, so the
+// figure is comparable with the peak. TFLOP/s = 2 * N * IC * OC per product / best time.
+// Peaks (GPU only): memory = memory clock * 2 (DDR) * bus width / 8; bf16 tensor = SMs * max SM
+// clock * dense bf16 FLOP per clock per SM (4096 on sm_90, 2048 on sm_80; other archs: not shown).
+// The max clock is the boost limit, above the clock datasheets quote (H100 SXM: 1980 vs 1830 MHz),
+// so the tensor peak is an upper bound and the percentage a lower bound.
+//
+// Usage: bench_kernels [--small] [--reps N]
+//   --small   tiny shapes and 1 rep: runs in seconds under SIM (the default there, #ifdef LLMC_SIM);
+//             also selected by the environment variable BENCH_SMALL=1
+//   --reps N  timed calls per kernel (default 20; 1 with --small)
+// The last lines printed are a markdown table: kernel | shape | best ms | mean ms | rate | % of peak.
+#include <algorithm>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+#include "llmc/cuda/common.cuh"
+#include "llmc/cuda/crossentropy.cuh"
+#include "llmc/cuda/embedding.cuh"
+#include "llmc/cuda/matmul.cuh"
+#include "llmc/cuda/rmsnorm.cuh"
+#include "llmc/rng.h"
+#include "llmc/utils.h"
+
+namespace {
+
+// ---------------------------------------------------------------------------------------------
+// device buffers and random fills
+
+template <typename T>
+T* dalloc(size_t n) {
+    T* p = nullptr;
+    cudaCheck(cudaMalloc((void**)&p, std::max<size_t>(n, 1) * sizeof(T)));
+    return p;
+}
+
+template <typename T>
+void dfree(T*& p) {
+    if (p) cudaCheck(cudaFree(p));
+    p = nullptr;
+}
+
+// p[i] = uniform in [-scale, scale) from a hash of (seed, i): filling on the device keeps the
+// set-up of the 0.5-1 GiB tensors fast (a host RNG would take seconds per tensor).
+__global__ void fill_uniform_kernel(floatX* p, size_t n, uint64_t seed, float scale) {
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        uint64_t z = i + seed * 0x9E3779B97F4A7C15ull;
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+        z ^= z >> 31;
+        const float u = (float)(z >> 40) * (1.0f / 16777216.0f);  // 24 bits -> [0, 1)
+        p[i] = __float2bfloat16(scale * (2.0f * u - 1.0f));
+    }
+}
+
+void fill_uniform(floatX* p, size_t n, uint64_t seed, float scale, cudaStream_t stream) {
+    const unsigned grid = (unsigned)std::min<size_t>(CEIL_DIV(n, (size_t)256), 8192);
+    LAUNCH(fill_uniform_kernel, std::max(grid, 1u), 256, 0, stream, p, n, seed, scale);
+}
+
+// Token ids with a heavy head, roughly like text: id = floor(V^u) - 1, u uniform, so id 0 is
+// about ln 2 / ln V of all positions (7% for V = 32768) and most ids repeat.
+std::vector<int> make_ids(int N, int V, llmc::Rng& rng) {
+    std::vector<int> ids(N);
+    for (auto& t : ids) t = std::min(V - 1, (int)std::floor(std::pow((double)V, rng.uniform())) - 1);
+    return ids;
+}
+
+// ---------------------------------------------------------------------------------------------
+// timing and the results table
+
+struct Timing { double best_ms, mean_ms; };
+
+template <typename F>
+Timing time_it(F&& f, int reps, cudaStream_t stream) {
+    f();  // warm-up: first-call costs (cuBLASLt kernel selection and loading, caches)
+    cudaCheck(cudaDeviceSynchronize());
+    std::vector<cudaEvent_t> ev(reps + 1);
+    for (auto& e : ev) cudaCheck(cudaEventCreate(&e));
+    cudaCheck(cudaEventRecord(ev[0], stream));
+    for (int r = 0; r < reps; r++) {
+        f();
+        cudaCheck(cudaEventRecord(ev[r + 1], stream));
+    }
+    cudaCheck(cudaEventSynchronize(ev[reps]));
+    Timing t{1e30, 0.0};
+    for (int r = 0; r < reps; r++) {
+        float ms = 0.0f;
+        cudaCheck(cudaEventElapsedTime(&ms, ev[r], ev[r + 1]));
+        t.best_ms = std::min(t.best_ms, (double)ms);
+    }
+    float total = 0.0f;
+    cudaCheck(cudaEventElapsedTime(&total, ev[0], ev[reps]));
+    t.mean_ms = total / reps;
+    for (auto& e : ev) cudaCheck(cudaEventDestroy(e));
+    return t;
+}
+
+struct Row {
+    std::string kernel, shape;
+    Timing t;
+    double rate;       // GB/s or TFLOP/s; < 0: none
+    const char* unit;  // "GB/s", "TFLOP/s" or ""
+    double peak;       // same unit; <= 0: unknown
+};
+
+struct Bench {
+    int reps = 20;
+    cudaStream_t stream = 0;
+    double peak_gbs = 0.0, peak_tflops = 0.0;
+    std::vector<Row> rows;
+
+    void add_bytes(const std::string& kernel, const std::string& shape, Timing t, double bytes) {
+        rows.push_back({kernel, shape, t, bytes / (t.best_ms * 1e-3) / 1e9, "GB/s", peak_gbs});
+        print_last();
+    }
+    void add_flops(const std::string& kernel, const std::string& shape, Timing t, double flops) {
+        rows.push_back({kernel, shape, t, flops / (t.best_ms * 1e-3) / 1e12, "TFLOP/s", peak_tflops});
+        print_last();
+    }
+    void add_time(const std::string& kernel, const std::string& shape, Timing t) {
+        rows.push_back({kernel, shape, t, -1.0, "", 0.0});
+        print_last();
+    }
+    void print_last() const {
+        const Row& r = rows.back();
+        printf("  %-34s %-28s best %9.4f ms  mean %9.4f ms", r.kernel.c_str(), r.shape.c_str(), r.t.best_ms, r.t.mean_ms);
+        if (r.rate >= 0) printf("  %9.1f %s", r.rate, r.unit);
+        printf("\n");
+    }
+    void print_table() const {
+        printf("\n| kernel | shape | best ms | mean ms | GB/s or TFLOP/s | %% of peak |\n");
+        printf("|---|---|---:|---:|---:|---:|\n");
+        for (const Row& r : rows) {
+            char rate[48] = "-", pct[16] = "-";
+            if (r.rate >= 0) snprintf(rate, sizeof(rate), "%.1f %s", r.rate, r.unit);
+            if (r.rate >= 0 && r.peak > 0) snprintf(pct, sizeof(pct), "%.0f%%", 100.0 * r.rate / r.peak);
+            printf("| %s | %s | %.4f | %.4f | %s | %s |\n", r.kernel.c_str(), r.shape.c_str(), r.t.best_ms, r.t.mean_ms,
+                   rate, pct);
+        }
+    }
+};
+
+std::string fmt(const char* f, long a, long b = -1, long c = -1) {
+    char buf[96];
+    if (c >= 0) snprintf(buf, sizeof(buf), f, a, b, c);
+    else if (b >= 0) snprintf(buf, sizeof(buf), f, a, b);
+    else snprintf(buf, sizeof(buf), f, a);
+    return buf;
+}
+
+// ---------------------------------------------------------------------------------------------
+// the benchmarks
+
+void bench_rmsnorm(Bench& B, int N, int C) {
+    floatX* inp = dalloc<floatX>((size_t)N * C);
+    floatX* out = dalloc<floatX>((size_t)N * C);
+    floatX* dout = dalloc<floatX>((size_t)N * C);
+    floatX* dinp = dalloc<floatX>((size_t)N * C);
+    float* rstd = dalloc<float>(N);
+    fill_uniform(inp, (size_t)N * C, 1, 2.0f, B.stream);
+    fill_uniform(dout, (size_t)N * C, 2, 1.0f, B.stream);
+    cudaCheck(cudaMemset(dinp, 0, (size_t)N * C * sizeof(floatX)));
+    const std::string shape = fmt("N=%ld C=%ld", N, C);
+    const double NC = (double)N * C;
+
+    // forward: read inp (2NC), write out (2NC) and rstd (4N)
+    Timing t = time_it([&] { rmsnorm_forward(out, rstd, inp, N, C, B.stream); }, B.reps, B.stream);
+    B.add_bytes("rmsnorm_forward", shape, t, 4.0 * NC + 4.0 * N);
+    // backward: read dout, out and dinp (2NC each) and rstd (4N), write dinp (2NC)
+    t = time_it([&] { rmsnorm_backward(dinp, dout, out, rstd, N, C, B.stream); }, B.reps, B.stream);
+    B.add_bytes("rmsnorm_backward", shape, t, 8.0 * NC + 4.0 * N);
+
+    dfree(inp); dfree(out); dfree(dout); dfree(dinp); dfree(rstd);
+}
+
+void bench_crossentropy(Bench& B, int N, int V) {
+    const int Vp = (V + 63) / 64 * 64;  // padded as the model pads (llmc/scaling.h)
+    llmc::Rng rng(3, 0);
+    std::vector<int> targets(N);
+    for (auto& y : targets) y = (int)rng.below(V);
+    floatX* logits = dalloc<floatX>((size_t)N * Vp);
+    floatX* dlogits = dalloc<floatX>((size_t)N * Vp);
+    float* losses = dalloc<float>(N);
+    int* d_targets = dalloc<int>(N);
+    fill_uniform(logits, (size_t)N * Vp, 3, 4.0f, B.stream);
+    cudaCheck(cudaMemcpy(d_targets, targets.data(), (size_t)N * sizeof(int), cudaMemcpyHostToDevice));
+    const std::string shape = fmt("N=%ld V=%ld Vp=%ld", N, V, Vp);
+    const float softcap = 15.0f, scale = 1.0f / N;
+    const double NV = (double)N * Vp;
+
+    // forward only (dlogits = nullptr, the model's forward pass): read logits (2 N Vp) and targets
+    // (4N), write losses (4N)
+    Timing t = time_it([&] {
+        softcap_crossentropy_forward_backward(losses, nullptr, logits, d_targets, N, V, Vp, softcap, 0.0f, B.stream);
+    }, B.reps, B.stream);
+    B.add_bytes("softcap_crossentropy (fwd)", shape, t, 2.0 * NV + 8.0 * N);
+    // forward + gradient into a separate buffer (the model's backward): plus write dlogits (2 N Vp)
+    t = time_it([&] {
+        softcap_crossentropy_forward_backward(losses, dlogits, logits, d_targets, N, V, Vp, softcap, scale, B.stream);
+    }, B.reps, B.stream);
+    B.add_bytes("softcap_crossentropy (fwd+bwd)", shape, t, 4.0 * NV + 8.0 * N);
+
+    dfree(logits); dfree(dlogits); dfree(losses); dfree(d_targets);
+}
+
+void bench_embedding(Bench& B, int N, int C, int V) {
+    llmc::Rng rng(4, 0);
+    const std::vector<int> ids = make_ids(N, V, rng);
+    floatX* table = dalloc<floatX>((size_t)V * C);
+    float* dtable = dalloc<float>((size_t)V * C);
+    floatX* out = dalloc<floatX>((size_t)N * C);
+    floatX* dout = dalloc<floatX>((size_t)N * C);
+    int* d_ids = dalloc<int>(N);
+    fill_uniform(table, (size_t)V * C, 5, 1.0f, B.stream);
+    fill_uniform(dout, (size_t)N * C, 6, 1.0f, B.stream);
+    cudaCheck(cudaMemset(dtable, 0, (size_t)V * C * sizeof(float)));
+    cudaCheck(cudaMemcpy(d_ids, ids.data(), (size_t)N * sizeof(int), cudaMemcpyHostToDevice));
+    const std::string shape = fmt("N=%ld C=%ld V=%ld", N, C, V);
+    const double NC = (double)N * C;
+
+    // forward: read ids (4N) and N table rows (2NC), write out (2NC)
+    Timing t = time_it([&] { embedding_forward(out, d_ids, table, N, C, B.stream); }, B.reps, B.stream);
+    B.add_bytes("embedding_forward", shape, t, 4.0 * NC + 4.0 * N);
+
+    EmbeddingBackwardPlan plan;
+    embedding_plan_create(&plan, N, V);
+    // the plan build: host counting sort + upload, once per batch (shared by wte and value_embeds)
+    t = time_it([&] { embedding_plan_build(&plan, ids.data(), N, B.stream); }, B.reps, B.stream);
+    B.add_time("embedding_plan_build (host+upload)", shape, t);
+    const double nb = plan.n_buckets;
+    // backward: read dout (2NC), order (4N), offsets and one id per bucket (~8 nb); read and write
+    // the nb touched dtable rows (8 nb C)
+    t = time_it([&] { embedding_backward(dtable, dout, d_ids, N, C, plan, B.stream); }, B.reps, B.stream);
+    B.add_bytes("embedding_backward", shape + fmt(" (%ld ids)", plan.n_buckets), t, 2.0 * NC + 8.0 * nb * C + 4.0 * N + 8.0 * nb);
+    embedding_plan_destroy(&plan);
+
+    dfree(table); dfree(dtable); dfree(out); dfree(dout); dfree(d_ids);
+}
+
+void bench_matmul(Bench& B, int N, int IC, int OC, const char* what) {
+    floatX* inp = dalloc<floatX>((size_t)N * IC);
+    floatX* weight = dalloc<floatX>((size_t)OC * IC);
+    floatX* out = dalloc<floatX>((size_t)N * OC);  // also serves as dout in the backward
+    floatX* dinp = dalloc<floatX>((size_t)N * IC);
+    float* dweight = dalloc<float>((size_t)OC * IC);
+    fill_uniform(inp, (size_t)N * IC, 7, 1.0f, B.stream);
+    fill_uniform(weight, (size_t)OC * IC, 8, 0.03f, B.stream);
+    cudaCheck(cudaMemset(dinp, 0, (size_t)N * IC * sizeof(floatX)));
+    cudaCheck(cudaMemset(dweight, 0, (size_t)OC * IC * sizeof(float)));
+    const std::string shape = fmt("N=%ld %ld->%ld", N, IC, OC) + " " + what;
+    const double flops = 2.0 * N * IC * OC;  // one product
+
+    Timing t = time_it([&] { matmul_forward(out, inp, weight, N, IC, OC, B.stream); }, B.reps, B.stream);
+    B.add_flops("matmul_forward", shape, t, flops);
+    // backward: dinp += dout · W and dweight += doutᵀ · inp, two products
+    t = time_it([&] { matmul_backward(dinp, dweight, out, inp, weight, N, IC, OC, B.stream); }, B.reps, B.stream);
+    B.add_flops("matmul_backward (dinp+dweight)", shape, t, 2.0 * flops);
+
+    dfree(inp); dfree(weight); dfree(out); dfree(dinp); dfree(dweight);
+}
+
+void print_device(Bench& B) {
+    int dev = 0;
+    cudaCheck(cudaGetDevice(&dev));
+    cudaDeviceProp prop;
+    cudaCheck(cudaGetDeviceProperties(&prop, dev));
+#ifdef LLMC_SIM
+    printf("device: SIM (CPU) [%s]: the times measure the simulation, not a GPU; no peaks\n", prop.name);
+#else
+    // memoryClockRate and clockRate left cudaDeviceProp in CUDA 13: ask for the attributes
+    int mem_khz = 0, bus_bits = 0, sm_khz = 0, sms = 0, major = 0, minor = 0;
+    cudaCheck(cudaDeviceGetAttribute(&mem_khz, cudaDevAttrMemoryClockRate, dev));
+    cudaCheck(cudaDeviceGetAttribute(&bus_bits, cudaDevAttrGlobalMemoryBusWidth, dev));
+    cudaCheck(cudaDeviceGetAttribute(&sm_khz, cudaDevAttrClockRate, dev));
+    cudaCheck(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+    cudaCheck(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
+    cudaCheck(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev));
+    B.peak_gbs = (double)mem_khz * 1e3 * 2.0 * (bus_bits / 8.0) / 1e9;
+    const int flop_per_clk = (major == 9 && minor == 0) ? 4096 : (major == 8 && minor == 0) ? 2048 : 0;
+    B.peak_tflops = (double)sms * sm_khz * 1e3 * flop_per_clk / 1e12;
+    printf("device: %s, sm_%d%d, %d SMs, %.1f GiB\n", prop.name, major, minor, sms,
+           prop.totalGlobalMem / (1024.0 * 1024.0 * 1024.0));
+    printf("peak memory bandwidth: %.0f GB/s (memory clock %d MHz x 2 x %d-bit bus / 8)\n", B.peak_gbs, mem_khz / 1000,
+           bus_bits);
+    if (B.peak_tflops > 0)
+        printf("peak dense bf16 tensor: %.0f TFLOP/s (%d SMs x %d MHz max clock x %d FLOP/clk/SM; upper bound)\n",
+               B.peak_tflops, sms, sm_khz / 1000, flop_per_clk);
+    else
+        printf("peak dense bf16 tensor: unknown for sm_%d%d (GEMM %% of peak not shown)\n", major, minor);
+#endif
+}
+
+int run(int argc, char** argv) {
+#ifdef LLMC_SIM
+    bool small = true;
+#else
+    const char* env = getenv("BENCH_SMALL");
+    bool small = env && env[0] && strcmp(env, "0") != 0;
+#endif
+    int reps = -1;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--small") == 0) {
+            small = true;
+        } else if (strcmp(argv[i], "--reps") == 0 && i + 1 < argc) {
+            reps = atoi(argv[++i]);
+            LLMC_CHECK(reps > 0, "--reps must be a positive integer, got '%s'", argv[i]);
+        } else {
+            LLMC_FAIL("unknown argument '%s' (usage: bench_kernels [--small] [--reps N])", argv[i]);
+        }
+    }
+    Bench B;
+    B.reps = reps > 0 ? reps : (small ? 1 : 20);
+    print_device(B);
+    printf("shapes: %s; warm-up + %d timed call%s each (best = fastest call, mean = total / calls)\n",
+           small ? "small (smoke test)" : "d20-like (n_embd 1280, MLP 5120, vocab 32768, 32 x 2048 tokens)", B.reps,
+           B.reps == 1 ? "" : "s");
+    matmul_init();
+
+    // d20-like: 32 sequences x 2048 tokens for the row-wise kernels, 16384 rows for the GEMMs and
+    // 8192 for the cross-entropy (a micro-batch's logits are N x Vp bf16: 0.5 GiB at N = 8192)
+    const int rows = small ? 64 : 32 * 2048;
+    const int C = small ? 256 : 1280, H = 4 * C;
+    const int V = small ? 1000 : 32768;
+    const int ce_rows = small ? 8 : 8192;
+    const int mm_rows = small ? 64 : 16384;
+
+    bench_rmsnorm(B, rows, C);
+    bench_crossentropy(B, ce_rows, V);
+    bench_embedding(B, rows, C, V);
+    bench_matmul(B, mm_rows, C, H, "(c_fc)");
+    bench_matmul(B, mm_rows, H, C, "(c_proj)");
+    bench_matmul(B, mm_rows, C, (V + 63) / 64 * 64, "(lm_head)");  // OC = Vp, as in the model
+
+    matmul_destroy();
+    cudaCheck(cudaDeviceSynchronize());
+    B.print_table();
+    return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    LLMC_MAIN_GUARD(return run(argc, argv);)
+}
