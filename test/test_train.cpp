@@ -1,6 +1,7 @@
 // End-to-end tests of the programs as a user runs them: prepare_data on the bundled corpus (or a
-// synthetic one where it is absent), then train_gpt_cpu. A tiny model must learn (loss far below uniform), save/resume must continue
-// bit-identically, and every kind of bad input must give one clear error and a non-zero exit.
+// synthetic one where it is absent), then train_gpt_cpu. A tiny model must learn (loss far below
+// uniform), save/resume must continue bit-identically, and every kind of bad input must give one
+// clear error and a non-zero exit.
 // The binaries are built by `make test` before this runs; paths are relative to the repo root.
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
