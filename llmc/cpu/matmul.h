@@ -124,6 +124,22 @@ struct MatmulOperands {
 
 // Pack rows [i0, i0+mc) x depth [k0, k0+kc) of A into MR-tall panels: Ap[p][k][i] (zero-padded).
 inline void mm_pack_A(float* Ap, const MatmulOperands& op, int i0, int mc, int k0, int kc) {
+    if (op.ars == 1) {
+        // transposed operand (doutᵀ in dweight): each k holds the block's mc rows as one contiguous
+        // run, so walk k outermost and cut that run into the panels (one pass over each source
+        // row instead of one per panel: the lm_head's doutᵀ rows are 128 KB apart)
+        const int np = (mc + MM_MR - 1) / MM_MR;
+        for (int k = 0; k < kc; k++) {
+            const float* src = op.A + (long)i0 + (long)(k0 + k) * op.acs;
+            for (int p = 0; p < np; p++) {
+                int mr = std::min(MM_MR, mc - p * MM_MR);
+                float* dst = Ap + (long)p * MM_MR * kc + (long)k * MM_MR;
+                memcpy(dst, src + p * MM_MR, sizeof(float) * mr);
+                for (int i = mr; i < MM_MR; i++) dst[i] = 0.0f;
+            }
+        }
+        return;
+    }
     for (int p = 0; p < mc; p += MM_MR) {
         int mr = std::min(MM_MR, mc - p);
         float* dst = Ap + (long)p * kc;
