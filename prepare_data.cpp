@@ -366,12 +366,12 @@ int main(int argc, char** argv) {
             double t = now_s();
             if (t - last_print > 1.0 || !more) {
                 last_print = t;
-                fprintf(stderr, "\rencoding: %.1f MB at %.1f MB/s, %lld documents, %lld tokens (train %lld, val %lld)   ",
-                        text_bytes / 1e6, text_bytes / 1e6 / std::max(1e-9, t - t1), (long long)doc_index, (long long)total_tokens,
-                        (long long)train.total_tokens, (long long)val.total_tokens);
+                fprintf(stderr, "%sencoding: %.1f MB at %.1f MB/s, %lld documents, %lld tokens (train %lld, val %lld)   %s",
+                        llmc::progress_begin(), text_bytes / 1e6, text_bytes / 1e6 / std::max(1e-9, t - t1), (long long)doc_index, (long long)total_tokens,
+                        (long long)train.total_tokens, (long long)val.total_tokens, llmc::progress_end());
             }
         }
-        fprintf(stderr, "\n");
+        llmc::progress_done();
         train.flush();
         val.flush();
         if (doc_index == 0) LLMC_FAIL("--input: no documents found in '%s' (all empty?)", input.c_str());

@@ -928,9 +928,9 @@ inline Tokenizer tokenizer_train(const std::vector<std::string>& docs, const Tra
             }
         }
         if (opt.verbose && (merges.size() % 1000 == 0 || (int64_t)merges.size() == num_merges))
-            fprintf(stderr, "\rtraining: %zu / %lld merges", merges.size(), (long long)num_merges);
+            fprintf(stderr, "%straining: %zu / %lld merges%s", progress_begin(), merges.size(), (long long)num_merges, progress_end());
     }
-    if (opt.verbose) fprintf(stderr, "\n");
+    if (opt.verbose) progress_done();
     if ((int64_t)merges.size() < num_merges)
         fprintf(stderr, "warning: tokenizer training stopped early after %zu of %lld merges (no pair left); vocabulary is smaller\n",
                 merges.size(), (long long)num_merges);

@@ -15,6 +15,7 @@
 #include <string>
 
 #include <sys/stat.h>
+#include <unistd.h>
 
 namespace llmc {
 
@@ -107,6 +108,16 @@ inline void write_file_atomic(const std::string& path, const std::string& data) 
     }
     if (rename(tmp.c_str(), path.c_str()) != 0) LLMC_FAIL("cannot rename '%s' to '%s': %s", tmp.c_str(), path.c_str(), strerror(errno));
 }
+
+// Progress lines: on a terminal one line rewritten in place ("\r"), in a log file one line each.
+inline bool progress_tty() {
+    static const bool tty = isatty(fileno(stderr));
+    return tty;
+}
+inline const char* progress_begin() { return progress_tty() ? "\r" : ""; }
+inline const char* progress_end() { return progress_tty() ? "" : "\n"; }
+// after the last progress line: end the rewritten line on a terminal
+inline void progress_done() { if (progress_tty()) fputc('\n', stderr); }
 
 // mkdir -p: create dir and its missing parents; `what` names the flag or input in the error.
 inline void make_dirs(const std::string& dir, const char* what) {
