@@ -147,9 +147,7 @@ inline void mm_pack_A(float* Ap, const MatmulOperands& op, int i0, int mc, int k
         if (op.acs == 1) {  // rows contiguous in k: read each row, scatter into the panel
             for (int i = 0; i < mr; i++)
                 for (int k = 0; k < kc; k++) dst[k * MM_MR + i] = src[i * op.ars + k];
-        } else if (op.ars == 1) {  // transposed operand (doutᵀ): each k is mr contiguous floats
-            for (int k = 0; k < kc; k++) memcpy(dst + k * MM_MR, src + (long)k * op.acs, sizeof(float) * mr);
-        } else {
+        } else {  // general strides (ars == 1 is handled above)
             for (int k = 0; k < kc; k++)
                 for (int i = 0; i < mr; i++) dst[k * MM_MR + i] = src[(long)k * op.acs + i * op.ars];
         }
