@@ -33,8 +33,10 @@ if [ ! -f "$corpus" ]; then
   for i in $(seq 1 4000); do echo "the quick brown fox $i jumps over the lazy dog $((i * 7919 % 1000))."; echo; done > "$corpus"
 fi
 ./prepare_data --input "$corpus" --out "$tmp/data" --prefix bench --vocab-size 4096 > "$tmp/prep.log"
-bos=$(grep -o '"bos_token_id": *[0-9]*' "$tmp/data/tokenizer.json" | grep -o '[0-9]*$' || true)
-[ -n "$bos" ] || bos=4087
+# the BOS id as prepare_data reports it ("... bos 4087, uint16 shards)"): smaller than 4087 when the
+# corpus is too small for all 4096 - 9 merges
+bos=$(grep -o 'bos [0-9]*' "$tmp/prep.log" | head -1 | cut -d' ' -f2 || true)
+[ -n "$bos" ] || { echo "bench.sh: no BOS id in prepare_data's output ($tmp/prep.log)" >&2; exit 1; }
 
 train() {  # $1 = label, $2 = binary, rest = extra flags; prints the trainer's throughput line
   local label=$1 bin=$2; shift 2
