@@ -41,10 +41,11 @@ if ! ls "$DATA"/tinyshakespeare_train_*.bin >/dev/null 2>&1 || [ ! -f "$DATA/tok
 fi
 
 # A small model for a 2-core CPU: depth 4 -> n_embd 256 (aspect 64), 4 heads of 64, context 256,
-# 2048 tokens per step (8 x 256), ~3.5 minutes for 300 steps on 2 cores (val loss 4.87, bpb 2.03). The depth recipe scales the
-# learning rates by sqrt(batch / 2^19), tuned for ~0.5M-token batches; at 2048 tokens that leaves
-# them 16x smaller, so the base rates are raised (measured, 300 steps, dev/LOG.md: val loss 4.87
-# with these, 4.90 with 0.2/3.0/0.1, which also spiked; the uniform baseline is ln 4096 = 8.32).
+# 2048 tokens per step (8 x 256), ~3.5 minutes for 300 steps on 2 cores (val loss 4.87, bpb 2.03).
+# The depth recipe scales the learning rates by sqrt(batch / 2^19), tuned for ~0.5M-token batches;
+# at 2048 tokens that leaves them 16x smaller, so the base rates are raised (measured, 300 steps,
+# dev/LOG.md: val loss 4.87 with these, 4.90 with 0.2/3.0/0.1, which also spiked; the uniform
+# baseline is ln 4096 = 8.32).
 echo "== training depth $DEPTH for $STEPS steps on the CPU (out: $OUT)"
 ./train_gpt_cpu --data-dir "$DATA" --out-dir "$OUT" \
   --depth "$DEPTH" --aspect-ratio 64 --head-dim 64 --max-seq-len 256 \
