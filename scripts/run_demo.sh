@@ -30,9 +30,14 @@ if ! ls "$DATA"/tinyshakespeare_train_*.bin >/dev/null 2>&1 || [ ! -f "$DATA/tok
     corpus=data/tinyshakespeare.txt
     mkdir -p data
     echo "tinyshakespeare not found locally: downloading $URL"
-    if command -v curl >/dev/null; then curl -fsSL -o "$corpus.tmp" "$URL"
-    elif command -v wget >/dev/null; then wget -q -O "$corpus.tmp" "$URL"
-    else echo "error: no corpus: set CORPUS=/path/to/tinyshakespeare.txt (neither curl nor wget to download it)" >&2; exit 1
+    ok=0
+    if command -v curl >/dev/null; then curl -fsSL -o "$corpus.tmp" "$URL" && ok=1
+    elif command -v wget >/dev/null; then wget -q -O "$corpus.tmp" "$URL" && ok=1
+    fi
+    if [ $ok != 1 ]; then
+      rm -f "$corpus.tmp"
+      echo "error: no corpus: the download failed (or neither curl nor wget exists); set CORPUS=/path/to/tinyshakespeare.txt" >&2
+      exit 1
     fi
     mv "$corpus.tmp" "$corpus"
   fi
