@@ -7,8 +7,9 @@
 // BF16 (nanochat keeps its embeddings in bf16), upcasting to fp32. The header is padded with spaces
 // to a multiple of 8 bytes so the data is aligned, as the reference implementation does.
 //
-// Writing streams straight to "<path>.tmp" and renames it into place, so a crash mid-write never
-// leaves a corrupt checkpoint under the real name and no second copy of the weights is made.
+// Writing streams straight to "<path>.tmp" (AtomicFile: every write checked, fsync, rename), so a
+// crash or a full disk mid-write never leaves a corrupt checkpoint under the real name, and no
+// second copy of the weights is made.
 // Reading checks every offset and shape against the file size before touching data: a truncated
 // or corrupt file is one clear error naming the file and the tensor.
 #pragma once
@@ -57,16 +58,11 @@ struct SafetensorsWriter {
         uint64_t hn = h.size();
         unsigned char len[8];
         for (int i = 0; i < 8; i++) len[i] = (unsigned char)(hn >> (8 * i));
-        std::string tmp = path + ".tmp";
-        {
-            File f(tmp, "wb");
-            f.write(len, 8);
-            f.write(h.data(), h.size());
-            for (auto& e : entries) f.write(e.data, e.numel * 4);  // little-endian host (x86, arm64)
-            fflush(f.f);
-            f.close();
-        }
-        if (rename(tmp.c_str(), path.c_str()) != 0) LLMC_FAIL("cannot rename '%s' to '%s'", tmp.c_str(), path.c_str());
+        AtomicFile f(path);
+        f.write(len, 8);
+        f.write(h.data(), h.size());
+        for (auto& e : entries) f.write(e.data, e.numel * 4);  // little-endian host (x86, arm64)
+        f.commit();
     }
 };
 

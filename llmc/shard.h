@@ -239,26 +239,20 @@ inline void shard_write(const std::string& path, const uint32_t* tokens, int64_t
     header[0] = use_u32 ? SHARD_MAGIC_U32 : SHARD_MAGIC_U16;
     header[1] = use_u32 ? SHARD_VERSION_U32 : SHARD_VERSION_U16;
     header[2] = (int32_t)ntok;
-    std::string tmp = path + ".tmp";
-    {
-        File f(tmp, "wb");
-        f.write(header, sizeof(header));
-        if (use_u32) {
-            f.write(tokens, (size_t)ntok * 4);
-        } else {
-            std::vector<uint16_t> buf((size_t)std::min<int64_t>(ntok, 1 << 20));
-            for (int64_t done = 0; done < ntok;) {
-                int64_t n = std::min<int64_t>(ntok - done, (int64_t)buf.size());
-                for (int64_t i = 0; i < n; i++) buf[i] = (uint16_t)tokens[done + i];
-                f.write(buf.data(), (size_t)n * 2);
-                done += n;
-            }
+    AtomicFile f(path);
+    f.write(header, sizeof(header));
+    if (use_u32) {
+        f.write(tokens, (size_t)ntok * 4);
+    } else {
+        std::vector<uint16_t> buf((size_t)std::min<int64_t>(ntok, 1 << 20));
+        for (int64_t done = 0; done < ntok;) {
+            int64_t n = std::min<int64_t>(ntok - done, (int64_t)buf.size());
+            for (int64_t i = 0; i < n; i++) buf[i] = (uint16_t)tokens[done + i];
+            f.write(buf.data(), (size_t)n * 2);
+            done += n;
         }
-        if (fflush(f.f) != 0) LLMC_FAIL("'%s': write failed: %s", tmp.c_str(), strerror(errno));
-        f.close();
     }
-    if (rename(tmp.c_str(), path.c_str()) != 0)
-        LLMC_FAIL("cannot rename '%s' to '%s': %s", tmp.c_str(), path.c_str(), strerror(errno));
+    f.commit();
 }
 
 inline void shard_write(const std::string& path, const std::vector<uint32_t>& tokens, bool use_u32) {

@@ -14,6 +14,7 @@
 #include <stdexcept>
 #include <string>
 
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -96,17 +97,57 @@ inline bool file_exists(const std::string& path) {
     return f != nullptr;
 }
 
-// Write a file atomically: write to "<path>.tmp", flush, then rename over <path>, so a crash in
-// the middle never leaves a half-written file under the real name.
-inline void write_file_atomic(const std::string& path, const std::string& data) {
-    std::string tmp = path + ".tmp";
-    {
-        File f(tmp, "wb");
-        f.write(data.data(), data.size());
-        fflush(f.f);
-        f.close();
+// The directory part of a path ("." when it has none), for fsync_dir.
+inline std::string dir_of(const std::string& path) {
+    size_t s = path.rfind('/');
+    if (s == std::string::npos) return ".";
+    return s == 0 ? "/" : path.substr(0, s);
+}
+
+// fsync a directory, so that a rename or a new file in it survives a power loss.
+inline void fsync_dir(const std::string& dir) {
+    int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY);
+    if (fd < 0) LLMC_FAIL("cannot open directory '%s' to sync it: %s", dir.c_str(), strerror(errno));
+    int rc = ::fsync(fd);
+    int err = errno;
+    ::close(fd);
+    // EINVAL: the file system cannot sync directories (some FUSE/network mounts); nothing to do then
+    if (rc != 0 && err != EINVAL) LLMC_FAIL("cannot sync directory '%s': %s", dir.c_str(), strerror(err));
+}
+
+// A file written under "<path>.tmp" and renamed to <path> by commit(), so that <path> holds either
+// its old complete content or the new complete content, never a prefix. Every step is checked
+// (each write, fflush, fsync, fclose, rename; a full disk usually shows only at the flush or the
+// close), and the directory is synced after the rename. If commit() is never reached (an error,
+// an exception) the destructor removes the temporary: a failed save leaves only what was there.
+struct AtomicFile {
+    std::string path, tmp;
+    File file;
+    bool done = false;
+    explicit AtomicFile(const std::string& p) : path(p), tmp(p + ".tmp"), file(tmp, "wb") {}
+    AtomicFile(const AtomicFile&) = delete;
+    AtomicFile& operator=(const AtomicFile&) = delete;
+    ~AtomicFile() {
+        if (done) return;
+        if (file.f) { fclose(file.f); file.f = nullptr; }
+        unlink(tmp.c_str());
     }
-    if (rename(tmp.c_str(), path.c_str()) != 0) LLMC_FAIL("cannot rename '%s' to '%s': %s", tmp.c_str(), path.c_str(), strerror(errno));
+    void write(const void* src, size_t n) { file.write(src, n); }
+    void commit() {
+        if (fflush(file.f) != 0) LLMC_FAIL("'%s': write failed: %s", tmp.c_str(), strerror(errno));
+        if (fsync(fileno(file.f)) != 0 && errno != EINVAL) LLMC_FAIL("'%s': fsync failed: %s", tmp.c_str(), strerror(errno));
+        file.close();
+        if (rename(tmp.c_str(), path.c_str()) != 0) LLMC_FAIL("cannot rename '%s' to '%s': %s", tmp.c_str(), path.c_str(), strerror(errno));
+        done = true;
+        fsync_dir(dir_of(path));
+    }
+};
+
+// Write a whole file atomically (AtomicFile).
+inline void write_file_atomic(const std::string& path, const std::string& data) {
+    AtomicFile f(path);
+    f.write(data.data(), data.size());
+    f.commit();
 }
 
 // Progress lines: on a terminal one line rewritten in place ("\r"), in a log file one line each.
