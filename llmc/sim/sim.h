@@ -922,7 +922,7 @@ namespace llmc {
 namespace sim {
 
 enum class St : uint8_t { Runnable, AtBarrier, AtWarp, Exited };
-enum class Op : uint8_t { SyncWarp, ShflIdx, ShflUp, ShflDown, ShflXor, Ballot, Any, All, RedAdd, RedMinU, RedMaxU, RedMinI, RedMaxI };
+enum class Op : uint8_t { SyncWarp, ShflIdx, ShflUp, ShflDown, ShflXor, Gather, Ballot, Any, All, RedAdd, RedMinU, RedMaxU, RedMinI, RedMaxI };
 enum class Bar : uint8_t { Plain, Count, And, Or };
 
 inline const char* op_name(Op op) {
@@ -932,6 +932,7 @@ inline const char* op_name(Op op) {
         case Op::ShflUp: return "__shfl_up_sync";
         case Op::ShflDown: return "__shfl_down_sync";
         case Op::ShflXor: return "__shfl_xor_sync";
+        case Op::Gather: return "warp_gather";
         case Op::Ballot: return "__ballot_sync";
         case Op::Any: return "__any_sync";
         case Op::All: return "__all_sync";
@@ -966,6 +967,15 @@ struct Fiber {
     int arg = 0, width = 32;
     unsigned char in[16], out[16];
     int size = 0;
+    // warp_gather: this lane's bytes, and where every lane's bytes go (both on the fiber's stack,
+    // which stays put while the fiber waits)
+    const void* gather_in = nullptr;
+    void* gather_out = nullptr;
+    // cp.async copies issued and not yet waited for; group = the commit-group number (-1: not
+    // committed yet). The source is read at issue; the destination is written at the wait.
+    struct AsyncCopy { void* dst; unsigned char src[16]; int bytes; int group; };
+    std::vector<AsyncCopy> async_copies;
+    int async_groups = 0;  // groups committed so far
     std::exception_ptr err;
 };
 
@@ -1141,7 +1151,7 @@ inline void collective(Op op, unsigned mask, const void* val, int size, int arg,
     f->arg = arg;
     f->width = width;
     f->size = size;
-    if (size) memcpy(f->in, val, (size_t)size);
+    if (size && val) memcpy(f->in, val, (size_t)size);
     f->file = file;
     f->line = line;
     f->st = St::AtWarp;
@@ -1182,7 +1192,7 @@ inline bool resolve_collectives() {
                 if (!((m >> j) & 1u)) continue;
                 if (j >= nlanes) { ready = false; break; }
                 Fiber& b = warp[j];
-                ready = b.st == St::AtWarp && b.op == a.op && b.mask == m;
+                ready = b.st == St::AtWarp && b.op == a.op && b.mask == m && b.size == a.size;
             }
             if (!ready) continue;
             // every lane of the group reads the inputs; results go to `out`, so order is irrelevant
@@ -1214,6 +1224,13 @@ inline bool resolve_collectives() {
                         else memset(b.out, kPoison, (size_t)b.size);  // undefined in CUDA
                         break;
                     }
+                    case Op::Gather:
+                        for (int k = 0; k < 32; k++) {
+                            unsigned char* dst = (unsigned char*)b.gather_out + (size_t)k * (size_t)b.size;
+                            if ((m >> k) & 1u) memcpy(dst, warp[k].gather_in, (size_t)b.size);
+                            else memset(dst, kPoison, (size_t)b.size);
+                        }
+                        break;
                     case Op::Ballot: r = ballot; break;
                     case Op::Any: r = ballot != 0; break;
                     case Op::All: r = ballot == m; break;
@@ -1310,6 +1327,8 @@ inline std::string run_block(uint3 bidx, bool reverse) {
         f.st = St::Runnable;
         f.err = nullptr;
         f.asan_fake_stack = nullptr;
+        f.async_copies.clear();
+        f.async_groups = 0;
         init_fiber(&f);
     }
     for (;;) {
@@ -1519,6 +1538,57 @@ inline unsigned reduce_min(const char* file, int line, unsigned mask, unsigned v
 inline int reduce_min(const char* file, int line, unsigned mask, int v) { return (int)vote(Op::RedMinI, file, line, mask, v); }
 inline unsigned reduce_max(const char* file, int line, unsigned mask, unsigned v) { return vote(Op::RedMaxU, file, line, mask, (int)v); }
 inline int reduce_max(const char* file, int line, unsigned mask, int v) { return (int)vote(Op::RedMaxI, file, line, mask, v); }
+
+// warp_gather: the building block of SIM's warp-wide matrix instructions (llmc/cuda/mma.cuh). Every
+// lane named in `mask` calls it with the same mask and size; each receives all 32 lanes' `bytes`
+// bytes in `all` (lane k's at all + k*bytes; lanes outside the mask read as poison). A collective
+// like a shuffle: the lanes meet, so the result never depends on the order the lanes ran in.
+inline void warp_gather(const char* file, int line, unsigned mask, const void* mine, int bytes, void* all) {
+    Fiber* f = current_fiber("warp_gather");
+    if (bytes <= 0) LLMC_FAIL("warp_gather at %s:%d: %d bytes", file, line, bytes);
+    f->gather_in = mine;
+    f->gather_out = all;
+    collective(Op::Gather, mask, nullptr, bytes, 0, 32, file, line);
+}
+
+// cp.async (sm_80+): an asynchronous global -> shared copy of 4, 8 or 16 bytes by one thread. The
+// GPU may complete it at any time up to the cp.async.wait_group that covers it; SIM completes it
+// as late as allowed: the destination is poisoned at issue and written at the wait, so a read of
+// the destination before its wait sees poison (NaN for float and bf16). Groups, as in PTX: the
+// copies issued since the last commit form the next group; wait_group(n) waits until at most the n
+// most recent groups are pending. Copies still pending when the thread exits are dropped (the
+// kernel never waited for them; on the GPU their data would arrive at an unknown time).
+inline void cp_async(void* smem_dst, const void* gmem_src, int bytes) {
+    Fiber* f = current_fiber("cp.async");
+    if (bytes != 4 && bytes != 8 && bytes != 16) LLMC_FAIL("cp.async of %d bytes (4, 8 or 16)", bytes);
+    if (((uintptr_t)smem_dst | (uintptr_t)gmem_src) % (uintptr_t)bytes)
+        LLMC_FAIL("cp.async of %d bytes from %p to %p: both addresses must be %d-byte aligned", bytes, gmem_src, smem_dst, bytes);
+    Fiber::AsyncCopy c;
+    c.dst = smem_dst;
+    memcpy(c.src, gmem_src, (size_t)bytes);
+    c.bytes = bytes;
+    c.group = -1;
+    f->async_copies.push_back(c);
+    memset(smem_dst, kPoison, (size_t)bytes);
+}
+inline void cp_async_commit() {
+    Fiber* f = current_fiber("cp.async.commit_group");
+    for (auto& c : f->async_copies)
+        if (c.group < 0) c.group = f->async_groups;
+    f->async_groups++;
+}
+// n < 0: wait for all (cp.async.wait_all, which also covers uncommitted copies)
+inline void cp_async_wait(int n) {
+    Fiber* f = current_fiber("cp.async.wait_group");
+    size_t keep = 0;
+    for (size_t i = 0; i < f->async_copies.size(); i++) {
+        auto& c = f->async_copies[i];
+        bool done = n < 0 || (c.group >= 0 && c.group < f->async_groups - n);
+        if (done) memcpy(c.dst, c.src, (size_t)c.bytes);
+        else f->async_copies[keep++] = c;
+    }
+    f->async_copies.resize(keep);
+}
 
 // The lanes of the warp that have not exited (SIM cannot see branch divergence, so this is an
 // upper bound of the hardware's answer).
