@@ -27,7 +27,10 @@ NVLDLIBS := -lcublasLt -lcublas
 # ---- SIM: the CUDA kernel sources compiled by g++ against llmc/sim (design.md §4) ----
 SIM_SRCS := $(wildcard llmc/sim/*.cpp)
 SIMFLAGS ?= -std=c++17 -O1 -g -I. -DLLMC_SIM -Wall -Wno-unused-parameter -Wno-sign-compare -Wno-unknown-pragmas -fopenmp
-ASANFLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer
+ASANFLAGS := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
+# ThreadSanitizer flavor: each CUDA thread a TSan fiber, the CUDA memory model's ordering told to TSan
+# (llmc/sim/sim.h), so races in shared and global memory are reported with both source lines.
+TSANFLAGS := -fsanitize=thread -fno-omit-frame-pointer
 
 # ---- fuzzing (optional): libFuzzer targets when clang++ can link -fsanitize=fuzzer ----
 CLANGXX := $(shell command -v clang++ 2>/dev/null)
@@ -39,6 +42,7 @@ FUZZ_TESTS := $(if $(HAVE_LIBFUZZER),$(patsubst test/fuzz/%.cpp,$(BUILD)/fuzz/%,
 CPU_TESTS := $(patsubst test/%.cpp,$(BUILD)/test/%,$(wildcard test/test_*.cpp))
 SIM_TESTS := $(patsubst test/sim/%.cu,$(BUILD)/sim/%,$(wildcard test/sim/test_*.cu))
 SIM_ASAN_TESTS := $(patsubst test/sim/%.cu,$(BUILD)/sim_asan/%,$(wildcard test/sim/test_*.cu))
+SIM_TSAN_TESTS := $(patsubst test/sim/%.cu,$(BUILD)/sim_tsan/%,$(wildcard test/sim/test_*.cu))
 GPU_TESTS := $(patsubst test/sim/%.cu,$(BUILD)/gpu/%,$(wildcard test/sim/test_*.cu))
 DEV_BINS := $(patsubst dev/%.cpp,$(BUILD)/dev/%,$(wildcard dev/*.cpp))
 
@@ -77,6 +81,10 @@ $(BUILD)/sim_asan/%: test/sim/%.cu $(HEADERS) $(SIM_SRCS)
 	@mkdir -p $(@D)
 	$(CXX) $(SIMFLAGS) $(ASANFLAGS) -x c++ $< -x none $(SIM_SRCS) -o $@ $(LDLIBS)
 
+$(BUILD)/sim_tsan/%: test/sim/%.cu $(HEADERS) $(SIM_SRCS)
+	@mkdir -p $(@D)
+	$(CXX) $(SIMFLAGS) $(TSANFLAGS) -x c++ $< -x none $(SIM_SRCS) -o $@ $(LDLIBS)
+
 $(BUILD)/gpu/%: test/sim/%.cu $(HEADERS)
 	@mkdir -p $(@D)
 	$(NVCC) $(NVCCFLAGS) $< -o $@ $(NVLDLIBS)
@@ -99,9 +107,9 @@ $(BUILD)/sim/bench_kernels: dev/cuda/bench_kernels.cu $(HEADERS) $(SIM_SRCS)
 gpu_build: $(if $(NVCC),$(GPU_TESTS) $(BUILD)/gpu/bench_kernels)
 	@$(if $(NVCC),echo "GPU test binaries and bench_kernels compiled with $(NVCC)",echo "nvcc not found: GPU build skipped")
 
-test: programs $(CPU_TESTS) $(SIM_TESTS) $(SIM_ASAN_TESTS) $(FUZZ_TESTS) gpu_build
+test: programs $(CPU_TESTS) $(SIM_TESTS) $(SIM_ASAN_TESTS) $(SIM_TSAN_TESTS) $(FUZZ_TESTS) gpu_build
 	@$(if $(FUZZ_TESTS),,echo "clang++ with libFuzzer not found: fuzz targets skipped (test_tokenizer's randomized fuzz case still runs)")
-	@ASAN_OPTIONS=detect_leaks=0 scripts/run_tests.sh $(CPU_TESTS) $(SIM_TESTS) $(SIM_ASAN_TESTS) $(FUZZ_TESTS)
+	@ASAN_OPTIONS=detect_leaks=0 scripts/run_tests.sh $(CPU_TESTS) $(SIM_TESTS) $(SIM_ASAN_TESTS) $(SIM_TSAN_TESTS) $(FUZZ_TESTS)
 
 test_gpu: $(GPU_TESTS)
 	@scripts/run_tests.sh $(GPU_TESTS)

@@ -19,8 +19,19 @@ for exe in "$@"; do
     if [ "$rc" -eq 0 ]; then passed=$((passed+1)); else echo "!!! $exe found a failing input (exit $rc)"; failed=$((failed+1)); fi
     continue;;
   esac
+  # SIM flavors run in different schedule orders (llmc/sim/sim.h): the plain build forward with the
+  # determinism rerun (every launch again in reverse order, device memory compared bitwise), the
+  # ASan build in a seeded shuffle, the TSan build (libgomp is not instrumented: one OpenMP thread)
+  # in reverse with the streams queued asynchronously.
+  flavor_env=()
+  case "$exe" in
+    */sim/test_*) flavor_env=(LLMC_SIM_ORDER=forward LLMC_SIM_DETERMINISM=1);;
+    */sim_asan/test_*) flavor_env=(LLMC_SIM_ORDER=shuffle:1);;
+    */sim_tsan/test_*) flavor_env=(LLMC_SIM_ORDER=reverse LLMC_SIM_STREAMS=async OMP_NUM_THREADS=1);;
+  esac
+  [ ${#flavor_env[@]} -gt 0 ] && echo "(${flavor_env[*]})"
   t0=$(date +%s.%N)
-  out=$("$exe" 2>&1); rc=$?
+  out=$(env "${flavor_env[@]}" "$exe" 2>&1); rc=$?
   echo "$out" | tail -n 40
   echo "--- $exe: $(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }') s"
   line=$(echo "$out" | grep -E '^\[doctest\] test cases:' | tail -n 1)

@@ -81,7 +81,7 @@ inline void cuda_check(cudaError_t err, const char* file, int line) {
 // kernel (divergent barrier, bad shuffle mask) throws llmc::Error naming the kernel and block.
 // (grid, block, smem_bytes, stream, args...) all travel in __VA_ARGS__, so a kernel without
 // arguments needs no comma elision.
-#define LAUNCH(kernel, ...) ::llmc::sim::launch(#kernel, kernel, __VA_ARGS__)
+#define LAUNCH(kernel, ...) ::llmc::sim::launch(#kernel, __FILE__, kernel, __VA_ARGS__)
 #define DYNAMIC_SMEM(type, name) type* name = reinterpret_cast<type*>(::llmc::sim::dynamic_smem())
 // One site object per declaration (per template instantiation); every thread of the block gets a
 // reference to the same per-block instance.

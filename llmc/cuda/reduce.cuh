@@ -48,13 +48,26 @@ using PackX = Pack<floatX, W>;
 template <typename E>
 inline bool aligned16(const E* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
+// A vector access must be aligned to its size (the GPU faults with "misaligned address"); SIM checks
+// it here, so a bad pointer fails in every SIM flavor, not only where UBSan runs.
+template <typename E, int W>
+__device__ __forceinline__ void check_pack_alignment(const E* p, const char* what) {
+#ifdef LLMC_SIM
+    if (reinterpret_cast<uintptr_t>(p) % alignof(Pack<E, W>) != 0)
+        LLMC_FAIL("%s of %zu bytes at %p: the address is not %zu-byte aligned (misaligned address on a GPU)", what,
+                  sizeof(Pack<E, W>), (const void*)p, alignof(Pack<E, W>));
+#endif
+}
+
 template <typename E, int W>
 __device__ __forceinline__ Pack<E, W> load_pack(const E* p) {
+    check_pack_alignment<E, W>(p, "vector load");
     return *reinterpret_cast<const Pack<E, W>*>(p);
 }
 
 template <typename E, int W>
 __device__ __forceinline__ void store_pack(E* p, const Pack<E, W>& x) {
+    check_pack_alignment<E, W>(p, "vector store");
     *reinterpret_cast<Pack<E, W>*>(p) = x;
 }
 

@@ -56,7 +56,11 @@
 #include <cmath>
 #include <cstdlib>
 #include <exception>
+#include <deque>
+#include <functional>
 #include <map>
+#include <memory>
+#include <cctype>
 #include <string>
 #include <tuple>
 #include <type_traits>
@@ -74,6 +78,30 @@
 #endif
 #ifndef LLMC_SIM_ASAN
 #define LLMC_SIM_ASAN 0
+#endif
+#if defined(__SANITIZE_THREAD__)
+#define LLMC_SIM_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define LLMC_SIM_TSAN 1
+#endif
+#endif
+#ifndef LLMC_SIM_TSAN
+#define LLMC_SIM_TSAN 0
+#endif
+#if LLMC_SIM_TSAN
+#include <sanitizer/tsan_interface.h>
+// The runtime's own bookkeeping (fiber states, collective arguments and results, scheduler tables)
+// is shared between the scheduler and the fibers by design; ThreadSanitizer must see only the
+// kernel's accesses, so every runtime function that touches it is left uninstrumented.
+#define LLMC_SIM_NOTSAN __attribute__((no_sanitize_thread, noinline))
+// dynamic annotations exported by libtsan: the host's accesses while it schedules a grid are ignored
+extern "C" void AnnotateIgnoreReadsBegin(const char* file, int line);
+extern "C" void AnnotateIgnoreReadsEnd(const char* file, int line);
+extern "C" void AnnotateIgnoreWritesBegin(const char* file, int line);
+extern "C" void AnnotateIgnoreWritesEnd(const char* file, int line);
+#else
+#define LLMC_SIM_NOTSAN
 #endif
 #if LLMC_SIM_ASAN
 #include <sanitizer/asan_interface.h>
@@ -485,42 +513,69 @@ inline void __threadfence_block() {}
 inline void __threadfence_system() {}
 
 // ------------------------------------------------------------------------------------------------
-// atomics: trivially atomic, one OS thread runs the whole grid and fibers switch only at barriers
-// and warp collectives (never in the middle of one of these calls)
+// atomics. Fibers switch only at barriers and collectives, never inside one of these calls, so any
+// read-modify-write is atomic here; they are written with the compiler's relaxed __atomic builtins
+// anyway so that ThreadSanitizer sees them as atomics (atomic with each other, a race with a plain
+// access, and no ordering: CUDA's atomics are relaxed).
 
-inline int atomicAdd(int* a, int v) { int o = *a; *a = o + v; return o; }
-inline unsigned atomicAdd(unsigned* a, unsigned v) { unsigned o = *a; *a = o + v; return o; }
-inline unsigned long long atomicAdd(unsigned long long* a, unsigned long long v) { unsigned long long o = *a; *a = o + v; return o; }
-inline float atomicAdd(float* a, float v) { float o = *a; *a = o + v; return o; }
-inline double atomicAdd(double* a, double v) { double o = *a; *a = o + v; return o; }
-inline __nv_bfloat16 atomicAdd(__nv_bfloat16* a, __nv_bfloat16 v) { __nv_bfloat16 o = *a; *a = __hadd(o, v); return o; }
-inline __nv_bfloat162 atomicAdd(__nv_bfloat162* a, __nv_bfloat162 v) { __nv_bfloat162 o = *a; *a = __hadd2(o, v); return o; }
-inline __half atomicAdd(__half* a, __half v) { __half o = *a; *a = __hadd(o, v); return o; }
-inline __half2 atomicAdd(__half2* a, __half2 v) { __half2 o = *a; *a = __hadd2(o, v); return o; }
-inline int atomicSub(int* a, int v) { int o = *a; *a = o - v; return o; }
-inline unsigned atomicSub(unsigned* a, unsigned v) { unsigned o = *a; *a = o - v; return o; }
-inline int atomicExch(int* a, int v) { int o = *a; *a = v; return o; }
-inline unsigned atomicExch(unsigned* a, unsigned v) { unsigned o = *a; *a = v; return o; }
-inline unsigned long long atomicExch(unsigned long long* a, unsigned long long v) { unsigned long long o = *a; *a = v; return o; }
-inline float atomicExch(float* a, float v) { float o = *a; *a = v; return o; }
-#define LLMC_SIM_MINMAX(T)                                                          \
-    inline T atomicMin(T* a, T v) { T o = *a; if (v < o) *a = v; return o; }     \
-    inline T atomicMax(T* a, T v) { T o = *a; if (v > o) *a = v; return o; }
+namespace llmc {
+namespace sim {
+template <class T> inline T atomic_load(T* a) { return __atomic_load_n(a, __ATOMIC_RELAXED); }
+// read-modify-write of any 2/4/8-byte type through a compare-and-swap loop on its bits
+template <class T, class F> inline T atomic_rmw(T* a, F f) {
+    typedef std::conditional_t<sizeof(T) == 2, uint16_t, std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>> U;
+    static_assert(sizeof(T) == sizeof(U), "atomic_rmw: 2, 4 or 8 bytes");
+    U* p = reinterpret_cast<U*>(a);
+    U old = __atomic_load_n(p, __ATOMIC_RELAXED);
+    for (;;) {
+        T o;
+        memcpy(&o, &old, sizeof(T));
+        T n = f(o);
+        U nu;
+        memcpy(&nu, &n, sizeof(T));
+        if (__atomic_compare_exchange_n(p, &old, nu, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) return o;
+    }
+}
+}  // namespace sim
+}  // namespace llmc
+
+inline int atomicAdd(int* a, int v) { return __atomic_fetch_add(a, v, __ATOMIC_RELAXED); }
+inline unsigned atomicAdd(unsigned* a, unsigned v) { return __atomic_fetch_add(a, v, __ATOMIC_RELAXED); }
+inline unsigned long long atomicAdd(unsigned long long* a, unsigned long long v) { return __atomic_fetch_add(a, v, __ATOMIC_RELAXED); }
+inline float atomicAdd(float* a, float v) { return llmc::sim::atomic_rmw(a, [v](float o) { return o + v; }); }
+inline double atomicAdd(double* a, double v) { return llmc::sim::atomic_rmw(a, [v](double o) { return o + v; }); }
+inline __nv_bfloat16 atomicAdd(__nv_bfloat16* a, __nv_bfloat16 v) { return llmc::sim::atomic_rmw(a, [v](__nv_bfloat16 o) { return __hadd(o, v); }); }
+inline __nv_bfloat162 atomicAdd(__nv_bfloat162* a, __nv_bfloat162 v) { return llmc::sim::atomic_rmw(a, [v](__nv_bfloat162 o) { return __hadd2(o, v); }); }
+inline __half atomicAdd(__half* a, __half v) { return llmc::sim::atomic_rmw(a, [v](__half o) { return __hadd(o, v); }); }
+inline __half2 atomicAdd(__half2* a, __half2 v) { return llmc::sim::atomic_rmw(a, [v](__half2 o) { return __hadd2(o, v); }); }
+inline int atomicSub(int* a, int v) { return __atomic_fetch_sub(a, v, __ATOMIC_RELAXED); }
+inline unsigned atomicSub(unsigned* a, unsigned v) { return __atomic_fetch_sub(a, v, __ATOMIC_RELAXED); }
+inline int atomicExch(int* a, int v) { return __atomic_exchange_n(a, v, __ATOMIC_RELAXED); }
+inline unsigned atomicExch(unsigned* a, unsigned v) { return __atomic_exchange_n(a, v, __ATOMIC_RELAXED); }
+inline unsigned long long atomicExch(unsigned long long* a, unsigned long long v) { return __atomic_exchange_n(a, v, __ATOMIC_RELAXED); }
+inline float atomicExch(float* a, float v) { return llmc::sim::atomic_rmw(a, [v](float) { return v; }); }
+#define LLMC_SIM_MINMAX(T)                                                                                   \
+    inline T atomicMin(T* a, T v) { return llmc::sim::atomic_rmw(a, [v](T o) { return v < o ? v : o; }); } \
+    inline T atomicMax(T* a, T v) { return llmc::sim::atomic_rmw(a, [v](T o) { return v > o ? v : o; }); }
 LLMC_SIM_MINMAX(int)
 LLMC_SIM_MINMAX(unsigned)
 LLMC_SIM_MINMAX(long long)
 LLMC_SIM_MINMAX(unsigned long long)
 #undef LLMC_SIM_MINMAX
-inline unsigned atomicInc(unsigned* a, unsigned v) { unsigned o = *a; *a = (o >= v) ? 0u : o + 1u; return o; }
-inline unsigned atomicDec(unsigned* a, unsigned v) { unsigned o = *a; *a = (o == 0u || o > v) ? v : o - 1u; return o; }
-inline int atomicCAS(int* a, int cmp, int v) { int o = *a; if (o == cmp) *a = v; return o; }
-inline unsigned atomicCAS(unsigned* a, unsigned cmp, unsigned v) { unsigned o = *a; if (o == cmp) *a = v; return o; }
-inline unsigned long long atomicCAS(unsigned long long* a, unsigned long long cmp, unsigned long long v) { unsigned long long o = *a; if (o == cmp) *a = v; return o; }
-inline unsigned short atomicCAS(unsigned short* a, unsigned short cmp, unsigned short v) { unsigned short o = *a; if (o == cmp) *a = v; return o; }
-#define LLMC_SIM_BITOPS(T)                                                          \
-    inline T atomicAnd(T* a, T v) { T o = *a; *a = o & v; return o; }            \
-    inline T atomicOr(T* a, T v) { T o = *a; *a = o | v; return o; }             \
-    inline T atomicXor(T* a, T v) { T o = *a; *a = o ^ v; return o; }
+inline unsigned atomicInc(unsigned* a, unsigned v) { return llmc::sim::atomic_rmw(a, [v](unsigned o) { return (o >= v) ? 0u : o + 1u; }); }
+inline unsigned atomicDec(unsigned* a, unsigned v) { return llmc::sim::atomic_rmw(a, [v](unsigned o) { return (o == 0u || o > v) ? v : o - 1u; }); }
+template <class T> inline T atomic_cas_(T* a, T cmp, T v) {
+    __atomic_compare_exchange_n(a, &cmp, v, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED);
+    return cmp;  // the old value either way
+}
+inline int atomicCAS(int* a, int cmp, int v) { return atomic_cas_(a, cmp, v); }
+inline unsigned atomicCAS(unsigned* a, unsigned cmp, unsigned v) { return atomic_cas_(a, cmp, v); }
+inline unsigned long long atomicCAS(unsigned long long* a, unsigned long long cmp, unsigned long long v) { return atomic_cas_(a, cmp, v); }
+inline unsigned short atomicCAS(unsigned short* a, unsigned short cmp, unsigned short v) { return atomic_cas_(a, cmp, v); }
+#define LLMC_SIM_BITOPS(T)                                                                              \
+    inline T atomicAnd(T* a, T v) { return __atomic_fetch_and(a, v, __ATOMIC_RELAXED); }               \
+    inline T atomicOr(T* a, T v) { return __atomic_fetch_or(a, v, __ATOMIC_RELAXED); }                 \
+    inline T atomicXor(T* a, T v) { return __atomic_fetch_xor(a, v, __ATOMIC_RELAXED); }
 LLMC_SIM_BITOPS(int)
 LLMC_SIM_BITOPS(unsigned)
 LLMC_SIM_BITOPS(unsigned long long)
@@ -560,8 +615,25 @@ enum cudaDeviceAttr {
     cudaDevAttrComputeCapabilityMinor = 76,
     cudaDevAttrMaxSharedMemoryPerBlockOptin = 97,
 };
-struct CUstream_st { int id; };
-struct CUevent_st { double t_ms; bool recorded; };
+// Streams: with LLMC_SIM_STREAMS=async, work on a created stream (copies, memsets, launches) is queued
+// and runs only where CUDA guarantees it has completed: cudaStreamSynchronize, cudaEventSynchronize
+// on an event recorded after it, cudaDeviceSynchronize, a synchronous cudaMemcpy/cudaMemset or
+// default-stream work (the legacy default stream waits for the blocking streams), or a
+// cudaStreamWaitEvent that makes another stream wait for it. So a host buffer changed before the
+// synchronization, a result read too early, or a stream that reads another stream's result without
+// an event wait gives a wrong result. Default-stream work runs at once (as if the host waited).
+struct CUstream_st {
+    int id = 0;
+    bool nonblocking = false;
+    std::deque<std::function<void()>> q;  // queued work, run in order
+    uint64_t issued = 0, done = 0;        // operations queued / run so far
+};
+struct CUevent_st {
+    double t_ms = 0;
+    bool recorded = false;
+    CUstream_st* stream = nullptr;  // where it was recorded (async mode) ...
+    uint64_t seq = 0;               // ... as that stream's seq-th operation
+};
 typedef CUstream_st* cudaStream_t;
 typedef CUevent_st* cudaEvent_t;
 #define cudaStreamDefault 0x00
@@ -613,7 +685,9 @@ struct Runtime {
     std::map<const void*, size_t> smem_optin;  // cudaFuncSetAttribute(MaxDynamicSharedMemorySize)
     cudaError_t last_error = cudaSuccess;
     std::string last_error_detail;
-    CUstream_st default_stream{0};
+    CUstream_st default_stream;
+    std::vector<CUstream_st*> streams;  // created streams (async mode queues)
+    std::string async_error;            // the first error of queued work, reported at the next sync
 };
 // Never destroyed: kernels may still be launched from static destructors, and LeakSanitizer must
 // still see the live cudaMalloc blocks through it at exit.
@@ -626,6 +700,41 @@ inline cudaError_t set_error(cudaError_t e, const std::string& detail) {
 }
 inline double now_ms() {
     return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+inline bool async_streams_enabled();  // LLMC_SIM_STREAMS=async (config(), below)
+// work for stream s is queued (async mode, a created stream) rather than run now
+inline bool deferred(cudaStream_t st) { return st && st != &rt().default_stream && async_streams_enabled(); }
+inline void enqueue(cudaStream_t st, std::function<void()> op) {
+    st->q.push_back(std::move(op));
+    st->issued++;
+}
+// run stream st's queued work up to its upto-th operation; an error is kept for the next sync call
+inline void drain(cudaStream_t st, uint64_t upto) {
+    while (st->done < upto && !st->q.empty()) {
+        std::function<void()> op = std::move(st->q.front());
+        st->q.pop_front();
+        st->done++;
+        try {
+            op();
+        } catch (const std::exception& e) {
+            if (rt().async_error.empty()) rt().async_error = e.what();
+        }
+    }
+}
+// what the legacy default stream waits for: all work queued on the blocking streams
+inline void drain_blocking() {
+    for (size_t i = 0; i < rt().streams.size(); i++)
+        if (!rt().streams[i]->nonblocking) drain(rt().streams[i], rt().streams[i]->issued);
+}
+inline void drain_all() {
+    for (size_t i = 0; i < rt().streams.size(); i++) drain(rt().streams[i], rt().streams[i]->issued);
+}
+inline cudaError_t async_status() {
+    if (rt().async_error.empty()) return cudaSuccess;
+    std::string e;
+    e.swap(rt().async_error);
+    return set_error(cudaErrorLaunchFailure, e);
 }
 
 // The live allocation containing [p, p+n), or nullptr.
@@ -755,21 +864,46 @@ inline cudaError_t cudaMemcpy(void* dst, const void* src, size_t n, cudaMemcpyKi
     using namespace llmc::sim;
     cudaError_t e = cudaSuccess;
     if ((unsigned)kind > 4u) return set_error(cudaErrorInvalidMemcpyDirection, ::llmc::strfmt("cudaMemcpy: kind %d", (int)kind));
-    if (kind == cudaMemcpyHostToDevice || kind == cudaMemcpyDeviceToDevice) e = check_device_range("cudaMemcpy", "destination", dst, n);
-    if (e == cudaSuccess && (kind == cudaMemcpyDeviceToHost || kind == cudaMemcpyDeviceToDevice)) e = check_device_range("cudaMemcpy", "source", src, n);
+    // cudaMemcpyDefault infers each side from the pointer: one that starts inside a cudaMalloc'ed
+    // block is device memory, and the whole range must then lie inside that block
+    bool dst_dev = kind == cudaMemcpyHostToDevice || kind == cudaMemcpyDeviceToDevice || (kind == cudaMemcpyDefault && n && find_alloc(dst, 1));
+    bool src_dev = kind == cudaMemcpyDeviceToHost || kind == cudaMemcpyDeviceToDevice || (kind == cudaMemcpyDefault && n && find_alloc(src, 1));
+    if (dst_dev) e = check_device_range("cudaMemcpy", "destination", dst, n);
+    if (e == cudaSuccess && src_dev) e = check_device_range("cudaMemcpy", "source", src, n);
     if (e != cudaSuccess) return e;
+    drain_blocking();  // a synchronous copy waits for the work queued before it
     if (n) memmove(dst, src, n);
     return cudaSuccess;
 }
-inline cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t n, cudaMemcpyKind kind, cudaStream_t = nullptr) { return cudaMemcpy(dst, src, n, kind); }
+inline cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t n, cudaMemcpyKind kind, cudaStream_t st = nullptr) {
+    using namespace llmc::sim;
+    if (!deferred(st)) return cudaMemcpy(dst, src, n, kind);
+    // the ranges are checked now (an argument error is immediate); the bytes move when the stream runs
+    bool dst_dev = kind == cudaMemcpyHostToDevice || kind == cudaMemcpyDeviceToDevice || (kind == cudaMemcpyDefault && n && find_alloc(dst, 1));
+    bool src_dev = kind == cudaMemcpyDeviceToHost || kind == cudaMemcpyDeviceToDevice || (kind == cudaMemcpyDefault && n && find_alloc(src, 1));
+    cudaError_t e = (unsigned)kind > 4u ? set_error(cudaErrorInvalidMemcpyDirection, "cudaMemcpyAsync: bad kind") : cudaSuccess;
+    if (e == cudaSuccess && dst_dev) e = check_device_range("cudaMemcpyAsync", "destination", dst, n);
+    if (e == cudaSuccess && src_dev) e = check_device_range("cudaMemcpyAsync", "source", src, n);
+    if (e != cudaSuccess) return e;
+    enqueue(st, [=] { if (n) memmove(dst, src, n); });
+    return cudaSuccess;
+}
 inline cudaError_t cudaMemset(void* p, int v, size_t n) {
     using namespace llmc::sim;
     cudaError_t e = check_device_range("cudaMemset", "destination", p, n);
     if (e != cudaSuccess) return e;
+    drain_blocking();
     if (n) memset(p, v, n);
     return cudaSuccess;
 }
-inline cudaError_t cudaMemsetAsync(void* p, int v, size_t n, cudaStream_t = nullptr) { return cudaMemset(p, v, n); }
+inline cudaError_t cudaMemsetAsync(void* p, int v, size_t n, cudaStream_t st = nullptr) {
+    using namespace llmc::sim;
+    if (!deferred(st)) return cudaMemset(p, v, n);
+    cudaError_t e = check_device_range("cudaMemsetAsync", "destination", p, n);
+    if (e != cudaSuccess) return e;
+    enqueue(st, [=] { if (n) memset(p, v, n); });
+    return cudaSuccess;
+}
 inline cudaError_t cudaMallocAsync(void** p, size_t n, cudaStream_t) { return cudaMalloc(p, n); }
 template <class T> inline cudaError_t cudaMallocAsync(T** p, size_t n, cudaStream_t s) { return cudaMallocAsync((void**)p, n, s); }
 inline cudaError_t cudaFreeAsync(void* p, cudaStream_t) { return cudaFree(p); }
@@ -791,7 +925,10 @@ inline cudaError_t cudaMemGetInfo(size_t* free_b, size_t* total_b) {
     return cudaSuccess;
 }
 
-inline cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }
+inline cudaError_t cudaDeviceSynchronize() {
+    llmc::sim::drain_all();
+    return llmc::sim::async_status();
+}
 inline cudaError_t cudaDeviceReset() { return cudaSuccess; }
 inline cudaError_t cudaSetDevice(int d) { return d == 0 ? cudaSuccess : llmc::sim::set_error(cudaErrorInvalidValue, "cudaSetDevice: SIM has one device (0)"); }
 inline cudaError_t cudaGetDevice(int* d) { *d = 0; return cudaSuccess; }
@@ -851,18 +988,60 @@ template <class F> inline cudaError_t cudaFuncSetAttribute(F* func, cudaFuncAttr
     return cudaSuccess;
 }
 
-inline cudaError_t cudaStreamCreate(cudaStream_t* s) { static int n = 0; *s = new CUstream_st{++n}; return cudaSuccess; }
-inline cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned) { return cudaStreamCreate(s); }
-inline cudaError_t cudaStreamDestroy(cudaStream_t s) { delete s; return cudaSuccess; }
-inline cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
-inline cudaError_t cudaStreamQuery(cudaStream_t) { return cudaSuccess; }
-inline cudaError_t cudaStreamWaitEvent(cudaStream_t, cudaEvent_t, unsigned = 0) { return cudaSuccess; }
-inline cudaError_t cudaEventCreate(cudaEvent_t* e) { *e = new CUevent_st{0.0, false}; return cudaSuccess; }
+inline cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned flags) {
+    static int n = 0;
+    *s = new CUstream_st;
+    (*s)->id = ++n;
+    (*s)->nonblocking = (flags & cudaStreamNonBlocking) != 0;
+    llmc::sim::rt().streams.push_back(*s);
+    return cudaSuccess;
+}
+inline cudaError_t cudaStreamCreate(cudaStream_t* s) { return cudaStreamCreateWithFlags(s, cudaStreamDefault); }
+inline cudaError_t cudaStreamDestroy(cudaStream_t s) {
+    if (!s) return cudaSuccess;
+    llmc::sim::drain(s, s->issued);  // queued work still completes, as on the GPU
+    auto& v = llmc::sim::rt().streams;
+    v.erase(std::remove(v.begin(), v.end(), s), v.end());
+    delete s;
+    return llmc::sim::async_status();
+}
+inline cudaError_t cudaStreamSynchronize(cudaStream_t s) {
+    if (llmc::sim::deferred(s)) llmc::sim::drain(s, s->issued);
+    else llmc::sim::drain_blocking();  // the legacy default stream
+    return llmc::sim::async_status();
+}
+inline cudaError_t cudaStreamQuery(cudaStream_t s) { return llmc::sim::deferred(s) && s->done < s->issued ? cudaErrorNotReady : cudaSuccess; }
+inline cudaError_t cudaEventCreate(cudaEvent_t* e) { *e = new CUevent_st; return cudaSuccess; }
 inline cudaError_t cudaEventCreateWithFlags(cudaEvent_t* e, unsigned) { return cudaEventCreate(e); }
 inline cudaError_t cudaEventDestroy(cudaEvent_t e) { delete e; return cudaSuccess; }
-inline cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t = nullptr) { e->t_ms = llmc::sim::now_ms(); e->recorded = true; return cudaSuccess; }
-inline cudaError_t cudaEventSynchronize(cudaEvent_t) { return cudaSuccess; }
-inline cudaError_t cudaEventQuery(cudaEvent_t) { return cudaSuccess; }
+inline cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s = nullptr) {
+    if (llmc::sim::deferred(s)) {
+        e->recorded = false;
+        e->stream = s;
+        e->seq = s->issued + 1;
+        llmc::sim::enqueue(s, [e] { e->t_ms = llmc::sim::now_ms(); e->recorded = true; });
+    } else {
+        e->stream = nullptr;
+        e->t_ms = llmc::sim::now_ms();
+        e->recorded = true;
+    }
+    return cudaSuccess;
+}
+inline cudaError_t cudaEventSynchronize(cudaEvent_t e) {
+    if (e->stream) llmc::sim::drain(e->stream, e->seq);
+    return llmc::sim::async_status();
+}
+inline cudaError_t cudaEventQuery(cudaEvent_t e) { return e->stream && e->stream->done < e->seq ? cudaErrorNotReady : cudaSuccess; }
+// stream s waits for the work before the event: queued as an operation that first runs the other
+// stream up to the event (in async mode); a default-stream wait runs it now
+inline cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t e, unsigned = 0) {
+    if (!e->stream) return cudaSuccess;
+    CUstream_st* es = e->stream;
+    uint64_t seq = e->seq;
+    if (llmc::sim::deferred(s)) llmc::sim::enqueue(s, [es, seq] { llmc::sim::drain(es, seq); });
+    else llmc::sim::drain(es, seq);
+    return cudaSuccess;
+}
 inline cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t a, cudaEvent_t b) {
     if (!a->recorded || !b->recorded) return llmc::sim::set_error(cudaErrorInvalidResourceHandle, "cudaEventElapsedTime: event not recorded");
     *ms = (float)(b->t_ms - a->t_ms);
@@ -921,6 +1100,88 @@ extern "C" void llmc_sim_fiber_start();
 namespace llmc {
 namespace sim {
 
+// ---- schedule orders (LLMC_SIM_ORDER) and the other run-time switches of SIM ----
+// A correct kernel gives the same bits whatever order its blocks, warps and lanes run in; SIM can
+// run them forward, reverse or in a seeded shuffle so that a kernel that depends on one order
+// (a missing barrier, a read of another block's result) shows up as a wrong or changed result.
+//   LLMC_SIM_ORDER=forward|reverse|shuffle[:SEED]   (default forward)
+//   LLMC_SIM_DETERMINISM=1  run every launch twice, in the given order and in its opposite (reverse
+//                           for forward, and back; shuffle with the next seed), from the same device
+//                           memory, and fail if any cudaMalloc'ed byte differs between the two
+//   LLMC_SIM_STREAMS=async  queue copies, memsets and launches per stream and run them only where
+//                           CUDA guarantees completion (see "streams" below); default sync
+enum class Order : uint8_t { Forward, Reverse, Shuffle };
+struct Config {
+    Order order = Order::Forward;
+    uint64_t seed = 1;
+    bool determinism = false;
+    bool async_streams = false;
+};
+inline const char* order_name(Order o) { return o == Order::Forward ? "forward" : o == Order::Reverse ? "reverse" : "shuffle"; }
+inline Config read_config() {
+    Config c;
+    if (const char* e = getenv("LLMC_SIM_ORDER")) {
+        std::string v = e;
+        if (v == "forward" || v.empty()) c.order = Order::Forward;
+        else if (v == "reverse") c.order = Order::Reverse;
+        else if (v.rfind("shuffle", 0) == 0) {
+            c.order = Order::Shuffle;
+            if (v.size() > 7) {
+                char* end = nullptr;
+                if (v[7] != ':' || (c.seed = strtoull(v.c_str() + 8, &end, 10), !end || *end))
+                    LLMC_FAIL("LLMC_SIM_ORDER='%s': expected forward, reverse, shuffle or shuffle:SEED", e);
+            }
+        } else {
+            LLMC_FAIL("LLMC_SIM_ORDER='%s': expected forward, reverse, shuffle or shuffle:SEED", e);
+        }
+    }
+    if (const char* e = getenv("LLMC_SIM_DETERMINISM")) c.determinism = strcmp(e, "0") != 0 && *e;
+    if (const char* e = getenv("LLMC_SIM_STREAMS")) {
+        if (!strcmp(e, "async")) c.async_streams = true;
+        else if (strcmp(e, "sync") && *e) LLMC_FAIL("LLMC_SIM_STREAMS='%s': expected sync or async", e);
+    }
+    return c;
+}
+inline Config& config() { static Config c = read_config(); return c; }
+inline bool async_streams_enabled() { return config().async_streams; }
+
+// splitmix64: the shuffles' generator
+inline uint64_t mix64(uint64_t z) {
+    z += 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+// p = a permutation of 0..n-1 in the configured order; `salt` makes each shuffle different
+inline void make_order(std::vector<int>& p, int n, Order order, uint64_t seed, uint64_t salt) {
+    p.resize((size_t)n);
+    for (int i = 0; i < n; i++) p[(size_t)i] = order == Order::Reverse ? n - 1 - i : i;
+    if (order == Order::Shuffle) {
+        uint64_t st = mix64(seed * 0x100000001B3ull ^ salt);
+        for (int i = n - 1; i > 0; i--) {
+            st = mix64(st);
+            std::swap(p[(size_t)i], p[(size_t)(st % (uint64_t)(i + 1))]);
+        }
+    }
+}
+
+// Copies and fills of the runtime's own data, invisible to ThreadSanitizer (its interceptors would
+// report the scheduler and a fiber touching the same bookkeeping as a race).
+LLMC_SIM_NOTSAN inline void raw_copy(void* dst, const void* src, size_t n) {
+    volatile unsigned char* d = (volatile unsigned char*)dst;
+    const volatile unsigned char* q = (const volatile unsigned char*)src;
+    for (size_t i = 0; i < n; i++) d[i] = q[i];
+}
+LLMC_SIM_NOTSAN inline void raw_fill(void* dst, unsigned char v, size_t n) {
+    volatile unsigned char* d = (volatile unsigned char*)dst;
+    for (size_t i = 0; i < n; i++) d[i] = v;
+}
+
+// Shared memory is poisoned at every block start, alternately with 0xFF bytes (NaN for float and
+// bf16, -1 for ints) and 0x7F bytes (3.4e38 for float and bf16, a large positive int): a NaN can be
+// swallowed (fmaxf(NaN, x) is x), a huge finite value cannot, and the reverse holds for code that
+// would clamp a huge value; between the two, a read of memory no thread wrote changes the result.
+
 enum class St : uint8_t { Runnable, AtBarrier, AtWarp, Exited };
 enum class Op : uint8_t { SyncWarp, ShflIdx, ShflUp, ShflDown, ShflXor, Gather, Ballot, Any, All, RedAdd, RedMinU, RedMaxU, RedMinI, RedMaxI };
 enum class Bar : uint8_t { Plain, Count, And, Or };
@@ -972,11 +1233,38 @@ struct Fiber {
     const void* gather_in = nullptr;
     void* gather_out = nullptr;
     // cp.async copies issued and not yet waited for; group = the commit-group number (-1: not
-    // committed yet). The source is read at issue; the destination is written at the wait.
+    // committed yet). The source is read at issue; the destination is written at the wait. A fixed
+    // table (no heap container: the scheduler resets it, and under TSan it must stay invisible).
     struct AsyncCopy { void* dst; unsigned char src[16]; int bytes; int group; };
-    std::vector<AsyncCopy> async_copies;
+    static constexpr int kMaxAsync = 128;
+    AsyncCopy async_copies[kMaxAsync];
+    int n_async = 0;
     int async_groups = 0;  // groups committed so far
     std::exception_ptr err;
+#if LLMC_SIM_TSAN
+    void* tsan = nullptr;       // this thread's ThreadSanitizer fiber (one per thread and block slot)
+    unsigned arrivals = 0;      // collectives reached in this block (picks the release object)
+    unsigned barriers = 0;      // barriers reached in this block
+    unsigned acq_mask = 0;      // lanes to acquire from when a collective completes ...
+    unsigned char acq_idx[32];  // ... and which of their two release objects
+#endif
+};
+
+// Blocks run one at a time. Under ThreadSanitizer, each block runs in one of a few "slots": a slot
+// has its own TSan fibers (one per thread), its own shared memory and its own sync objects, and one
+// block of a slot is ordered before the next block of the same slot (they reuse its memory). Blocks
+// in different slots are not ordered at all, so a race between two blocks is reported when they
+// fall in different slots (the b-th and (b+1)-th block run always do). Without TSan there is one slot.
+constexpr int kMaxSlots = 8;
+
+struct Slot {
+    unsigned char* dyn = nullptr;  // this launch's dynamic shared memory for the slot's blocks
+#if LLMC_SIM_TSAN
+    std::vector<void*> fibers;         // TSan fiber of each thread
+    char* objs = nullptr;              // sync objects: [0,1] barriers, [2,3] ends of the slot's blocks
+    size_t nobjs = 0;                  // (alternating), then 2 per thread (collectives)
+    uint64_t nblocks = 0;              // blocks run in this slot
+#endif
 };
 
 struct Sched {
@@ -985,11 +1273,17 @@ struct Sched {
     void (*body)(void*) = nullptr;
     void* args = nullptr;
     size_t dyn_bytes = 0;
-    unsigned char* dyn = nullptr;
     size_t static_bytes = 0;  // STATIC_SMEM bytes touched by the current block
     uint64_t block_serial = 0;
+    uint64_t launch_serial = 0;
     int nthreads = 0;
+    int nslots = 1;
+    int slot = 0;             // slot of the running block
+    Order order = Order::Forward;
+    uint64_t seed = 1;
     std::vector<Fiber> fibers;
+    std::vector<int> warp_order, lane_order, block_order;
+    Slot slots[kMaxSlots];
     Fiber* cur = nullptr;
     bool in_launch = false;
     bool dirty_stacks = false;  // an aborted block left frames (and ASan stack poison) behind
@@ -1001,11 +1295,18 @@ struct Sched {
     void* host_fake_stack = nullptr;
     const void* host_stack_bottom = nullptr;
     size_t host_stack_size = 0;
+#if LLMC_SIM_TSAN
+    void* host_tsan = nullptr;  // the host thread's TSan context during a launch
+    char launch_obj = 0;        // released by the host at each launch, acquired by every thread
+#endif
     // stacks, allocated once and reused by every later launch
     std::vector<char*> stacks;
     size_t stack_size = 0;
 };
 inline Sched& sched() { static Sched* s = new Sched; return *s; }
+
+inline unsigned char poison_byte() { return (sched().block_serial & 1) ? 0x7f : kPoison; }
+LLMC_SIM_NOTSAN inline void poison(void* p, size_t n) { raw_fill(p, poison_byte(), n); }
 
 inline size_t fiber_stack_bytes() {
     const char* e = getenv("LLMC_SIM_STACK_KB");
@@ -1038,18 +1339,102 @@ inline void asan_finish_switch(void* fake, const void** bottom_old, size_t* size
 #endif
 }
 
+// ---- ThreadSanitizer: what the CUDA memory model orders ----
+// Each CUDA thread runs as its own TSan fiber and every stack switch is a no-sync switch, so TSan
+// sees no order between threads except the edges made here:
+//   - launch: everything the host did before it happens-before every thread of the grid, and every
+//     thread happens-before what the host does after it (a sync switch host -> slot -> thread and
+//     back, which releases and acquires on the target's context);
+//   - __syncthreads(): every thread of the block releases into the barrier's object on arrival and
+//     acquires it when released (two objects used alternately: a thread can be one barrier ahead);
+//   - a warp collective (shuffle, vote, __syncwarp, warp_gather, mma): each lane releases into its
+//     own object on arrival and, when the collective completes, acquires the objects of exactly the
+//     lanes in the mask: no order with lanes outside it;
+//   - atomics are relaxed atomics (atomic with each other, no order), as CUDA's are.
+#if LLMC_SIM_TSAN
+}  // namespace sim
+}  // namespace llmc
+// ThreadSanitizer calls this (a weak hook of its runtime) when it prints a report: SIM adds the
+// kernel and the CUDA thread that made the second access (the report itself names both threads as
+// "block (..) thread (..)" and gives both source lines).
+// A report is fatal (exit status 66 right after it is printed) unless a test planted the race on
+// purpose and said so (llmc::sim::ExpectRaces), so a race fails `make test` at the first report.
+namespace llmc { namespace sim {
+inline int tsan_expecting = 0;  // > 0: inside ExpectRaces
+inline int tsan_reports = 0;    // reports printed so far
+struct ExpectRaces {
+    ExpectRaces() { tsan_expecting++; }
+    ~ExpectRaces() { tsan_expecting--; }
+};
+} }
+extern "C" __attribute__((weak)) void __tsan_on_report(const void*) {
+    auto& s = ::llmc::sim::sched();
+    ::llmc::sim::tsan_reports++;
+    if (s.in_launch && s.cur)
+        fprintf(stderr, "SIM: race found in kernel '%s' (grid (%u,%u,%u), block (%u,%u,%u)), at block (%u,%u,%u), thread (%u,%u,%u)\n", s.kernel,
+                gridDim.x, gridDim.y, gridDim.z, blockDim.x, blockDim.y, blockDim.z, blockIdx.x, blockIdx.y, blockIdx.z, s.cur->tid.x,
+                s.cur->tid.y, s.cur->tid.z);
+    if (!::llmc::sim::tsan_expecting) {
+        fprintf(stderr, "SIM: stopping at the first data race (ThreadSanitizer flavor)\n");
+        fflush(stderr);
+        _exit(66);
+    }
+}
+// planted races reported inside ExpectRaces must not turn the exit status into a failure
+extern "C" __attribute__((weak)) const char* __tsan_default_options() { return "exitcode=0:history_size=4"; }
+namespace llmc {
+namespace sim {
+inline void* tsan_barrier_obj(Sched& s, unsigned k) { return s.slots[s.slot].objs + (k & 1); }
+// the k-th block of a slot releases into end object k&1 and its threads acquire end object (k-1)&1
+// at their start: the slot's earlier blocks, never a sibling thread of the same block that exited
+inline void* tsan_end_obj(Sched& s, int slot, uint64_t k) { return s.slots[slot].objs + 2 + (k & 1); }
+inline void* tsan_coll_obj(Sched& s, int linear, unsigned k) { return s.slots[s.slot].objs + 4 + 2 * (size_t)linear + (k & 1); }
+LLMC_SIM_NOTSAN inline void tsan_prepare_slots(Sched& s) {
+    // K slots of nthreads fibers each: keep the total a few thousand (TSan tracks at most 8192
+    // threads, and its vector clocks grow with the count)
+    s.nslots = std::max(2, std::min(kMaxSlots, 4096 / std::max(1, s.nthreads)));
+    for (int k = 0; k < s.nslots; k++) {
+        Slot& sl = s.slots[k];
+        while ((int)sl.fibers.size() < s.nthreads) sl.fibers.push_back(__tsan_create_fiber(0));
+        size_t need = 4 + 2 * (size_t)s.nthreads;
+        if (sl.nobjs < need) {
+            free(sl.objs);  // never accessed as memory: only addresses for acquire/release
+            sl.objs = (char*)malloc(need);
+            sl.nobjs = need;
+        }
+    }
+}
+#endif
+
 // First code a fiber runs: the kernel body, with anything it throws kept for the scheduler (an
 // exception cannot cross from the fiber's stack to the scheduler's).
-inline void fiber_main(Fiber* f) {
+LLMC_SIM_NOTSAN inline void fiber_main(Fiber* f) {
     Sched& s = sched();
     asan_finish_switch(nullptr, &s.host_stack_bottom, &s.host_stack_size);
+#if LLMC_SIM_TSAN
+    __tsan_acquire(&s.launch_obj);            // the host's past before the grid
+    __tsan_acquire(tsan_end_obj(s, s.slot, s.slots[s.slot].nblocks - 1));  // the slot's earlier blocks before this one
+#endif
     try {
         s.body(s.args);
     } catch (...) {
+#if LLMC_SIM_TSAN
+        AnnotateIgnoreReadsBegin(__FILE__, __LINE__);
+        AnnotateIgnoreWritesBegin(__FILE__, __LINE__);
+#endif
         f->err = std::current_exception();
+#if LLMC_SIM_TSAN
+        AnnotateIgnoreWritesEnd(__FILE__, __LINE__);
+        AnnotateIgnoreReadsEnd(__FILE__, __LINE__);
+#endif
     }
     f->st = St::Exited;
+    f->n_async = 0;  // copies never waited for are dropped
     asan_start_switch(nullptr, s.host_stack_bottom, s.host_stack_size);  // nullptr: this fiber ends
+#if LLMC_SIM_TSAN
+    __tsan_release(tsan_end_obj(s, s.slot, s.slots[s.slot].nblocks));  // this thread before the slot's next block and the host
+    __tsan_switch_to_fiber(s.host_tsan, __tsan_switch_to_fiber_no_sync);
+#endif
 #ifdef LLMC_SIM_UCONTEXT
     setcontext(&s.host_ctx);
 #else
@@ -1066,7 +1451,7 @@ inline void ucontext_entry() { fiber_main(sched().cur); }
 // sets; starting each fiber a few cache lines lower spreads them (a 3x speedup of short kernels).
 inline size_t stack_stagger(int linear) { return (size_t)(linear % 256) * 320; }
 
-inline void init_fiber(Fiber* f) {
+LLMC_SIM_NOTSAN inline void init_fiber(Fiber* f) {
 #ifdef LLMC_SIM_UCONTEXT
     getcontext(&f->ctx);
     f->ctx.uc_stack.ss_sp = f->stack;
@@ -1091,11 +1476,14 @@ inline void init_fiber(Fiber* f) {
 }
 
 // scheduler -> fiber, until the fiber blocks or exits
-inline void run_fiber(Fiber* f) {
+LLMC_SIM_NOTSAN inline void run_fiber(Fiber* f) {
     Sched& s = sched();
     s.cur = f;
     threadIdx = f->tid;
     asan_start_switch(&s.host_fake_stack, f->stack, f->stack_size);
+#if LLMC_SIM_TSAN
+    __tsan_switch_to_fiber(f->tsan, __tsan_switch_to_fiber_no_sync);
+#endif
 #ifdef LLMC_SIM_UCONTEXT
     swapcontext(&s.host_ctx, &f->ctx);
 #else
@@ -1106,9 +1494,12 @@ inline void run_fiber(Fiber* f) {
 }
 
 // fiber -> scheduler; returns when the scheduler runs this fiber again
-inline void yield_to_scheduler(Fiber* f) {
+LLMC_SIM_NOTSAN inline void yield_to_scheduler(Fiber* f) {
     Sched& s = sched();
     asan_start_switch(&f->asan_fake_stack, s.host_stack_bottom, s.host_stack_size);
+#if LLMC_SIM_TSAN
+    __tsan_switch_to_fiber(s.host_tsan, __tsan_switch_to_fiber_no_sync);
+#endif
 #ifdef LLMC_SIM_UCONTEXT
     swapcontext(&f->ctx, &s.host_ctx);
 #else
@@ -1117,7 +1508,7 @@ inline void yield_to_scheduler(Fiber* f) {
     asan_finish_switch(f->asan_fake_stack, &s.host_stack_bottom, &s.host_stack_size);
 }
 
-inline Fiber* current_fiber(const char* what) {
+LLMC_SIM_NOTSAN inline Fiber* current_fiber(const char* what) {
     Fiber* f = sched().cur;
     if (!f) LLMC_FAIL("SIM: %s called outside a kernel launched with LAUNCH", what);
     return f;
@@ -1128,18 +1519,26 @@ inline std::string where_str(const Fiber& f) { return ::llmc::strfmt("%s:%d", f.
 
 // ---- device-side entry points (called from kernel code through the macros below) ----
 
-inline int barrier(Bar kind, int pred, const char* file, int line) {
+LLMC_SIM_NOTSAN inline int barrier(Bar kind, int pred, const char* file, int line) {
     Fiber* f = current_fiber("__syncthreads");
     f->bar = kind;
     f->pred = pred;
     f->file = file;
     f->line = line;
     f->st = St::AtBarrier;
+#if LLMC_SIM_TSAN
+    Sched& s = sched();
+    unsigned k = f->barriers++;
+    __tsan_release(tsan_barrier_obj(s, k));
     yield_to_scheduler(f);
+    __tsan_acquire(tsan_barrier_obj(s, k));
+#else
+    yield_to_scheduler(f);
+#endif
     return f->bar_result;
 }
 
-inline void collective(Op op, unsigned mask, const void* val, int size, int arg, int width, const char* file, int line) {
+LLMC_SIM_NOTSAN inline void collective(Op op, unsigned mask, const void* val, int size, int arg, int width, const char* file, int line) {
     Fiber* f = current_fiber(op_name(op));
     int lane = f->linear & 31;
     if (!((mask >> lane) & 1u))
@@ -1151,11 +1550,20 @@ inline void collective(Op op, unsigned mask, const void* val, int size, int arg,
     f->arg = arg;
     f->width = width;
     f->size = size;
-    if (size && val) memcpy(f->in, val, (size_t)size);
+    if (size && val) raw_copy(f->in, val, (size_t)size);
     f->file = file;
     f->line = line;
     f->st = St::AtWarp;
+#if LLMC_SIM_TSAN
+    Sched& s = sched();
+    __tsan_release(tsan_coll_obj(s, f->linear, f->arrivals++));
     yield_to_scheduler(f);
+    int base = f->linear & ~31;
+    for (int j = 0; j < 32; j++)
+        if ((f->acq_mask >> j) & 1u) __tsan_acquire(tsan_coll_obj(s, base + j, f->acq_idx[j]));
+#else
+    yield_to_scheduler(f);
+#endif
 }
 
 // Source lane of a shuffle, as the PTX shfl.sync instruction defines it: within segments of
@@ -1174,83 +1582,86 @@ inline int shfl_source(Op op, int lane, int arg, int width) {
     return j;
 }
 
-// Complete every warp collective whose mask's lanes have all arrived with the same op and mask.
-// Returns whether any completed.
-inline bool resolve_collectives() {
+// Complete every collective of warp w whose mask's lanes have all arrived with the same op, mask
+// and size. Returns whether any completed. Warps resolve independently: a warp runs on past its
+// collectives while the other warps of the block have not started (only __syncthreads() meets).
+LLMC_SIM_NOTSAN inline bool resolve_warp(int w) {
     Sched& s = sched();
     bool progress = false;
-    int nwarps = (s.nthreads + 31) / 32;
-    for (int w = 0; w < nwarps; w++) {
-        Fiber* warp = &s.fibers[(size_t)w * 32];
-        int nlanes = std::min(32, s.nthreads - w * 32);
-        for (int l = 0; l < nlanes; l++) {
-            Fiber& a = warp[l];
-            if (a.st != St::AtWarp) continue;
-            unsigned m = a.mask;
-            bool ready = true;
-            for (int j = 0; j < 32 && ready; j++) {
-                if (!((m >> j) & 1u)) continue;
-                if (j >= nlanes) { ready = false; break; }
-                Fiber& b = warp[j];
-                ready = b.st == St::AtWarp && b.op == a.op && b.mask == m && b.size == a.size;
-            }
-            if (!ready) continue;
-            // every lane of the group reads the inputs; results go to `out`, so order is irrelevant
-            unsigned ballot = 0;
-            unsigned long long uadd = 0;
-            unsigned umin = 0xffffffffu, umax = 0;
-            int imin = 0x7fffffff, imax = (int)0x80000000;
-            for (int j = 0; j < 32; j++) {
-                if (!((m >> j) & 1u)) continue;
-                Fiber& b = warp[j];
-                int v;
-                memcpy(&v, b.in, 4);
-                if (a.op == Op::Ballot || a.op == Op::Any || a.op == Op::All) ballot |= (v != 0 ? 1u : 0u) << j;
-                uadd += (unsigned)v;
-                umin = std::min(umin, (unsigned)v);
-                umax = std::max(umax, (unsigned)v);
-                imin = std::min(imin, v);
-                imax = std::max(imax, v);
-            }
-            for (int j = 0; j < 32; j++) {
-                if (!((m >> j) & 1u)) continue;
-                Fiber& b = warp[j];
-                unsigned r = 0;
-                switch (a.op) {
-                    case Op::SyncWarp: break;
-                    case Op::ShflIdx: case Op::ShflUp: case Op::ShflDown: case Op::ShflXor: {
-                        int src = shfl_source(a.op, j, b.arg, b.width);
-                        if ((m >> src) & 1u) memcpy(b.out, warp[src].in, (size_t)b.size);
-                        else memset(b.out, kPoison, (size_t)b.size);  // undefined in CUDA
-                        break;
-                    }
-                    case Op::Gather:
-                        for (int k = 0; k < 32; k++) {
-                            unsigned char* dst = (unsigned char*)b.gather_out + (size_t)k * (size_t)b.size;
-                            if ((m >> k) & 1u) memcpy(dst, warp[k].gather_in, (size_t)b.size);
-                            else memset(dst, kPoison, (size_t)b.size);
-                        }
-                        break;
-                    case Op::Ballot: r = ballot; break;
-                    case Op::Any: r = ballot != 0; break;
-                    case Op::All: r = ballot == m; break;
-                    case Op::RedAdd: r = (unsigned)uadd; break;
-                    case Op::RedMinU: r = umin; break;
-                    case Op::RedMaxU: r = umax; break;
-                    case Op::RedMinI: r = (unsigned)imin; break;
-                    case Op::RedMaxI: r = (unsigned)imax; break;
-                }
-                if (a.op >= Op::Ballot) memcpy(b.out, &r, 4);
-                b.st = St::Runnable;
-            }
-            progress = true;
+    Fiber* warp = &s.fibers[(size_t)w * 32];
+    int nlanes = std::min(32, s.nthreads - w * 32);
+    for (int l = 0; l < nlanes; l++) {
+        Fiber& a = warp[l];
+        if (a.st != St::AtWarp) continue;
+        unsigned m = a.mask;
+        bool ready = true;
+        for (int j = 0; j < 32 && ready; j++) {
+            if (!((m >> j) & 1u)) continue;
+            if (j >= nlanes) { ready = false; break; }
+            Fiber& b = warp[j];
+            ready = b.st == St::AtWarp && b.op == a.op && b.mask == m && b.size == a.size;
         }
+        if (!ready) continue;
+        // every lane of the group reads the inputs; results go to `out`, so order is irrelevant
+        unsigned ballot = 0;
+        unsigned long long uadd = 0;
+        unsigned umin = 0xffffffffu, umax = 0;
+        int imin = 0x7fffffff, imax = (int)0x80000000;
+        for (int j = 0; j < 32; j++) {
+            if (!((m >> j) & 1u)) continue;
+            Fiber& b = warp[j];
+            int v;
+            raw_copy(&v, b.in, 4);
+            if (a.op == Op::Ballot || a.op == Op::Any || a.op == Op::All) ballot |= (v != 0 ? 1u : 0u) << j;
+            uadd += (unsigned)v;
+            umin = std::min(umin, (unsigned)v);
+            umax = std::max(umax, (unsigned)v);
+            imin = std::min(imin, v);
+            imax = std::max(imax, v);
+        }
+        for (int j = 0; j < 32; j++) {
+            if (!((m >> j) & 1u)) continue;
+            Fiber& b = warp[j];
+            unsigned r = 0;
+            switch (a.op) {
+                case Op::SyncWarp: break;
+                case Op::ShflIdx: case Op::ShflUp: case Op::ShflDown: case Op::ShflXor: {
+                    int src = shfl_source(a.op, j, b.arg, b.width);
+                    if ((m >> src) & 1u) raw_copy(b.out, warp[src].in, (size_t)b.size);
+                    else raw_fill(b.out, kPoison, (size_t)b.size);  // undefined in CUDA
+                    break;
+                }
+                case Op::Gather:
+                    for (int k = 0; k < 32; k++) {
+                        unsigned char* dst = (unsigned char*)b.gather_out + (size_t)k * (size_t)b.size;
+                        if ((m >> k) & 1u) raw_copy(dst, warp[k].gather_in, (size_t)b.size);
+                        else raw_fill(dst, kPoison, (size_t)b.size);
+                    }
+                    break;
+                case Op::Ballot: r = ballot; break;
+                case Op::Any: r = ballot != 0; break;
+                case Op::All: r = ballot == m; break;
+                case Op::RedAdd: r = (unsigned)uadd; break;
+                case Op::RedMinU: r = umin; break;
+                case Op::RedMaxU: r = umax; break;
+                case Op::RedMinI: r = (unsigned)imin; break;
+                case Op::RedMaxI: r = (unsigned)imax; break;
+            }
+            if (a.op >= Op::Ballot) raw_copy(b.out, &r, 4);
+#if LLMC_SIM_TSAN
+            b.acq_mask = m;
+            for (int k = 0; k < 32; k++)
+                if ((m >> k) & 1u) b.acq_idx[k] = (unsigned char)((warp[k].arrivals - 1) & 1u);
+#endif
+            b.st = St::Runnable;
+        }
+        progress = true;
     }
     return progress;
 }
 
 // Nothing can run and nothing completes: explain the first stuck thread.
-inline std::string diagnose_stuck() {
+LLMC_SIM_NOTSAN inline std::string diagnose_stuck() {
     Sched& s = sched();
     for (int i = 0; i < s.nthreads; i++) {
         Fiber& a = s.fibers[(size_t)i];
@@ -1289,7 +1700,7 @@ inline std::string diagnose_stuck() {
 }
 
 // All live threads are at a barrier. Release them if they all are (no thread exited) at one line.
-inline std::string release_barrier() {
+LLMC_SIM_NOTSAN inline std::string release_barrier() {
     Sched& s = sched();
     const Fiber* first = nullptr;
     int count = 0;
@@ -1313,48 +1724,213 @@ inline std::string release_barrier() {
     return "";
 }
 
-inline void poison(void* p, size_t n) { memset(p, kPoison, n); }
 
-// Run one block to completion; returns an error message (empty if fine).
-inline std::string run_block(uint3 bidx, bool reverse) {
+// ---- __launch_bounds__ at launch ----
+// On the GPU a launch with more threads per block than the kernel's __launch_bounds__ fails
+// (cudaErrorInvalidValue / too many resources requested). g++ has no attribute that would carry
+// the number to where the launcher could see it, so SIM reads it from the source: at the first
+// launch of each kernel it looks for `__launch_bounds__(N[, ...]) NAME` in the file whose LAUNCH
+// started it and in the files that file includes with #include "..." (two levels, paths relative to
+// the working directory or to the including file). N may be an integer, or a name defined in those
+// files as `constexpr int NAME = integer` or `#define NAME integer`, or a product of such. A bound
+// SIM cannot find or evaluate (a template parameter, a file not found) is not checked.
+inline bool read_text(const std::string& path, std::string* out) {
+    FILE* f = fopen(path.c_str(), "rb");
+    if (!f) return false;
+    out->clear();
+    char buf[65536];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof(buf), f)) > 0) out->append(buf, n);
+    fclose(f);
+    return true;
+}
+inline bool ident_char(char c) { return isalnum((unsigned char)c) || c == '_'; }
+inline void collect_sources(const std::string& path, int depth, std::vector<std::string>& texts, std::vector<std::string>& seen) {
+    if (std::find(seen.begin(), seen.end(), path) != seen.end()) return;
+    seen.push_back(path);
+    std::string t;
+    if (!read_text(path, &t)) return;
+    texts.push_back(t);
+    if (depth == 0) return;
+    std::string dir = path.rfind('/') == std::string::npos ? "" : path.substr(0, path.rfind('/') + 1);
+    for (size_t p = t.find("#include \""); p != std::string::npos; p = t.find("#include \"", p + 1)) {
+        size_t a = p + 10, b = t.find('"', a);
+        if (b == std::string::npos) break;
+        std::string inc = t.substr(a, b - a);
+        std::string dummy;
+        if (read_text(inc, &dummy)) collect_sources(inc, depth - 1, texts, seen);
+        else if (!dir.empty() && read_text(dir + inc, &dummy)) collect_sources(dir + inc, depth - 1, texts, seen);
+    }
+}
+// value of an integer literal or of a constant defined in the texts; -1 if unknown
+inline long long eval_bound(std::string e, const std::vector<std::string>& texts, int depth = 0) {
+    while (!e.empty() && isspace((unsigned char)e.front())) e.erase(e.begin());
+    while (!e.empty() && isspace((unsigned char)e.back())) e.pop_back();
+    while (e.size() > 1 && e.front() == '(' && e.back() == ')') e = e.substr(1, e.size() - 2);
+    if (e.empty() || depth > 4) return -1;
+    size_t star = e.find('*');
+    if (star != std::string::npos) {
+        long long a = eval_bound(e.substr(0, star), texts, depth + 1), b = eval_bound(e.substr(star + 1), texts, depth + 1);
+        return a < 0 || b < 0 ? -1 : a * b;
+    }
+    if (isdigit((unsigned char)e[0])) {
+        char* end = nullptr;
+        long long v = strtoll(e.c_str(), &end, 0);
+        while (end && (*end == 'u' || *end == 'U' || *end == 'l' || *end == 'L')) end++;
+        return end && !*end ? v : -1;
+    }
+    for (char c : e) if (!ident_char(c)) return -1;
+    for (const std::string& t : texts) {
+        for (size_t p = t.find(e); p != std::string::npos; p = t.find(e, p + 1)) {
+            if ((p > 0 && ident_char(t[p - 1])) || (p + e.size() < t.size() && ident_char(t[p + e.size()]))) continue;
+            size_t line = t.rfind('\n', p);
+            line = line == std::string::npos ? 0 : line + 1;
+            std::string before = t.substr(line, p - line);
+            size_t q = p + e.size();
+            if (before.find("#define") != std::string::npos) {
+                size_t eol = t.find('\n', q);
+                return eval_bound(t.substr(q, eol == std::string::npos ? std::string::npos : eol - q), texts, depth + 1);
+            }
+            if (before.find("constexpr") != std::string::npos) {
+                size_t eq = t.find('=', q), semi = t.find(';', q);
+                if (eq != std::string::npos && semi != std::string::npos && eq < semi) return eval_bound(t.substr(eq + 1, semi - eq - 1), texts, depth + 1);
+            }
+        }
+    }
+    return -1;
+}
+inline void check_launch_bounds(const char* name, const char* launch_file, const void* kfunc, int nthreads) {
+    static std::map<const void*, std::pair<long long, std::string>> cache;  // kernel -> (bound or -1, where)
+    auto it = cache.find(kfunc);
+    if (it == cache.end()) {
+        std::string kn = name;
+        kn.erase(std::remove(kn.begin(), kn.end(), '('), kn.end());
+        kn.erase(std::remove(kn.begin(), kn.end(), ')'), kn.end());
+        kn = kn.substr(0, kn.find('<'));
+        if (kn.rfind("::") != std::string::npos) kn = kn.substr(kn.rfind("::") + 2);
+        while (!kn.empty() && isspace((unsigned char)kn.back())) kn.pop_back();
+        std::vector<std::string> texts, seen;
+        if (launch_file) collect_sources(launch_file, 2, texts, seen);
+        long long bound = -1;
+        std::string where;
+        for (size_t ti = 0; ti < texts.size() && bound < 0; ti++) {
+            const std::string& t = texts[ti];
+            for (size_t p = t.find("__launch_bounds__"); p != std::string::npos && bound < 0; p = t.find("__launch_bounds__", p + 1)) {
+                size_t a = t.find('(', p);
+                if (a == std::string::npos) break;
+                int d = 0;
+                size_t b = a;
+                for (; b < t.size(); b++) {
+                    if (t[b] == '(') d++;
+                    else if (t[b] == ')' && --d == 0) break;
+                }
+                if (b >= t.size()) break;
+                size_t q = b + 1;
+                while (q < t.size() && isspace((unsigned char)t[q])) q++;
+                size_t r = q;
+                while (r < t.size() && ident_char(t[r])) r++;
+                if (t.compare(q, r - q, kn) != 0 || r - q != kn.size()) continue;
+                std::string args = t.substr(a + 1, b - a - 1);
+                int depth = 0;
+                size_t comma = std::string::npos;
+                for (size_t k = 0; k < args.size(); k++) {
+                    if (args[k] == '(') depth++;
+                    else if (args[k] == ')') depth--;
+                    else if (args[k] == ',' && depth == 0) { comma = k; break; }
+                }
+                bound = eval_bound(args.substr(0, comma), texts);
+                where = ::llmc::strfmt("__launch_bounds__(%s) in %s", args.c_str(), seen[ti].c_str());
+            }
+        }
+        it = cache.emplace(kfunc, std::make_pair(bound, where)).first;
+    }
+    if (it->second.first > 0 && nthreads > it->second.first)
+        LLMC_FAIL("SIM: kernel '%s' is launched with %d threads per block, above its %s (on a GPU the launch fails: too many "
+                  "resources requested for launch)", name, nthreads, it->second.second.c_str());
+}
+
+// Run one block to completion; returns an error message (empty if fine). Warps run in the
+// configured order, each as far as it can go (through its own collectives) before the next starts;
+// the lanes of a warp run in the configured order up to their next collective; only a
+// __syncthreads() that every thread has reached sends the scheduler back to the first warp.
+LLMC_SIM_NOTSAN inline std::string run_block(uint3 bidx, uint64_t blin) {
     Sched& s = sched();
     blockIdx = bidx;
     s.block_serial++;
     s.static_bytes = 0;
-    if (s.dyn_bytes) poison(s.dyn, s.dyn_bytes);
+    s.slot = (int)(blin % (uint64_t)s.nslots);
+    Slot& sl = s.slots[s.slot];
+    if (s.dyn_bytes) poison(sl.dyn, s.dyn_bytes);
+    int nwarps = (s.nthreads + 31) / 32;
+    make_order(s.warp_order, nwarps, s.order, s.seed, blin * 2 + 0x5eed);
+    make_order(s.lane_order, 32, s.order, s.seed, blin * 2 + 1);
     for (int i = 0; i < s.nthreads; i++) {
         Fiber& f = s.fibers[(size_t)i];
         f.st = St::Runnable;
         f.err = nullptr;
         f.asan_fake_stack = nullptr;
-        f.async_copies.clear();
+        f.n_async = 0;
         f.async_groups = 0;
+        f.stack = s.stacks[(size_t)s.slot * (size_t)s.nthreads + (size_t)i];
+#if LLMC_SIM_TSAN
+        f.tsan = sl.fibers[(size_t)i];
+        f.arrivals = f.barriers = 0;
+        f.acq_mask = 0;
+        // a race report names both threads by these names (the kernel: tsan_report_note)
+        char nm[64];
+        snprintf(nm, sizeof nm, "block (%u,%u,%u) thread (%u,%u,%u)", bidx.x, bidx.y, bidx.z, f.tid.x, f.tid.y, f.tid.z);
+        __tsan_set_fiber_name(f.tsan, nm);
+#endif
         init_fiber(&f);
     }
+    std::string err;
     for (;;) {
-        bool any_live = false;
-        for (int k = 0; k < s.nthreads; k++) {
-            Fiber& f = s.fibers[(size_t)(reverse ? s.nthreads - 1 - k : k)];
-            if (f.st == St::Runnable) run_fiber(&f);
-            if (f.err) {
-                s.dirty_stacks = true;
-                try {
-                    std::rethrow_exception(f.err);
-                } catch (const std::exception& e) {
-                    return tid_str(f) + ": " + e.what();
-                } catch (...) {
-                    return tid_str(f) + ": unknown exception";
+        for (int w : s.warp_order) {
+            for (;;) {
+                for (int l : s.lane_order) {
+                    int i = w * 32 + l;
+                    if (i >= s.nthreads) continue;
+                    Fiber& f = s.fibers[(size_t)i];
+                    if (f.st == St::Runnable) run_fiber(&f);
+                    if (f.err) {
+                        s.dirty_stacks = true;
+                        try {
+                            std::rethrow_exception(f.err);
+                        } catch (const std::exception& e) {
+                            err = tid_str(f) + ": " + e.what();
+                        } catch (...) {
+                            err = tid_str(f) + ": unknown exception";
+                        }
+                        break;
+                    }
                 }
+                if (!err.empty() || !resolve_warp(w)) break;
             }
-            any_live |= f.st != St::Exited;
+            if (!err.empty()) break;
         }
-        if (!any_live) return "";
-        if (resolve_collectives()) continue;
-        bool all_at_barrier = true;
-        for (int i = 0; i < s.nthreads; i++) all_at_barrier &= s.fibers[(size_t)i].st == St::AtBarrier || s.fibers[(size_t)i].st == St::Exited;
-        std::string err = all_at_barrier ? release_barrier() : diagnose_stuck();
-        if (!err.empty()) { s.dirty_stacks = true; return err; }
+        if (!err.empty()) break;
+        bool any_live = false, all_at_barrier = true;
+        for (int i = 0; i < s.nthreads; i++) {
+            St st = s.fibers[(size_t)i].st;
+            any_live |= st != St::Exited;
+            all_at_barrier &= st == St::AtBarrier || st == St::Exited;
+        }
+        if (!any_live) break;
+        err = all_at_barrier ? release_barrier() : diagnose_stuck();
+        if (!err.empty()) { s.dirty_stacks = true; break; }
     }
+#if LLMC_SIM_TSAN
+    sl.nblocks++;
+    // an aborted block: its unfinished threads never released; order them before the host by a
+    // sync switch there and back (the launch fails anyway)
+    if (!err.empty())
+        for (int i = 0; i < s.nthreads; i++)
+            if (s.fibers[(size_t)i].st != St::Exited) {
+                __tsan_switch_to_fiber(s.fibers[(size_t)i].tsan, 0);
+                __tsan_switch_to_fiber(s.host_tsan, 0);
+            }
+#endif
+    return err;
 }
 
 #if LLMC_SIM_ASAN
@@ -1367,7 +1943,51 @@ inline void asan_death_note() {
 }
 #endif
 
-inline void run_grid(const char* name, const void* kfunc, dim3 grid, dim3 block, size_t smem, void (*body)(void*), void* args) {
+// The whole grid once, blocks in the configured order. Returns an error message (empty if fine).
+LLMC_SIM_NOTSAN inline std::string run_blocks(dim3 grid, uint3* bad) {
+    Sched& s = sched();
+    uint64_t nb = (uint64_t)grid.x * grid.y * grid.z;
+    if (s.order == Order::Forward || nb > (1u << 26)) {
+        s.block_order.clear();  // forward (and huge grids): no table
+    } else {
+        make_order(s.block_order, (int)nb, s.order, s.seed, s.launch_serial);
+    }
+#if LLMC_SIM_TSAN
+    __tsan_release(&s.launch_obj);  // the host's past before every thread of the grid
+    // the scheduler's own accesses (host side) are not the kernel's: TSan ignores them
+    AnnotateIgnoreReadsBegin(__FILE__, __LINE__);
+    AnnotateIgnoreWritesBegin(__FILE__, __LINE__);
+#endif
+    std::string err;
+    for (uint64_t n = 0; n < nb && err.empty(); n++) {
+        uint64_t b = s.block_order.empty() ? n : (uint64_t)s.block_order[(size_t)n];
+        uint3 bidx{(unsigned)(b % grid.x), (unsigned)((b / grid.x) % grid.y), (unsigned)(b / ((uint64_t)grid.x * grid.y))};
+        err = run_block(bidx, n);
+        if (!err.empty()) *bad = bidx;
+    }
+#if LLMC_SIM_TSAN
+    AnnotateIgnoreWritesEnd(__FILE__, __LINE__);
+    AnnotateIgnoreReadsEnd(__FILE__, __LINE__);
+    for (int k = 0; k < s.nslots; k++) {  // the grid before the host's future
+        __tsan_acquire(tsan_end_obj(s, k, 0));
+        __tsan_acquire(tsan_end_obj(s, k, 1));
+    }
+#endif
+    return err;
+}
+
+// Every live cudaMalloc'ed block's bytes (the determinism check's snapshot)
+inline std::vector<std::string> snapshot_device() {
+    std::vector<std::string> v;
+    for (auto& kv : rt().allocs) v.emplace_back(kv.first, kv.second.bytes);
+    return v;
+}
+inline void restore_device(const std::vector<std::string>& v) {
+    size_t i = 0;
+    for (auto& kv : rt().allocs) { memcpy((void*)kv.first, v[i].data(), kv.second.bytes); i++; }
+}
+
+LLMC_SIM_NOTSAN inline void run_grid(const char* name, const char* launch_file, const void* kfunc, dim3 grid, dim3 block, size_t smem, void (*body)(void*), void* args) {
     Sched& s = sched();
     if (s.in_launch && s.cur) LLMC_FAIL("SIM: kernel '%s' launched from inside kernel '%s' (dynamic parallelism is not simulated)", name, s.kernel);
     static std::atomic<bool> busy{false};
@@ -1385,18 +2005,26 @@ inline void run_grid(const char* name, const void* kfunc, dim3 grid, dim3 block,
         LLMC_FAIL("SIM: kernel '%s': %zu bytes of dynamic shared memory, above the %zu allowed (over 48 KiB needs "
                   "cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes), up to %zu)",
                   name, smem, allowed, kSmemOptin);
+    check_launch_bounds(name, launch_file, kfunc, (int)nthreads);
 
 #if LLMC_SIM_ASAN
     static bool death_note = (__sanitizer_set_death_callback(asan_death_note), true);
     (void)death_note;
 #endif
-    ensure_stacks((int)nthreads);
     s.kernel = name;
     s.body = body;
     s.args = args;
     s.nthreads = (int)nthreads;
     s.dyn_bytes = smem;
-    s.dyn = (unsigned char*)malloc(smem ? smem : 1);  // exactly the launched size: ASan sees the end
+    s.launch_serial++;
+#if LLMC_SIM_TSAN
+    s.host_tsan = __tsan_get_current_fiber();
+    tsan_prepare_slots(s);
+#else
+    s.nslots = 1;
+#endif
+    ensure_stacks((int)nthreads * s.nslots);  // each slot its own stacks (under TSan a stack is memory too)
+    for (int k = 0; k < s.nslots; k++) s.slots[k].dyn = (unsigned char*)malloc(smem ? smem : 1);  // exactly the launched size: ASan sees the end
     if (s.fibers.size() < nthreads) s.fibers.resize(nthreads);
     if (s.dirty_stacks) {
         // a previous launch was aborted mid-block: the frames of its unfinished threads were never
@@ -1410,7 +2038,7 @@ inline void run_grid(const char* name, const void* kfunc, dim3 grid, dim3 block,
     }
     for (int i = 0; i < (int)nthreads; i++) {
         Fiber& f = s.fibers[(size_t)i];
-        f.stack = s.stacks[(size_t)i];
+        f.stack = s.stacks[(size_t)i];  // slot 0's; run_block picks the block's slot's
         f.stack_size = s.stack_size;
         f.linear = i;
         f.tid = {(unsigned)(i % block.x), (unsigned)((i / block.x) % block.y), (unsigned)(i / (block.x * block.y))};
@@ -1419,29 +2047,57 @@ inline void run_grid(const char* name, const void* kfunc, dim3 grid, dim3 block,
     dim3 saved_grid = gridDim, saved_block = blockDim;
     gridDim = grid;
     blockDim = block;
-    std::string err;
+    const Config& cfg = config();
+    s.order = cfg.order;
+    s.seed = cfg.seed;
+    std::string err, det, g;
     uint3 bad{0, 0, 0};
-    unsigned long long nb = 0;
-    for (unsigned z = 0; z < grid.z && err.empty(); z++)
-        for (unsigned y = 0; y < grid.y && err.empty(); y++)
-            for (unsigned x = 0; x < grid.x && err.empty(); x++, nb++) {
-                err = run_block({x, y, z}, (nb & 1) != 0);
-                if (!err.empty()) bad = {x, y, z};
+    if (!cfg.determinism) {
+        err = run_blocks(grid, &bad);
+    } else {
+        // the same launch twice from the same device memory, in two opposite orders
+        std::vector<std::string> before = snapshot_device();
+        err = run_blocks(grid, &bad);
+        g = check_guards();  // an out-of-bounds write is named as such, not as a difference
+        if (err.empty() && g.empty()) {
+            std::vector<std::string> first = snapshot_device();
+            restore_device(before);
+            Order o1 = s.order;
+            s.order = o1 == Order::Forward ? Order::Reverse : o1 == Order::Reverse ? Order::Forward : Order::Shuffle;
+            s.seed = cfg.seed + 1;
+            err = run_blocks(grid, &bad);
+            if (err.empty()) {
+                size_t i = 0;
+                for (auto& kv : rt().allocs) {
+                    const std::string& a = first[i++];
+                    const unsigned char* b = (const unsigned char*)kv.first;
+                    for (size_t k = 0; k < kv.second.bytes; k++)
+                        if ((unsigned char)a[k] != b[k]) {
+                            det = ::llmc::strfmt("the result depends on the order the threads ran in: byte %zu of the cudaMalloc'ed block at %p "
+                                                 "(%zu bytes) is 0x%02x after a %s run and 0x%02x after a %s run (a missing barrier, a race, an "
+                                                 "order-dependent atomic, or a read of shared memory no thread wrote)",
+                                                 k, (const void*)kv.first, kv.second.bytes, (unsigned char)a[k], order_name(o1), b[k], order_name(s.order));
+                            break;
+                        }
+                    if (!det.empty()) break;
+                }
             }
+        }
+    }
     s.in_launch = false;
     s.cur = nullptr;
     gridDim = saved_grid;
     blockDim = saved_block;
     threadIdx = {0, 0, 0};
     blockIdx = {0, 0, 0};
-    free(s.dyn);
-    s.dyn = nullptr;
+    for (int k = 0; k < s.nslots; k++) { free(s.slots[k].dyn); s.slots[k].dyn = nullptr; }
     s.dyn_bytes = 0;
     if (!err.empty())
         LLMC_FAIL("SIM: kernel '%s' (grid (%u,%u,%u), block (%u,%u,%u)), block (%u,%u,%u): %s", name, grid.x, grid.y, grid.z, block.x,
                   block.y, block.z, bad.x, bad.y, bad.z, err.c_str());
-    std::string g = check_guards();
+    if (g.empty()) g = check_guards();
     if (!g.empty()) LLMC_FAIL("SIM: kernel '%s' (grid (%u,%u,%u), block (%u,%u,%u)): %s", name, grid.x, grid.y, grid.z, block.x, block.y, block.z, g.c_str());
+    if (!det.empty()) LLMC_FAIL("SIM: kernel '%s' (grid (%u,%u,%u), block (%u,%u,%u)): %s", name, grid.x, grid.y, grid.z, block.x, block.y, block.z, det.c_str());
 }
 
 template <class Call> inline void call_kernel(void* p) {
@@ -1452,47 +2108,61 @@ template <class Call> inline void call_kernel(void* p) {
 // LAUNCH under SIM. Arguments are converted to the kernel's parameter types once, as a real launch
 // copies them into parameter space; every thread then gets its own by-value copies.
 template <class... KArgs, class... Args>
-inline void launch(const char* name, void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream, Args&&... args) {
+inline void launch(const char* name, const char* launch_file, void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream, Args&&... args) {
     static_assert(sizeof...(KArgs) == sizeof...(Args), "LAUNCH: the number of arguments does not match the kernel's parameters");
     struct Call {
         void (*kernel)(KArgs...);
         std::tuple<std::decay_t<KArgs>...> args;
     };
+    if (deferred(stream)) {  // LLMC_SIM_STREAMS=async: runs when the stream is synchronized
+        auto c = std::make_shared<Call>(Call{kernel, std::tuple<std::decay_t<KArgs>...>(std::forward<Args>(args)...)});
+        enqueue(stream, [=] { run_grid(name, launch_file, reinterpret_cast<const void*>(kernel), grid, block, smem, &call_kernel<Call>, c.get()); });
+        return;
+    }
+    drain_blocking();  // default-stream work waits for the blocking streams' queued work
     Call c{kernel, std::tuple<std::decay_t<KArgs>...>(std::forward<Args>(args)...)};
-    run_grid(name, reinterpret_cast<const void*>(kernel), grid, block, smem, &call_kernel<Call>, &c);
+    run_grid(name, launch_file, reinterpret_cast<const void*>(kernel), grid, block, smem, &call_kernel<Call>, &c);
 }
 
-inline void* dynamic_smem() {
+LLMC_SIM_NOTSAN inline void* dynamic_smem() {
     Sched& s = sched();
     current_fiber("DYNAMIC_SMEM");
-    return s.dyn;
+    return s.slots[s.slot].dyn;
 }
 
 // One per STATIC_SMEM declaration (a function-local static of the kernel); the buffer is allocated
 // on first use and poisoned the first time any thread of a block reaches the declaration, which
 // comes before any use in that block.
 struct SmemSite {
-    void* buf = nullptr;
-    size_t bytes = 0;
-    uint64_t block_serial = 0;
+    void* buf[kMaxSlots] = {};  // one instance per slot (under TSan blocks of different slots overlap)
+    uint64_t block_serial[kMaxSlots] = {};
 };
-template <class T> inline T& static_smem(SmemSite& site, const char* name) {
+template <class T> LLMC_SIM_NOTSAN inline T& static_smem(SmemSite& site, const char* name) {
     Sched& s = sched();
     current_fiber("STATIC_SMEM");
-    if (!site.buf) {
-        if (posix_memalign(&site.buf, 16 > alignof(T) ? 16 : alignof(T), sizeof(T)) != 0) LLMC_FAIL("SIM: cannot allocate shared memory '%s'", name);
-        site.bytes = sizeof(T);
+    void*& buf = site.buf[s.slot];
+    if (!buf) {
+#if LLMC_SIM_TSAN
+        // TSan counts a new allocation as written by the allocating thread: hide that write, the
+        // memory belongs to the block, not to whichever thread reached the declaration first
+        AnnotateIgnoreWritesBegin(__FILE__, __LINE__);
+#endif
+        int rc = posix_memalign(&buf, 16 > alignof(T) ? 16 : alignof(T), sizeof(T));
+#if LLMC_SIM_TSAN
+        AnnotateIgnoreWritesEnd(__FILE__, __LINE__);
+#endif
+        if (rc != 0) LLMC_FAIL("SIM: cannot allocate shared memory '%s'", name);
     }
-    if (site.block_serial != s.block_serial) {
-        site.block_serial = s.block_serial;
-        poison(site.buf, site.bytes);
-        s.static_bytes += site.bytes;
+    if (site.block_serial[s.slot] != s.block_serial) {
+        site.block_serial[s.slot] = s.block_serial;
+        poison(buf, sizeof(T));
+        s.static_bytes += sizeof(T);
         if (s.static_bytes > kSmemDefault)
             LLMC_FAIL("static shared memory of the block reaches %zu bytes with '%s', above the 48 KiB limit", s.static_bytes, name);
         if (s.static_bytes + s.dyn_bytes > kSmemOptin)
             LLMC_FAIL("static (%zu) + dynamic (%zu) shared memory is above the %zu bytes a block can have", s.static_bytes, s.dyn_bytes, kSmemOptin);
     }
-    return *reinterpret_cast<T*>(site.buf);
+    return *reinterpret_cast<T*>(buf);
 }
 
 template <class T> struct is_shfl_type : std::false_type {};
@@ -1510,7 +2180,7 @@ template <> struct is_shfl_type<__half> : std::true_type {};
 template <> struct is_shfl_type<__half2> : std::true_type {};
 
 template <class T>
-inline auto shfl(Op op, const char* file, int line, unsigned mask, T var_in, int arg, int width = 32) {
+LLMC_SIM_NOTSAN inline auto shfl(Op op, const char* file, int line, unsigned mask, T var_in, int arg, int width = 32) {
     // small integer types promote to int / unsigned, as they would pick those CUDA overloads
     typedef std::conditional_t<is_shfl_type<T>::value, T,
                                std::conditional_t<std::is_integral<T>::value && sizeof(T) < 4,
@@ -1521,14 +2191,14 @@ inline auto shfl(Op op, const char* file, int line, unsigned mask, T var_in, int
     Fiber* f = current_fiber(op_name(op));
     collective(op, mask, &var, (int)sizeof(U), arg, width, file, line);
     U r;
-    memcpy(&r, f->out, sizeof(U));
+    raw_copy(&r, f->out, sizeof(U));
     return r;
 }
-inline unsigned vote(Op op, const char* file, int line, unsigned mask, int v) {
+LLMC_SIM_NOTSAN inline unsigned vote(Op op, const char* file, int line, unsigned mask, int v) {
     Fiber* f = current_fiber(op_name(op));
     collective(op, mask, &v, 4, 0, 32, file, line);
     unsigned r;
-    memcpy(&r, f->out, 4);
+    raw_copy(&r, f->out, 4);
     return r;
 }
 inline void syncwarp(const char* file, int line, unsigned mask = 0xffffffffu) { collective(Op::SyncWarp, mask, nullptr, 0, 0, 32, file, line); }
@@ -1543,7 +2213,7 @@ inline int reduce_max(const char* file, int line, unsigned mask, int v) { return
 // lane named in `mask` calls it with the same mask and size; each receives all 32 lanes' `bytes`
 // bytes in `all` (lane k's at all + k*bytes; lanes outside the mask read as poison). A collective
 // like a shuffle: the lanes meet, so the result never depends on the order the lanes ran in.
-inline void warp_gather(const char* file, int line, unsigned mask, const void* mine, int bytes, void* all) {
+LLMC_SIM_NOTSAN inline void warp_gather(const char* file, int line, unsigned mask, const void* mine, int bytes, void* all) {
     Fiber* f = current_fiber("warp_gather");
     if (bytes <= 0) LLMC_FAIL("warp_gather at %s:%d: %d bytes", file, line, bytes);
     f->gather_in = mine;
@@ -1558,41 +2228,41 @@ inline void warp_gather(const char* file, int line, unsigned mask, const void* m
 // copies issued since the last commit form the next group; wait_group(n) waits until at most the n
 // most recent groups are pending. Copies still pending when the thread exits are dropped (the
 // kernel never waited for them; on the GPU their data would arrive at an unknown time).
-inline void cp_async(void* smem_dst, const void* gmem_src, int bytes) {
+LLMC_SIM_NOTSAN inline void cp_async(void* smem_dst, const void* gmem_src, int bytes) {
     Fiber* f = current_fiber("cp.async");
     if (bytes != 4 && bytes != 8 && bytes != 16) LLMC_FAIL("cp.async of %d bytes (4, 8 or 16)", bytes);
     if (((uintptr_t)smem_dst | (uintptr_t)gmem_src) % (uintptr_t)bytes)
         LLMC_FAIL("cp.async of %d bytes from %p to %p: both addresses must be %d-byte aligned", bytes, gmem_src, smem_dst, bytes);
-    Fiber::AsyncCopy c;
+    if (f->n_async == Fiber::kMaxAsync) LLMC_FAIL("cp.async: more than %d copies of one thread pending (wait_group missing?)", Fiber::kMaxAsync);
+    Fiber::AsyncCopy& c = f->async_copies[f->n_async++];
     c.dst = smem_dst;
-    memcpy(c.src, gmem_src, (size_t)bytes);
+    memcpy(c.src, gmem_src, (size_t)bytes);  // the kernel's read of the source (TSan sees it)
     c.bytes = bytes;
     c.group = -1;
-    f->async_copies.push_back(c);
-    memset(smem_dst, kPoison, (size_t)bytes);
+    raw_fill(smem_dst, poison_byte(), (size_t)bytes);
 }
-inline void cp_async_commit() {
+LLMC_SIM_NOTSAN inline void cp_async_commit() {
     Fiber* f = current_fiber("cp.async.commit_group");
-    for (auto& c : f->async_copies)
-        if (c.group < 0) c.group = f->async_groups;
+    for (int i = 0; i < f->n_async; i++)
+        if (f->async_copies[i].group < 0) f->async_copies[i].group = f->async_groups;
     f->async_groups++;
 }
 // n < 0: wait for all (cp.async.wait_all, which also covers uncommitted copies)
-inline void cp_async_wait(int n) {
+LLMC_SIM_NOTSAN inline void cp_async_wait(int n) {
     Fiber* f = current_fiber("cp.async.wait_group");
-    size_t keep = 0;
-    for (size_t i = 0; i < f->async_copies.size(); i++) {
-        auto& c = f->async_copies[i];
+    int keep = 0;
+    for (int i = 0; i < f->n_async; i++) {
+        Fiber::AsyncCopy c = f->async_copies[i];
         bool done = n < 0 || (c.group >= 0 && c.group < f->async_groups - n);
-        if (done) memcpy(c.dst, c.src, (size_t)c.bytes);
+        if (done) memcpy(c.dst, c.src, (size_t)c.bytes);  // the thread's write of the destination
         else f->async_copies[keep++] = c;
     }
-    f->async_copies.resize(keep);
+    f->n_async = keep;
 }
 
 // The lanes of the warp that have not exited (SIM cannot see branch divergence, so this is an
 // upper bound of the hardware's answer).
-inline unsigned activemask() {
+LLMC_SIM_NOTSAN inline unsigned activemask() {
     Sched& s = sched();
     Fiber* f = current_fiber("__activemask");
     int w = f->linear / 32;
@@ -1614,7 +2284,7 @@ struct At {
     template <class T> auto shfl_xor(unsigned mask, T var, int lane_mask, int width = 32) const { return shfl(Op::ShflXor, file, line, mask, var, lane_mask, width); }
 };
 
-inline int laneid() { return current_fiber("lane id")->linear & 31; }
+LLMC_SIM_NOTSAN inline int laneid() { return current_fiber("lane id")->linear & 31; }
 
 }  // namespace sim
 }  // namespace llmc

@@ -29,6 +29,26 @@
 
 // ---- host helpers ----
 
+// A plain `__shared__` variable is one function-local static under SIM, shared by every block; the
+// ThreadSanitizer flavor (which runs blocks as unordered threads) reports the blocks' accesses to
+// it as races, so kernels in llmc/cuda use STATIC_SMEM / DYNAMIC_SMEM (a test below enforces it)
+// and the plain-__shared__ tests here are left out of that flavor.
+#if defined(LLMC_SIM_TSAN) && LLMC_SIM_TSAN
+#define PLAIN_SHARED_TESTS 0
+#else
+#define PLAIN_SHARED_TESTS 1
+#endif
+
+#ifdef LLMC_SIM
+// A planted-bug kernel whose result depends on the schedule on purpose: switch off the
+// LLMC_SIM_DETERMINISM rerun for the scope, so the test sees the bug's own symptom.
+struct OrderDependentOnPurpose {
+    bool saved = llmc::sim::config().determinism;
+    OrderDependentOnPurpose() { llmc::sim::config().determinism = false; }
+    ~OrderDependentOnPurpose() { llmc::sim::config().determinism = saved; }
+};
+#endif
+
 template <class T> struct DevBuf {
     T* p = nullptr;
     size_t n = 0;
@@ -103,8 +123,10 @@ TEST_CASE("barrier ordering: reversal through static, plain __shared__ and dynam
         std::vector<float> want = reverse_twice_ref(in, B);
         LAUNCH(reverse_static, nb, B, 0, 0, d_out.p, d_in.p);
         CHECK(d_out.get() == want);
+#if PLAIN_SHARED_TESTS
         LAUNCH(reverse_plain_shared, nb, B, 0, 0, d_out.p, d_in.p);
         CHECK(d_out.get() == want);
+#endif
         LAUNCH(reverse_dynamic, nb, B, B * sizeof(float), 0, d_out.p, d_in.p);
         CHECK(d_out.get() == want);
     }
@@ -123,6 +145,7 @@ __global__ void shared_scalar(int* out) {
     out[blockIdx.x * blockDim.x + threadIdx.x] = mine + counter;
 }
 
+#if PLAIN_SHARED_TESTS
 TEST_CASE("plain __shared__ scalars: written by one thread, seen by all after the barrier") {
     DevBuf<int> d(3 * 96);
     LAUNCH(shared_scalar, 3, 96, 0, 0, d.p);
@@ -130,6 +153,7 @@ TEST_CASE("plain __shared__ scalars: written by one thread, seen by all after th
     for (int b = 0; b < 3; b++)
         for (int t = 0; t < 96; t++) CHECK(h[b * 96 + t] == 1000 + b + 96);
 }
+#endif
 
 // __syncthreads_count / _and / _or, and a per-thread local array that lives across barriers
 __global__ void barrier_variants(int* out) {
@@ -372,7 +396,7 @@ __global__ void atomics_kernel(float* fsum, int* isum, int* imax, int* imin, uns
     atomicMin(imin, 5000 - g);
     unsigned old = atomicInc(inc, 9u);  // counts 0..9 then wraps to 0
     atomicAdd(&hist[old], 1u);
-    int cur = *((volatile int*)cas_count), prev;
+    int cur = atomicAdd(cas_count, 0), prev;  // an atomic read: a plain one would race with the CAS (TSan flavor)
     do {
         prev = cur;
         cur = atomicCAS(cas_count, prev, prev + 1);
@@ -679,13 +703,25 @@ __global__ void poison_kernel(unsigned* out) {
 }
 
 TEST_CASE("SIM: shared memory is poisoned at every block start; cudaMalloc memory starts poisoned") {
+    OrderDependentOnPurpose reads_poison;
     DevBuf<unsigned> d(3 * 64 * 2);
     std::vector<unsigned> h = d.get();
     for (unsigned v : h) CHECK(v == 0xffffffffu);  // fresh cudaMalloc: garbage, shown as 0xFF bytes
     cudaCheck(cudaMemset(d.p, 0, 3 * 64 * 2 * sizeof(unsigned)));
     LAUNCH(poison_kernel, 3, 64, 64 * sizeof(unsigned), 0, d.p);
     h = d.get();
-    for (unsigned v : h) CHECK(v == 0xffffffffu);
+    // each block sees one of the two poison patterns in all of its shared memory (0xFF bytes: NaN;
+    // 0x7F bytes: 3.4e38, which fmaxf cannot swallow), and consecutive blocks alternate
+    bool seen_ff = false, seen_7f = false;
+    for (int b = 0; b < 3; b++) {
+        unsigned first = h[(size_t)b * 128];
+        CHECK((first == 0xffffffffu || first == 0x7f7f7f7fu));
+        seen_ff |= first == 0xffffffffu;
+        seen_7f |= first == 0x7f7f7f7fu;
+        for (int i = 0; i < 128; i++) CHECK(h[(size_t)b * 128 + i] == first);
+    }
+    CHECK(seen_ff);
+    CHECK(seen_7f);
     // float and bf16 read the pattern as NaN, so arithmetic on it shows in the output
     float f;
     unsigned p = 0xffffffffu;
@@ -745,7 +781,7 @@ TEST_CASE("SIM: misuse is an error naming the kernel and the block, not a hang")
     e = error_of([&] { LAUNCH(divergent_barrier, 2, 32, 0, 0, d.p); });
     INFO(e);
     CHECK(has(e, "kernel 'divergent_barrier'"));
-    CHECK(has(e, "block (0,0,0)"));
+    CHECK((has(e, "block (0,0,0)") || has(e, "block (1,0,0)")));  // the first block run (LLMC_SIM_ORDER)
     CHECK(has(e, "divergent __syncthreads()"));
     CHECK(has(e, "16 of 32 threads"));
     CHECK(has(e, "has exited without reaching it"));
@@ -816,6 +852,7 @@ __global__ void reverse_missing_barrier(float* out, const float* in) {
 }
 
 TEST_CASE("SIM planted bug: a missing __syncthreads() gives a wrong result (poison shows)") {
+    OrderDependentOnPurpose planted;
     int B = 256, nb = 2, n = B * nb;
     std::vector<float> in(n);
     for (int i = 0; i < n; i++) in[i] = (float)i;
@@ -827,10 +864,12 @@ TEST_CASE("SIM planted bug: a missing __syncthreads() gives a wrong result (pois
     for (int b = 0; b < nb; b++)
         for (int t = 0; t < B; t++) {
             float correct = in[b * B + B - 1 - t];
-            if (h[b * B + t] != correct) { wrong++; wrong_nan += std::isnan(h[b * B + t]); }
+            if (h[b * B + t] != correct) { wrong++; wrong_nan += std::isnan(h[b * B + t]) || fbits(h[b * B + t]) == 0x7f7f7f7fu; }
         }
-    // half of each block reads a slot whose writer has not run yet
-    CHECK(wrong == n / 2);
+    // half of each block reads a slot whose writer has not run yet (in forward and reverse order;
+    // a shuffle gets some), and what it reads is one of the two poison patterns
+    if (llmc::sim::config().order != llmc::sim::Order::Shuffle) CHECK(wrong == n / 2);
+    CHECK(wrong > 0);
     CHECK(wrong_nan == wrong);
 }
 
@@ -900,8 +939,9 @@ TEST_CASE("SIM+ASan: an out-of-bounds write to static or dynamic shared memory i
     int status = 0;
     std::string rep = asan_report_of([] { DevBuf<float> d(32); LAUNCH(static_smem_off_by_one, 1, 32, 0, 0, d.p); }, &status);
     CHECK(!(WIFEXITED(status) && WEXITSTATUS(status) == 0));
-    CHECK(has(rep, "AddressSanitizer: heap-buffer-overflow"));
-    CHECK(has(rep, "static_smem_off_by_one"));
+    // a constant-size array: UBSan's bounds check (fatal: -fno-sanitize-recover) fires before ASan
+    CHECK((has(rep, "AddressSanitizer: heap-buffer-overflow") || has(rep, "index 32 out of bounds for type 'float [32]'")));
+    CHECK(has(rep, "test_sim_runtime.cu"));
     rep = asan_report_of([] { DevBuf<float> d(32); LAUNCH(dynamic_smem_off_by_one, 1, 32, 32 * sizeof(float), 0, d.p); }, &status);
     CHECK(!(WIFEXITED(status) && WEXITSTATUS(status) == 0));
     CHECK(has(rep, "AddressSanitizer: heap-buffer-overflow"));
