@@ -572,6 +572,7 @@ inline std::string find_latest_meta(const std::string& where) {
 // Evaluation (§14): validation loss and bits per byte over the same val batches every time.
 
 #include "llmc/tokenizer.h"
+#include "llmc/datadir.h"
 #include "llmc/sampler.h"
 
 struct EvalResult { double loss = 0, bpb = 0; int64_t tokens = 0; };
@@ -719,8 +720,9 @@ inline int train_main(int argc, char** argv) {
 #endif
 
     // ---- data and tokenizer ----
-    if (o.train_data.empty()) o.train_data = o.data_dir + "/*_train_*.bin";
-    if (o.val_data.empty()) o.val_data = o.data_dir + "/*_val_*.bin";
+    bool default_train = o.train_data.empty(), default_val = o.val_data.empty();  // read from --data-dir
+    if (default_train) o.train_data = o.data_dir + "/*_train_*.bin";
+    if (default_val) o.val_data = o.data_dir + "/*_val_*.bin";
     LLMC_CHECK(o.temperature >= 0.0, "--temperature must be >= 0 (0 = greedy), got %g", o.temperature);
     LLMC_CHECK(o.top_k >= 0, "--top-k must be >= 0 (0 = all tokens), got %d", o.top_k);
     LLMC_CHECK(o.num_samples >= 0 && o.sample_tokens >= 0, "--num-samples and --sample-tokens must be >= 0");
@@ -733,9 +735,18 @@ inline int train_main(int argc, char** argv) {
     if (o.tokenizer != "none" && llmc::file_exists(o.tokenizer + ".tiktoken")) tok.reset(new llmc::Tokenizer(llmc::tokenizer_load(o.tokenizer)));
     int vocab = o.vocab_size, bos = o.bos_id;
     if (tok) {
-        if (vocab == -1) vocab = (int)tok->n_vocab;
+        // the vocabulary is the tokenizer's (prepare_data may have made it smaller than asked)
+        LLMC_CHECK(vocab == -1 || vocab == (int)tok->n_vocab, "--vocab-size %d differs from n_vocab %u of the tokenizer '%s.json'; "
+                   "leave --vocab-size out (it is for --tokenizer none)", vocab, tok->n_vocab, o.tokenizer.c_str());
+        vocab = (int)tok->n_vocab;
         if (bos == -1) bos = (int)tok->bos_id;
     }
+    // shards read from --data-dir must be exactly those its manifest lists, encoded with this tokenizer
+    struct stat dst;
+    if (default_train && stat(o.data_dir.c_str(), &dst) == 0 && S_ISDIR(dst.st_mode) &&
+        !llmc::manifest_check(o.data_dir, o.train_data, default_val ? o.val_data : "", tok.get(), "'" + o.tokenizer + "'"))
+        printf("note: no %s in '%s' (made by an older prepare_data?): its shards are not checked against one\n", llmc::kManifestName,
+               o.data_dir.c_str());
     LLMC_CHECK(vocab > 0, "no tokenizer at '%s.tiktoken' and no --vocab-size: cannot size the model", o.tokenizer.c_str());
     LLMC_CHECK(o.loader == "bestfit" || o.loader == "contiguous", "--loader must be bestfit or contiguous (got '%s')", o.loader.c_str());
     llmc::LoaderMode mode = o.loader == "bestfit" ? llmc::LoaderMode::BESTFIT : llmc::LoaderMode::CONTIGUOUS;

@@ -180,10 +180,11 @@ struct Parser {
     const std::string& what;
     size_t p = 0;
     int depth = 0;
+    size_t base = 0;  // added to offsets in messages: where t starts in its file (a line of a JSON Lines file)
     static constexpr int kMaxDepth = 512;
 
     [[noreturn]] void fail_at(size_t off, const char* msg) {
-        LLMC_FAIL("%s: invalid JSON at byte offset %zu: %s", what.c_str(), off, msg);
+        LLMC_FAIL("%s: invalid JSON at byte offset %zu: %s", what.c_str(), base + off, msg);
     }
     void ws() {
         while (p < t.size() && (t[p] == ' ' || t[p] == '\t' || t[p] == '\n' || t[p] == '\r')) p++;
@@ -458,9 +459,11 @@ inline void dump(std::string& out, const Json& j, int indent, int level) {
 
 }  // namespace json_detail
 
-// Parse a whole document; `what` names the source (a file path) in error messages.
-inline Json json_parse(const std::string& text, const std::string& what) {
+// Parse a whole document; `what` names the source (a file path) in error messages, and byte
+// offsets in them are counted from base_offset (the position of `text` in its file).
+inline Json json_parse(const std::string& text, const std::string& what, size_t base_offset = 0) {
     json_detail::Parser ps{text, what};
+    ps.base = base_offset;
     Json j = ps.value();
     ps.ws();
     if (ps.p != text.size()) ps.fail_at(ps.p, "trailing characters after the JSON value");

@@ -923,7 +923,8 @@ TEST_CASE("prepare_data: documents, splits and shards end to end") {
     if (!file_exists("./prepare_data")) { MESSAGE("./prepare_data not built (run from the repo root after make prepare_data): skipped"); return; }
     std::string d = tmpdir() + "/pd";
     mkdir(d.c_str(), 0755);
-    // documents separated by "\n\n", with runs of 3-5 newlines (the separator is cut leftmost,
+    // documents separated by "\n\n" (--doc-sep, an exact separator; the default blank-line rule is
+    // tested in test_prepare_data.cpp), with runs of 3-5 newlines (the separator is cut leftmost,
     // so "a\n\n\nb" gives "a" and "\nb") and empty documents (dropped)
     Rng rng(31, 5);
     std::string text;
@@ -946,7 +947,7 @@ TEST_CASE("prepare_data: documents, splits and shards end to end") {
     std::string out;
     for (const char* rb : {"7", "1", "16777216"}) {
         std::string o = d + "/out" + rb;
-        int rc = run_cmd("./prepare_data --input " + d + "/in.txt --out " + o + " --tokenizer " + d + "/tok --val-every 4 --read-bytes " + rb, &out);
+        int rc = run_cmd("./prepare_data --input " + d + "/in.txt --out " + o + " --tokenizer " + d + "/tok --val-every 4 --doc-sep '\\n\\n' --read-bytes " + rb, &out);
         INFO(out);
         REQUIRE(rc == 0);
         std::vector<uint32_t> want_train, want_val;
@@ -998,12 +999,12 @@ TEST_CASE("prepare_data: documents, splits and shards end to end") {
         CHECK_FALSE(file_exists(d + "/od/x_val_000000.bin"));
     }
     SUBCASE("training inside prepare_data") {
-        int rc = run_cmd("./prepare_data --input " + d + "/in.txt --out " + d + "/ot --vocab-size 600", &out);
+        int rc = run_cmd("./prepare_data --input " + d + "/in.txt --out " + d + "/ot --vocab-size 600 --doc-sep '\\n\\n'", &out);
         INFO(out);
         REQUIRE(rc == 0);
         Tokenizer tt = tokenizer_load(d + "/ot/tokenizer");
         CHECK(tt.n_vocab <= 600);
-        CHECK(tt.name == "in-600");
+        CHECK(tt.name == strfmt("in-%u", tt.n_vocab));  // named after the vocabulary it has
         auto tr = read_shard(d + "/ot/in_train_000000.bin");
         CHECK(decode_bytes(tt, tr).find("<|bos|>") == 0);
         CHECK(out.find("bytes per token") != std::string::npos);
@@ -1024,7 +1025,7 @@ TEST_CASE("prepare_data: documents, splits and shards end to end") {
         side.set("n_vocab", 70001);
         write_text(d + "/big.json", json_dump(side, 2));
         write_text(d + "/big.tiktoken", read_file(d + "/tok.tiktoken"));
-        int rc = run_cmd("./prepare_data --input " + d + "/in.txt --out " + d + "/o32 --tokenizer " + d + "/big", &out);
+        int rc = run_cmd("./prepare_data --input " + d + "/in.txt --out " + d + "/o32 --tokenizer " + d + "/big --doc-sep '\\n\\n'", &out);
         INFO(out);
         REQUIRE(rc == 0);
         ShardInfo si = shard_open_check(d + "/o32/in_train_000000.bin");
@@ -1043,7 +1044,7 @@ TEST_CASE("prepare_data: documents, splits and shards end to end") {
         CHECK(out.find("--shard-size must be") != std::string::npos);
         write_text(d + "/bad.jsonl", "{\"text\": \"ok\"}\n{\"text\": 5}\n");
         CHECK(run_cmd("./prepare_data --input " + d + "/bad.jsonl --out " + d + "/ob --tokenizer " + d + "/tok", &out) == 1);
-        CHECK(out.find("bad.jsonl line 2: \"text\" has type integer") != std::string::npos);
+        CHECK(out.find("bad.jsonl' line 2: \"text\" has type integer") != std::string::npos);
         write_text(d + "/empty.txt", "\n\n\n\n");
         CHECK(run_cmd("./prepare_data --input " + d + "/empty.txt --out " + d + "/ob", &out) == 1);
         CHECK(out.find("no training documents for the tokenizer") != std::string::npos);

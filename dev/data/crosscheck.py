@@ -97,6 +97,20 @@ def write_tokenizer(stem, ranks):
                "n_vocab": len(ranks) + 1}, open(stem + ".json", "w"))
 
 
+def blank_line_docs(text):
+    """prepare_data's default document rule: a line of only spaces, tabs and CR is blank; a document
+    is a maximal run of non-blank lines joined by "\n", without the CR of its last line's CRLF"""
+    docs, cur = [], []
+    for line in text.split("\n") + [""]:
+        if line.strip(" \t\r"):
+            cur.append(line)
+        elif cur:
+            d = "\n".join(cur)
+            docs.append(d[:-1] if d.endswith("\r") else d)
+            cur = []
+    return docs
+
+
 def check_training(prep, tmp, input_path, docs, vocab, label):
     out = os.path.join(tmp, f"train_{label}_{vocab}")
     run([prep, "--input", input_path, "--out", out, "--vocab-size", str(vocab)])
@@ -123,8 +137,8 @@ def main():
     print(f"tiktoken {tiktoken.__version__}, rustbpe, work dir {tmp}")
 
     # 1 + 2: the corpus
-    text = open(args.corpus, encoding="utf-8").read()
-    docs = [d for d in text.split("\n\n") if d]
+    text = open(args.corpus, encoding="utf-8", newline="").read()
+    docs = blank_line_docs(text)
     for vocab in (4096, 16384, 32768):
         out = check_training(prep, tmp, args.corpus, docs, vocab, "corpus")
     out = os.path.join(tmp, "train_corpus_4096")
