@@ -777,11 +777,12 @@ inline void lock_out_dir(const std::string& dir) {
     // fd stays open, and the lock held, until the process exits
 }
 
-// Temporaries of a run killed mid-save (model_*.tmp, optim_*.tmp, meta_*.tmp, <log>.tmp). Only
-// called with the directory locked, so no live writer owns them.
-inline void remove_stale_temporaries(const std::string& dir, const std::string& log_file) {
+// At start, with the directory locked (so no live writer owns them): remove the temporaries of a run
+// killed mid-save (model_*.tmp, optim_*.tmp, meta_*.tmp, <log>.tmp) and point out safetensors files
+// that have no meta.
+inline void tidy_out_dir(const std::string& dir, const std::string& log_file) {
     std::vector<std::string> tmps;
-    try { tmps = llmc::glob_files(dir + "/*.tmp"); } catch (const llmc::Error&) { return; }
+    try { tmps = llmc::glob_files(dir + "/*.tmp"); } catch (const llmc::Error&) {}
     int n = 0;
     for (auto& t : tmps) {
         std::string b = base_name(t);
@@ -789,6 +790,22 @@ inline void remove_stale_temporaries(const std::string& dir, const std::string& 
         if (ours && unlink(t.c_str()) == 0) n++;
     }
     if (n) fprintf(stderr, "note: removed %d temporary file(s) that an interrupted run left in '%s'\n", n, dir.c_str());
+    // files of a save killed before its meta was written: not a checkpoint (resume never reads them),
+    // but they take space; they are the user's to delete (a later save of that step replaces them)
+    std::vector<std::string> orphans;
+    for (const char* kind : {"model", "optim"}) {
+        std::vector<std::string> files;
+        try { files = llmc::glob_files(dir + "/" + kind + "_*.safetensors"); } catch (const llmc::Error&) { continue; }
+        for (auto& f : files) {
+            std::string b = base_name(f);
+            std::string digits = b.substr(strlen(kind) + 1, b.size() - strlen(kind) - 1 - strlen(".safetensors"));
+            if (digits.empty() || digits.find_first_not_of("0123456789") != std::string::npos || digits.size() > 9) continue;
+            if (!llmc::file_exists(ckpt_path(dir, "meta", std::stoi(digits), "json"))) orphans.push_back(b);
+        }
+    }
+    if (!orphans.empty())
+        fprintf(stderr, "note: %zu file(s) in '%s' have no meta file (a save that did not finish), e.g. %s: they are not checkpoints and "
+                "can be deleted\n", orphans.size(), dir.c_str(), orphans[0].c_str());
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -1480,7 +1497,7 @@ inline int train_main(int argc, char** argv) {
         llmc::make_dirs(o.out_dir, "--out-dir");
         lock_out_dir(o.out_dir);
         if (o.log_file.empty()) o.log_file = o.out_dir + "/log.jsonl";
-        remove_stale_temporaries(o.out_dir, o.log_file);
+        tidy_out_dir(o.out_dir, o.log_file);
     }
 
     // ---- data and tokenizer ----

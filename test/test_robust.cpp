@@ -474,6 +474,21 @@ TEST_CASE("a second run on a locked --out-dir is refused with a clear error") {
     CHECK(starts == 1);
 }
 
+TEST_CASE("at start: temporaries of a killed save are removed, safetensors files without a meta pointed out") {
+    std::string d = copy_ref("tidy", {4});
+    llmc::write_file_atomic(d + "/optim_000008.safetensors.tmp", "partial");
+    llmc::write_file_atomic(d + "/meta_000008.json.tmp", "{\"st");
+    sh("cp " + d + "/model_000004.safetensors " + d + "/model_000008.safetensors");  // no meta_000008.json
+    Run r = run(trainer(d, kRef + " --resume " + d));
+    INFO(r.out);
+    CHECK(r.status == 0);
+    CHECK(r.out.find("note: removed 2 temporary file(s)") != std::string::npos);
+    CHECK(r.out.find("have no meta file (a save that did not finish), e.g. model_000008.safetensors") != std::string::npos);
+    CHECK(glob_or_empty(d + "/*.tmp").empty());
+    CHECK(r.out.find("resumed from " + d + "/meta_000004.json at step 4") != std::string::npos);  // the orphan is never read
+    CHECK(tensor_bytes(d + "/model_000012.safetensors") == tensor_bytes(ref_dir() + "/model_000012.safetensors"));
+}
+
 // ---------------------------------------------------------------------------------------------
 // signals
 
