@@ -1492,12 +1492,6 @@ inline int train_main(int argc, char** argv) {
         LLMC_CHECK(!o.resume.empty(), "--eval-only needs --resume DIR (its newest checkpoint that verifies) or --resume DIR/meta_NNNNNN.json");
         eval_ck.reset(new Checkpoint(find_checkpoint(o.resume, false)));
         take_options_from_checkpoint(cli, *eval_ck);
-    } else {
-        // ---- the output directory: one writer at a time ----
-        llmc::make_dirs(o.out_dir, "--out-dir");
-        lock_out_dir(o.out_dir);
-        if (o.log_file.empty()) o.log_file = o.out_dir + "/log.jsonl";
-        tidy_out_dir(o.out_dir, o.log_file);
     }
 
     // ---- data and tokenizer ----
@@ -1523,7 +1517,6 @@ inline int train_main(int argc, char** argv) {
     llmc::LoaderMode mode = o.loader == "bestfit" ? llmc::LoaderMode::BESTFIT : llmc::LoaderMode::CONTIGUOUS;
     LLMC_CHECK(mode == llmc::LoaderMode::CONTIGUOUS || bos >= 0, "the bestfit loader needs a BOS id: give --tokenizer or --bos-id");
 
-
     // ---- model shape and recipe (§1.2, §11) ----
     llmc::ModelOptions mo;
     mo.depth = o.depth; mo.aspect_ratio = o.aspect_ratio; mo.head_dim = o.head_dim; mo.n_kv_head = o.n_kv_head;
@@ -1545,6 +1538,13 @@ inline int train_main(int argc, char** argv) {
     llmc::Recipe r = llmc::derive_recipe(mo, ro);
     const GPTConfig& cfg = r.shape;
     int B = o.device_batch_size, T = cfg.sequence_len, A = r.grad_accum_steps, N = r.num_iterations;
+
+    // ---- the output directory: one writer at a time (taken once the flags are known to be sound,
+    // before the slow parts: allocation, data scan, checkpoint reading) ----
+    llmc::make_dirs(o.out_dir, "--out-dir");
+    lock_out_dir(o.out_dir);
+    if (o.log_file.empty()) o.log_file = o.out_dir + "/log.jsonl";
+    tidy_out_dir(o.out_dir, o.log_file);
 
     printf("model: depth %d, n_embd %d, heads %d/%d (kv), head_dim %d, vocab %d (padded %d), T %d, windows", cfg.n_layer, cfg.n_embd,
            cfg.n_head, cfg.n_kv_head, cfg.head_dim, cfg.vocab_size, cfg.padded_vocab_size, T);

@@ -11,7 +11,7 @@
 #define TESTING
 #include "train_gpt.cu"
 
-#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
+#define DOCTEST_CONFIG_IMPLEMENT
 #include <doctest/doctest.h>
 
 #include <poll.h>
@@ -153,9 +153,11 @@ std::string corpus_path(const std::string& dir) {
     return synthetic_corpus(dir);
 }
 
-// One temporary directory per test process, with data prepared once (BPE vocabulary 1024).
+// One temporary directory per test process, with data prepared once (BPE vocabulary 1024); about
+// 150 MB of checkpoints by the end, removed by main() when every test passed.
+std::string g_tmp;
 std::string tmp_dir() {
-    static std::string dir;
+    std::string& dir = g_tmp;
     if (!dir.empty()) return dir;
     char tmpl[] = "/tmp/llmc_test_robust_XXXXXX";
     REQUIRE(mkdtemp(tmpl) != nullptr);
@@ -734,4 +736,15 @@ TEST_CASE("scripts/plot_log.py: arguments checked and logs read before matplotli
     CHECK(r.status == 0);
     std::string bytes = llmc::read_file(png);
     CHECK(bytes.substr(0, 8) == std::string("\x89PNG\r\n\x1a\n", 8));
+}
+
+int main(int argc, char** argv) {
+    doctest::Context ctx(argc, argv);
+    int rc = ctx.run();
+    if (ctx.shouldExit()) return rc;
+    if (!g_tmp.empty()) {
+        if (rc == 0 && !getenv("LLMC_KEEP_TEST_FILES")) rc = system(("rm -rf " + g_tmp).c_str()) == 0 ? 0 : 1;
+        else fprintf(stderr, "test files kept in %s\n", g_tmp.c_str());
+    }
+    return rc;
 }
