@@ -1795,7 +1795,7 @@ inline int train_main(int argc, char** argv) {
         last_train_loss = loss;
         double dt = now_seconds() - t0;
         if (step > start_step) { train_time += dt; timed_steps++; }  // the first step warms caches
-        double tok_s = (double)r.total_batch_size / dt;
+        double tok_s = dt > 0 ? (double)r.total_batch_size / dt : 0.0;  // (the log cannot hold an inf)
         double lrm = llmc::lr_multiplier(step, N, r.warmup_steps, r.warmdown_ratio, r.final_lr_frac);
         double elapsed = now_seconds() - t_start;
         double eta = timed_steps ? train_time / timed_steps * (N - step - 1) : NAN;
