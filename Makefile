@@ -69,6 +69,9 @@ $(BUILD)/test/%: test/%.cpp $(HEADERS)
 	@mkdir -p $(@D)
 	$(CXX) $(CXXFLAGS) $< -o $@ $(LDLIBS)
 
+# these include train_gpt.cu itself (#define TESTING)
+$(BUILD)/test/test_model $(BUILD)/test/test_robust: train_gpt.cu
+
 $(BUILD)/fuzz/%: test/fuzz/%.cpp $(HEADERS)
 	@mkdir -p $(@D)
 	$(CLANGXX) $(FUZZFLAGS) $< -o $@

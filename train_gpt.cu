@@ -26,6 +26,7 @@ The math is ../shared/spec/model.md (section numbers below refer to it).
 #include <memory>
 #include <vector>
 #include <sys/stat.h>
+#include <climits>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -129,6 +130,23 @@ inline std::vector<int64_t> param_file_shape(int id, const ParamSpec& s) {
     }
 }
 
+// Elements of activation memory for micro-batches of B rows of T tokens: the sum of the slots that
+// GPT::build_activations allocates (it checks that the two agree). Used to say how much memory a
+// model needs before trying to allocate it.
+inline size_t activation_numel(const GPTConfig& c, int B, int T) {
+    size_t N = (size_t)B * T, C = c.n_embd, L = c.n_layer, H = c.n_head, Hkv = c.n_kv_head, D = c.head_dim;
+    size_t Vp = c.padded_vocab_size, nve = c.n_ve_layers;
+    return N * C * 2 + N + N * C                                        // emb, e, rstd0, x0
+         + L * N * C * 2 + L * N                                        // xin, ln1, rstd1
+         + L * N * H * D + L * N * H + L * N * Hkv * D + L * N * Hkv    // qn, rstd_q, kn, rstd_k
+         + L * N * Hkv * D + nve * N * Hkv * D + nve * N * Hkv          // v, ve, gamma
+         + L * N * H * D + L * N * H + L * N * C                        // att, lse, xattn
+         + L * N * C + L * N + L * N * 4 * C * 2                        // ln2, rstd2, fc_pre, fc_act
+         + L * N * C + N * C * 2 + N + N * Vp + N                       // xout, xf, lnf, rstdf, logits, losses
+         + N * H * D + N * Hkv * D + N * C * 5 + N * 4 * C              // tmp_q, tmp_k, tmp_c, dx, dx0, dxmid, dln, dfc
+         + N * H * D * 2 + N * Hkv * D * 3;                             // datt, dq, dk, dv, dve
+}
+
 // ------------------------------------------------------------------------------------------------
 // The model
 
@@ -227,6 +245,7 @@ struct GPT {
         };
         size_t total = 0;
         for (auto& s : slots) total += s.n;
+        LLMC_CHECK(total == activation_numel(c, B, T), "internal: activation_numel() disagrees with build_activations()");
         acts.assign(total, Real(0));
         size_t off = 0;
         for (auto& s : slots) { *s.ptr = acts.data() + off; off += s.n; }
@@ -462,17 +481,31 @@ struct Optimizer {
 };
 
 // ------------------------------------------------------------------------------------------------
-// Checkpoints (design.md §5): model_<step>.safetensors (nanochat tensor names), optim_<step>.safetensors,
-// meta_<step>.json (model_config, flags, step, loader state, recipe). Each file is written under a
-// temporary name and renamed; the meta file is written last, so a complete meta file means a
-// complete checkpoint.
+// Checkpoints (design.md §5). A checkpoint of step S is three files in the output directory:
+//   model_S.safetensors   the weights (nanochat's tensor names)
+//   optim_S.safetensors   the optimizer state
+//   meta_S.json           step, model_config, loader state, the derived recipe and every option, the
+//                         run id, and the byte size and checksum (checksum.h) of the two files above
+// Each is written under a temporary name and renamed (llmc::AtomicFile: every write, flush, fsync and
+// close checked), the meta last, so a checkpoint is complete iff its meta exists. Both safetensors
+// files also carry the run id and the step in their __metadata__. Resume verifies all of it (sizes,
+// checksums, ids) before using anything: a truncated file, a file overwritten by another run, or
+// files of two checkpoints mixed together are refused, and `--resume DIR` falls back to the newest
+// checkpoint that verifies. A failed save removes what it wrote, so the previous checkpoint stays
+// the newest.
 
+#include "llmc/checksum.h"
 #include "llmc/json.h"
 #include "llmc/safetensors.h"
 #include "llmc/dataloader.h"
 
 inline std::string ckpt_path(const std::string& dir, const char* kind, int step, const char* ext) {
     return llmc::strfmt("%s/%s_%06d.%s", dir.c_str(), kind, step, ext);
+}
+
+inline std::string base_name(const std::string& p) {
+    size_t s = p.rfind('/');
+    return s == std::string::npos ? p : p.substr(s + 1);
 }
 
 inline llmc::Json model_config_json(const GPTConfig& c) {
@@ -493,7 +526,35 @@ inline llmc::Json model_config_json(const GPTConfig& c) {
     return j;
 }
 
-inline void save_checkpoint(const std::string& dir, int step, GPT<float>& m, const Optimizer& opt, const llmc::Json& extra) {
+// The step in a meta file's name (meta_NNNNNN.json), or -1 if the name is not of that form.
+inline int meta_step_of(const std::string& path) {
+    std::string b = base_name(path);
+    if (b.size() < 11 || b.compare(0, 5, "meta_") != 0 || b.compare(b.size() - 5, 5, ".json") != 0) return -1;
+    std::string digits = b.substr(5, b.size() - 10);
+    if (digits.size() > 9) return -1;
+    for (char ch : digits) if (ch < '0' || ch > '9') return -1;
+    return std::stoi(digits);
+}
+
+// The checkpoints (meta files) in dir, newest first, as (step, path).
+inline std::vector<std::pair<int, std::string>> list_checkpoints(const std::string& dir) {
+    std::vector<std::pair<int, std::string>> v;
+    std::vector<std::string> metas;
+    try { metas = llmc::glob_files(dir + "/meta_*.json"); } catch (const llmc::Error&) { return v; }
+    for (auto& m : metas) {
+        int s = meta_step_of(m);
+        if (s >= 0) v.emplace_back(s, m);
+    }
+    std::sort(v.begin(), v.end(), [](const std::pair<int, std::string>& a, const std::pair<int, std::string>& b) { return a.first > b.first; });
+    return v;
+}
+
+// Write the checkpoint of `step`; returns its meta path. On any failure every file of this step is
+// removed (AtomicFile removes its own temporary) and the error says so.
+inline std::string save_checkpoint(const std::string& dir, int step, GPT<float>& m, const Optimizer& opt, const std::string& run_id,
+                                   const llmc::Json& extra) {
+    std::string model_path = ckpt_path(dir, "model", step, "safetensors"), optim_path = ckpt_path(dir, "optim", step, "safetensors");
+    std::string meta_path = ckpt_path(dir, "meta", step, "json");
     llmc::SafetensorsWriter w, wo;
     for (int id = 0; id < NUM_PARAM_TENSORS; id++) {
         const ParamSpec& sp = m.spec[id];
@@ -512,32 +573,107 @@ inline void save_checkpoint(const std::string& dir, int step, GPT<float>& m, con
         }
     }
     w.metadata.push_back({"format", "pt"});
-    w.write(ckpt_path(dir, "model", step, "safetensors"));
-    wo.write(ckpt_path(dir, "optim", step, "safetensors"));
-    llmc::Json meta = llmc::Json::object();
-    meta.set("step", step);
-    meta.set("model_config", model_config_json(m.config));
-    for (auto& kv : extra.as_object()) meta.set(kv.first, kv.second);
-    llmc::write_file_atomic(ckpt_path(dir, "meta", step, "json"), llmc::json_dump(meta, 2) + "\n");
+    for (auto* x : {&w, &wo}) {
+        x->metadata.push_back({"llmc_run_id", run_id});
+        x->metadata.push_back({"llmc_step", std::to_string(step)});
+    }
+    try {
+        // A meta of this step from an earlier run in this directory must not end up describing our files.
+        if (unlink(meta_path.c_str()) != 0 && errno != ENOENT) LLMC_FAIL("cannot remove the old '%s': %s", meta_path.c_str(), strerror(errno));
+        llmc::Json files = llmc::Json::object();
+        auto record = [&](const char* kind, const std::string& path, uint64_t sum) {
+            struct stat st;
+            if (stat(path.c_str(), &st) != 0) LLMC_FAIL("cannot stat '%s' after writing it: %s", path.c_str(), strerror(errno));
+            llmc::Json f = llmc::Json::object();
+            f.set("name", base_name(path));
+            f.set("bytes", (long long)st.st_size);
+            f.set("checksum", llmc::checksum_str(sum));
+            files.set(kind, f);
+        };
+        record("model", model_path, w.write(model_path));
+        record("optim", optim_path, wo.write(optim_path));
+        llmc::Json meta = llmc::Json::object();
+        meta.set("step", step);
+        meta.set("run_id", run_id);
+        meta.set("model_config", model_config_json(m.config));
+        meta.set("files", files);
+        for (auto& kv : extra.as_object()) meta.set(kv.first, kv.second);
+        llmc::write_file_atomic(meta_path, llmc::json_dump(meta, 2) + "\n");
+    } catch (const std::exception& e) {
+        for (const std::string* p : {&meta_path, &optim_path, &model_path}) unlink(p->c_str());
+        LLMC_FAIL("saving the checkpoint of step %d in '%s' failed: %s (its files are removed)", step, dir.c_str(), e.what());
+    }
+    return meta_path;
 }
 
-// Load weights (and optimizer state when opt != null) of the checkpoint whose meta file is given.
-inline llmc::Json load_checkpoint(const std::string& meta_path, GPT<float>& m, Optimizer* opt) {
-    llmc::Json meta = llmc::json_parse(llmc::read_file(meta_path), meta_path);
-    int step = (int)meta["step"].as_int();
+// A checkpoint read and verified by open_checkpoint: the meta and the safetensors files' bytes.
+struct Checkpoint {
+    std::string meta_path, dir;
+    int step = -1;
+    llmc::Json meta;
+    std::unique_ptr<llmc::SafetensorsFile> model, optim;
+};
+
+// Read one checkpoint and verify it (the optimizer file too when with_optim): the meta parses, its
+// step matches its name, it is not marked diverged, each file has the recorded size and checksum and
+// carries the meta's run id and step. Any problem throws, naming the checkpoint and the file.
+inline Checkpoint open_checkpoint(const std::string& meta_path, bool with_optim) {
+    Checkpoint ck;
+    ck.meta_path = meta_path;
+    ck.dir = llmc::dir_of(meta_path);
+    try {
+        ck.meta = llmc::json_parse(llmc::read_file(meta_path), meta_path);
+        const llmc::Json& meta = ck.meta;
+        LLMC_CHECK(meta.is_object(), "not a checkpoint meta (not a JSON object)");
+        ck.step = (int)meta["step"].as_int();
+        int named = meta_step_of(meta_path);
+        LLMC_CHECK(named < 0 || named == ck.step, "records step %d but its name says %d", ck.step, named);
+        if (meta.has("diverged"))
+            LLMC_FAIL("marked diverged (%s)", meta["diverged"].is_string() ? meta["diverged"].as_string().c_str() : "?");
+        std::string run_id = meta.has("run_id") ? meta["run_id"].as_string() : "";
+        auto open_one = [&](const char* kind) {
+            std::string path = ckpt_path(ck.dir, kind, ck.step, "safetensors");
+            const llmc::Json* files = meta.find("files");
+            // a checkpoint written before checksums existed: the safetensors checks are all there is
+            if (!files) return std::unique_ptr<llmc::SafetensorsFile>(new llmc::SafetensorsFile(path));
+            const llmc::Json& rec = (*files)[kind];
+            std::string bytes = llmc::read_file(path);
+            long long want = rec["bytes"].as_int();
+            LLMC_CHECK((long long)bytes.size() == want, "'%s' is %zu bytes but the meta records %lld (truncated, or overwritten by another run?)",
+                       path.c_str(), bytes.size(), want);
+            std::string sum = llmc::checksum_str(llmc::checksum64(bytes.data(), bytes.size()));
+            LLMC_CHECK(sum == rec["checksum"].as_string(), "'%s': checksum %s does not match the %s recorded in the meta (the file changed after it was saved)",
+                       path.c_str(), sum.c_str(), rec["checksum"].as_string().c_str());
+            std::unique_ptr<llmc::SafetensorsFile> f(new llmc::SafetensorsFile(path, std::move(bytes)));
+            auto r = f->metadata.find("llmc_run_id");
+            auto s = f->metadata.find("llmc_step");
+            std::string frun = r == f->metadata.end() ? "?" : r->second, fstep = s == f->metadata.end() ? "?" : s->second;
+            LLMC_CHECK(frun == run_id && fstep == std::to_string(ck.step),
+                       "'%s' belongs to run %s step %s, the meta to run %s step %d: files of different checkpoints are mixed", path.c_str(),
+                       frun.c_str(), fstep.c_str(), run_id.c_str(), ck.step);
+            return f;
+        };
+        ck.model = open_one("model");
+        if (with_optim) ck.optim = open_one("optim");
+    } catch (const llmc::Error& e) {
+        LLMC_FAIL("checkpoint '%s': %s", meta_path.c_str(), e.what());
+    }
+    return ck;
+}
+
+// Load a verified checkpoint's weights (and optimizer state when opt != null). The model flags must
+// match the checkpoint's: a mismatch is the user's to fix, not a damaged checkpoint.
+inline void load_checkpoint(const Checkpoint& ck, GPT<float>& m, Optimizer* opt) {
     llmc::Json want = model_config_json(m.config);
-    const llmc::Json& have = meta["model_config"];
+    const llmc::Json& have = ck.meta["model_config"];
     for (auto& kv : want.as_object()) {
         LLMC_CHECK(have.has(kv.first) && llmc::json_dump(have[kv.first], -1) == llmc::json_dump(kv.second, -1),
-                   "checkpoint '%s': model_config.%s is %s but this run has %s (model flags must match to resume)", meta_path.c_str(),
+                   "checkpoint '%s': model_config.%s is %s but this run has %s (model flags must match to resume)", ck.meta_path.c_str(),
                    kv.first.c_str(), have.has(kv.first) ? llmc::json_dump(have[kv.first], -1).c_str() : "missing",
                    llmc::json_dump(kv.second, -1).c_str());
     }
-    std::string dir = meta_path.substr(0, meta_path.find_last_of('/') == std::string::npos ? 0 : meta_path.find_last_of('/'));
-    if (dir.empty()) dir = ".";
-    llmc::SafetensorsFile f(ckpt_path(dir, "model", step, "safetensors"));
-    std::unique_ptr<llmc::SafetensorsFile> fo;
-    if (opt) fo.reset(new llmc::SafetensorsFile(ckpt_path(dir, "optim", step, "safetensors")));
+    LLMC_CHECK(!opt || ck.optim, "internal: checkpoint '%s' was opened without its optimizer file", ck.meta_path.c_str());
+    const llmc::SafetensorsFile& f = *ck.model;
     for (int id = 0; id < NUM_PARAM_TENSORS; id++) {
         const ParamSpec& sp = m.spec[id];
         for (int j = 0; j < sp.count; j++) {
@@ -545,27 +681,259 @@ inline llmc::Json load_checkpoint(const std::string& meta_path, GPT<float>& m, O
             size_t o = sp.offset + (size_t)j * sp.matrix_numel();
             f.read(name, param_file_shape(id, sp), m.params.data() + o);
             if (!opt) continue;
+            const llmc::SafetensorsFile& fo = *ck.optim;
             if (is_muon_param(id)) {
-                fo->read(name + ".momentum_buffer", param_file_shape(id, sp), opt->opt_m.data() + o);
-                fo->read(name + ".second_momentum_buffer", {(int64_t)llmc::muon_second_moment_size(sp.rows, sp.cols)},
-                         opt->opt_s.data() + opt->s_offset[id][j]);
+                fo.read(name + ".momentum_buffer", param_file_shape(id, sp), opt->opt_m.data() + o);
+                fo.read(name + ".second_momentum_buffer", {(int64_t)llmc::muon_second_moment_size(sp.rows, sp.cols)},
+                        opt->opt_s.data() + opt->s_offset[id][j]);
             } else {
-                fo->read(name + ".exp_avg", param_file_shape(id, sp), opt->opt_m.data() + o);
-                fo->read(name + ".exp_avg_sq", param_file_shape(id, sp), opt->opt_v.data() + o);
+                fo.read(name + ".exp_avg", param_file_shape(id, sp), opt->opt_m.data() + o);
+                fo.read(name + ".exp_avg_sq", param_file_shape(id, sp), opt->opt_v.data() + o);
             }
         }
     }
-    return meta;
 }
 
-// "DIR" -> DIR/meta_<largest step>.json; a path ending in .json is taken as is
-inline std::string find_latest_meta(const std::string& where) {
-    if (where.size() > 5 && where.substr(where.size() - 5) == ".json") return where;
-    std::vector<std::string> metas;
-    try { metas = llmc::glob_files(where + "/meta_*.json"); } catch (const llmc::Error&) {
-        LLMC_FAIL("--resume %s: no checkpoint (meta_*.json) found there", where.c_str());
+// --resume WHERE: a meta file is used as is (and must verify); a directory gives its newest checkpoint
+// that verifies, with a note for each newer one skipped and why.
+inline Checkpoint find_checkpoint(const std::string& where, bool with_optim) {
+    if (where.size() > 5 && where.compare(where.size() - 5, 5, ".json") == 0) {
+        try { return open_checkpoint(where, with_optim); } catch (const llmc::Error& e) { LLMC_FAIL("--resume %s: %s", where.c_str(), e.what()); }
     }
-    return metas.back();  // sorted, and the step is zero-padded
+    auto list = list_checkpoints(where);
+    LLMC_CHECK(!list.empty(), "--resume %s: no checkpoint (meta_NNNNNN.json) found there", where.c_str());
+    std::vector<std::string> skipped;
+    for (auto& c : list) {
+        try {
+            Checkpoint ck = open_checkpoint(c.second, with_optim);
+            for (auto& s : skipped) fprintf(stderr, "note: --resume: skipped %s\n", s.c_str());
+            if (!skipped.empty())
+                printf("--resume %s: using '%s', the newest checkpoint that verifies (%zu newer skipped, see the notes)\n", where.c_str(),
+                       c.second.c_str(), skipped.size());
+            return ck;
+        } catch (const llmc::Error& e) {
+            skipped.push_back(e.what());
+        }
+    }
+    std::string all;
+    for (auto& s : skipped) all += (all.empty() ? "" : "; ") + s;
+    LLMC_FAIL("--resume %s: no usable checkpoint: %s", where.c_str(), all.c_str());
+}
+
+// Mark a checkpoint whose weights gave a non-finite loss, so that --resume DIR passes over it. The
+// files stay (nothing is deleted); the meta gets a "diverged" key saying why.
+inline void mark_diverged(const std::string& meta_path, const std::string& why) {
+    llmc::Json meta = llmc::json_parse(llmc::read_file(meta_path), meta_path);
+    meta.set("diverged", why);
+    llmc::write_file_atomic(meta_path, llmc::json_dump(meta, 2) + "\n");
+}
+
+// The newest checkpoint in dir below step `before` that is not marked diverged ("" if none). Reads
+// the metas only: it names a candidate, resume verifies it.
+inline std::string newest_good_checkpoint(const std::string& dir, int before) {
+    for (auto& c : list_checkpoints(dir)) {
+        if (c.first >= before) continue;
+        try {
+            llmc::Json meta = llmc::json_parse(llmc::read_file(c.second), c.second);
+            if (!meta.has("diverged")) return c.second;
+        } catch (const llmc::Error&) {}
+    }
+    return "";
+}
+
+// ------------------------------------------------------------------------------------------------
+// One writer per output directory: an exclusive flock on <dir>/train_gpt.lock, held until the
+// process ends. The kernel drops it when the process dies, even by SIGKILL, so a crashed run never
+// leaves a stale lock behind. The file holds the owner's pid, for the message a second run gets.
+
+#include <sys/file.h>
+
+inline void lock_out_dir(const std::string& dir) {
+    std::string path = dir + "/train_gpt.lock";
+    int fd = open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0) LLMC_FAIL("--out-dir: cannot create the lock file '%s': %s", path.c_str(), strerror(errno));
+    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+        int e = errno;
+        if (e == EWOULDBLOCK) {
+            char buf[32] = {0};
+            ssize_t n = pread(fd, buf, sizeof(buf) - 1, 0);
+            close(fd);
+            std::string pid = n > 0 ? std::string(buf, strcspn(buf, "\n")) : "";
+            LLMC_FAIL("--out-dir '%s' is in use by another train_gpt run (%s holds '%s'): two runs in one directory would overwrite each "
+                      "other's checkpoints; wait for it to end or choose another --out-dir",
+                      dir.c_str(), pid.empty() ? "a process" : ("pid " + pid).c_str(), path.c_str());
+        }
+        if (e == ENOLCK || e == EOPNOTSUPP || e == ENOSYS) {
+            fprintf(stderr, "warning: cannot lock '%s' (%s): nothing stops a second run from writing to this directory\n", path.c_str(), strerror(e));
+            close(fd);
+            return;
+        }
+        close(fd);
+        LLMC_FAIL("cannot lock '%s': %s", path.c_str(), strerror(e));
+    }
+    std::string pid = llmc::strfmt("%d\n", (int)getpid());
+    if (ftruncate(fd, 0) != 0 || pwrite(fd, pid.data(), pid.size(), 0) != (ssize_t)pid.size())
+        LLMC_FAIL("cannot write the lock file '%s': %s", path.c_str(), strerror(errno));
+    // fd stays open, and the lock held, until the process exits
+}
+
+// At start, with the directory locked (so no live writer owns them): remove the temporaries of a run
+// killed mid-save (model_*.tmp, optim_*.tmp, meta_*.tmp, <log>.tmp) and point out safetensors files
+// that have no meta.
+inline void tidy_out_dir(const std::string& dir, const std::string& log_file) {
+    std::vector<std::string> tmps;
+    try { tmps = llmc::glob_files(dir + "/*.tmp"); } catch (const llmc::Error&) {}
+    int n = 0;
+    for (auto& t : tmps) {
+        std::string b = base_name(t);
+        bool ours = b.rfind("model_", 0) == 0 || b.rfind("optim_", 0) == 0 || b.rfind("meta_", 0) == 0 || t == log_file + ".tmp";
+        if (ours && unlink(t.c_str()) == 0) n++;
+    }
+    if (n) fprintf(stderr, "note: removed %d temporary file(s) that an interrupted run left in '%s'\n", n, dir.c_str());
+    // files of a save killed before its meta was written: not a checkpoint (resume never reads them),
+    // but they take space; they are the user's to delete (a later save of that step replaces them)
+    std::vector<std::string> orphans;
+    for (const char* kind : {"model", "optim"}) {
+        std::vector<std::string> files;
+        try { files = llmc::glob_files(dir + "/" + kind + "_*.safetensors"); } catch (const llmc::Error&) { continue; }
+        for (auto& f : files) {
+            std::string b = base_name(f);
+            std::string digits = b.substr(strlen(kind) + 1, b.size() - strlen(kind) - 1 - strlen(".safetensors"));
+            if (digits.empty() || digits.find_first_not_of("0123456789") != std::string::npos || digits.size() > 9) continue;
+            if (!llmc::file_exists(ckpt_path(dir, "meta", std::stoi(digits), "json"))) orphans.push_back(b);
+        }
+    }
+    if (!orphans.empty())
+        fprintf(stderr, "note: %zu file(s) in '%s' have no meta file (a save that did not finish), e.g. %s: they are not checkpoints and "
+                "can be deleted\n", orphans.size(), dir.c_str(), orphans[0].c_str());
+}
+
+// ------------------------------------------------------------------------------------------------
+// Signals. SIGTERM, SIGINT and SIGHUP set a flag that the training loop checks between steps (and
+// evaluation and sampling between batches and tokens): the run finishes the step it is in, saves a
+// checkpoint and exits with status 128 + the signal. A second signal exits at once (the previous
+// checkpoints stay intact: files are only ever renamed into place). SIGPIPE is ignored, so a closed
+// stdout is a write error that stops the run with a checkpoint, not a silent death. SIGBUS, which a
+// shard mapped into memory raises when another program truncates it, is reported with the file's
+// name (found in /proc/self/maps from the faulting address).
+
+#include <csignal>
+
+static volatile sig_atomic_t g_stop_signal = 0;
+static int g_signals_seen = 0;    // counted atomically: two signals may reach two threads at once
+static char g_newest_ckpt[4096];  // newest checkpoint, for messages written by signal handlers
+
+inline const char* signal_name(int sig) {
+    switch (sig) {
+        case SIGTERM: return "SIGTERM";
+        case SIGINT: return "SIGINT";
+        case SIGHUP: return "SIGHUP";
+    }
+    return "a signal";
+}
+
+// async-signal-safe writes to stderr
+inline void sig_write(const char* s) {
+    size_t n = 0;
+    while (s[n]) n++;
+    while (n > 0) {
+        ssize_t w = write(2, s, n);
+        if (w <= 0) return;
+        s += w;
+        n -= (size_t)w;
+    }
+}
+
+inline void on_stop_signal(int sig) {
+    if (__atomic_fetch_add(&g_signals_seen, 1, __ATOMIC_SEQ_CST) > 0) {
+        sig_write("\ntrain_gpt: second signal: exiting at once, without saving (the checkpoints already saved are intact)\n");
+        _exit(128 + sig);
+    }
+    g_stop_signal = sig;
+    sig_write("\ntrain_gpt: ");
+    sig_write(signal_name(sig));
+    sig_write(" received: finishing the current step, then saving a checkpoint (send another signal to exit at once)\n");
+}
+
+// One line of /proc/self/maps ("start-end perms offset dev inode   path"): if [start, end) holds
+// addr, copy the path (possibly empty) into path and return true. No allocation, no stdio.
+inline bool maps_line_covers(const char* line, uintptr_t addr, char* path, size_t cap) {
+    auto hex = [](const char*& p) {
+        uintptr_t v = 0;
+        for (;; p++) {
+            char c = *p;
+            int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+            if (d < 0) return v;
+            v = v * 16 + (uintptr_t)d;
+        }
+    };
+    const char* p = line;
+    uintptr_t lo = hex(p);
+    if (*p != '-') return false;
+    p++;
+    uintptr_t hi = hex(p);
+    if (addr < lo || addr >= hi) return false;
+    for (int field = 0; field < 4; field++) {  // perms, offset, dev, inode
+        while (*p == ' ') p++;
+        while (*p && *p != ' ') p++;
+    }
+    while (*p == ' ') p++;
+    size_t n = 0;
+    while (p[n] && n + 1 < cap) { path[n] = p[n]; n++; }
+    path[n] = 0;
+    return true;
+}
+
+inline void on_sigbus(int, siginfo_t* si, void*) {
+    static char path[4096], line[4352], buf[4096];
+    path[0] = 0;
+    uintptr_t addr = (uintptr_t)si->si_addr;
+    int fd = open("/proc/self/maps", O_RDONLY);
+    if (fd >= 0) {
+        size_t len = 0;
+        bool found = false;
+        ssize_t n;
+        while (!found && (n = read(fd, buf, sizeof(buf))) > 0) {
+            for (ssize_t i = 0; i < n && !found; i++) {
+                if (buf[i] != '\n') { if (len + 1 < sizeof(line)) line[len++] = buf[i]; continue; }
+                line[len] = 0;
+                len = 0;
+                found = maps_line_covers(line, addr, path, sizeof(path));
+            }
+        }
+        close(fd);
+    }
+    if (path[0]) {
+        sig_write("error: '");
+        sig_write(path);
+        sig_write("' shrank while the trainer was reading it (truncated or rewritten by another program?)");
+    } else {
+        sig_write("error: bus error (SIGBUS): a memory-mapped file shrank while it was being read (truncated or rewritten by another program?)");
+    }
+    sig_write(": stopping; the checkpoints already saved are kept");
+    if (g_newest_ckpt[0]) {
+        sig_write(", the newest is '");
+        sig_write(g_newest_ckpt);
+        sig_write("'");
+    }
+    sig_write("\n");
+    _exit(1);
+}
+
+inline void install_signal_handlers() {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_stop_signal;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESTART;  // reads and writes in progress continue; the loop checks the flag
+    for (int s : {SIGTERM, SIGINT, SIGHUP}) sigaction(s, &sa, nullptr);
+    struct sigaction sb;
+    memset(&sb, 0, sizeof(sb));
+    sb.sa_sigaction = on_sigbus;
+    sigemptyset(&sb.sa_mask);
+    sb.sa_flags = SA_SIGINFO;
+    sigaction(SIGBUS, &sb, nullptr);
+    signal(SIGPIPE, SIG_IGN);
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -575,19 +943,30 @@ inline std::string find_latest_meta(const std::string& where) {
 #include "llmc/datadir.h"
 #include "llmc/sampler.h"
 
-struct EvalResult { double loss = 0, bpb = 0; int64_t tokens = 0; };
+struct EvalResult { double loss = 0, bpb = 0; int64_t tokens = 0; bool complete = true; };
 
+// Tokens in a loader's files.
+inline int64_t split_tokens(const llmc::DataLoader& d) {
+    int64_t n = 0;
+    for (const auto& f : d.files) n += f.ntok;
+    return n;
+}
+
+// `stop` (may be null) is polled between batches: when it is set the evaluation is abandoned and
+// returned with complete = false (a signal should not wait for a long evaluation).
 inline EvalResult evaluate(GPT<float>& m, llmc::DataLoader& val, int B, int T, int64_t eval_tokens,
-                           const std::vector<int32_t>* token_bytes, std::vector<int>& inputs, std::vector<int>& targets) {
+                           const std::vector<int32_t>* token_bytes, std::vector<int>& inputs, std::vector<int>& targets,
+                           const volatile sig_atomic_t* stop = nullptr) {
     val.reset();
     // At most the split's size: the default 40M tokens is sized for FineWeb, and on a small split
-    // (tinyshakespeare's ~30k tokens) more would only repeat the same documents.
-    int64_t split_tokens = 0;
-    for (const auto& f : val.files) split_tokens += f.ntok;
-    int64_t batches = std::max<int64_t>(1, std::min<int64_t>(eval_tokens, split_tokens) / ((int64_t)B * T));
+    // (tinyshakespeare's ~30k tokens) more would only repeat the same documents. A split smaller than
+    // one batch still gets one batch (so it repeats documents: the trainer says so at start).
+    int64_t batches = std::max<int64_t>(1, std::min<int64_t>(eval_tokens, split_tokens(val)) / ((int64_t)B * T));
     double nats = 0.0, nats_counted = 0.0;
     int64_t bytes = 0, count = 0;
+    EvalResult r;
     for (int64_t b = 0; b < batches; b++) {
+        if (stop && *stop) { r.complete = false; return r; }
         val.next_batch(inputs.data(), targets.data());
         m.forward(inputs.data(), targets.data(), B, T);
         for (int i = 0; i < B * T; i++) {
@@ -599,27 +978,47 @@ inline EvalResult evaluate(GPT<float>& m, llmc::DataLoader& val, int B, int T, i
             if (nb > 0) { nats_counted += (double)m.losses[i]; bytes += nb; }
         }
     }
-    EvalResult r;
     r.tokens = count;
     r.loss = count ? nats / count : 0.0;
     r.bpb = bytes ? nats_counted / (std::log(2.0) * (double)bytes) : INFINITY;
     return r;
 }
 
+// The note for a validation split smaller than one evaluation batch ("" when it is not).
+inline std::string small_val_note(const llmc::DataLoader& val, int B, int T) {
+    int64_t n = split_tokens(val), bt = (int64_t)B * T;
+    if (n >= bt) return "";
+    return llmc::strfmt("note: the validation split has %lld tokens, fewer than one evaluation batch (%d x %d = %lld): each evaluation "
+                        "repeats some of its documents to fill the batch, so the loss weights them twice; a smaller --device-batch-size "
+                        "or more validation data avoids that",
+                        (long long)n, B, T, (long long)bt);
+}
+
 // Sample a continuation with a full forward pass per token over the last T positions (the KV-cache
 // engine is a later milestone). Causality makes the logits at the last real position independent of
-// the padding after it, so the activation shape stays fixed at (1, T).
-inline std::vector<uint32_t> generate(GPT<float>& m, std::vector<uint32_t> ids, int max_new, float temperature, int top_k, llmc::Rng& rng) {
+// the padding after it, so the activation shape stays fixed at (1, T). Generation ends at a token of
+// stop_ids (not emitted; §13.2: <|bos|> starts a new document, so nothing after it continues the
+// prompt), after max_new tokens, or when *stop is set.
+inline std::vector<uint32_t> generate(GPT<float>& m, std::vector<uint32_t> ids, int max_new, float temperature, int top_k, llmc::Rng& rng,
+                                      const std::vector<int>& stop_ids = {}, bool* stopped_at_token = nullptr,
+                                      const volatile sig_atomic_t* stop = nullptr) {
     int T = m.config.sequence_len, V = m.config.vocab_size, Vp = m.config.padded_vocab_size;
     std::vector<int> window(T, 0);
     std::vector<float> z(V);
+    if (stopped_at_token) *stopped_at_token = false;
     for (int k = 0; k < max_new; k++) {
+        if (stop && *stop) break;
         int n = std::min<int>((int)ids.size(), T);
         for (int i = 0; i < T; i++) window[i] = i < n ? (int)ids[ids.size() - n + i] : 0;
         m.forward(window.data(), nullptr, 1, T);
         const float* l = m.logits + (size_t)(n - 1) * Vp;
         for (int v = 0; v < V; v++) z[v] = 15.0f * std::tanh(l[v] / 15.0f);  // the softcap (§3.2 step 7)
-        ids.push_back((uint32_t)llmc::sample_next_token(z.data(), V, temperature, top_k, rng));
+        int next = llmc::sample_next_token(z.data(), V, temperature, top_k, rng);
+        if (std::find(stop_ids.begin(), stop_ids.end(), next) != stop_ids.end()) {
+            if (stopped_at_token) *stopped_at_token = true;
+            break;
+        }
+        ids.push_back((uint32_t)next);
     }
     return ids;
 }
@@ -645,6 +1044,7 @@ struct TrainerOptions {
     int eval_every = 250, save_every = -1;
     long long eval_tokens = 80LL * 524288;
     std::string out_dir = "out", resume, log_file;
+    bool save_init = false, eval_only = false;
     // sampling at the end
     int num_samples = 3, sample_tokens = 128, top_k = 50;
     double temperature = 0.8;
@@ -663,6 +1063,369 @@ inline std::string fmt_duration(double s) {
 
 inline double now_seconds() {
     return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+// The flag checks that no other layer makes (the model shape and the recipe check their own).
+inline void check_options(TrainerOptions& o) {
+    auto finite_nonneg = [](double v, const char* name) {
+        LLMC_CHECK(std::isfinite(v) && v >= 0.0, "--%s must be a finite number >= 0 (got %g)", name, v);
+    };
+    finite_nonneg(o.embedding_lr, "embedding-lr");
+    finite_nonneg(o.unembedding_lr, "unembedding-lr");
+    finite_nonneg(o.matrix_lr, "matrix-lr");
+    finite_nonneg(o.scalar_lr, "scalar-lr");
+    finite_nonneg(o.weight_decay, "weight-decay");
+    LLMC_CHECK(std::isfinite(o.final_lr_frac) && o.final_lr_frac >= 0.0 && o.final_lr_frac <= 1.0,
+               "--final-lr-frac must be in [0, 1] (the fraction of the peak lr the warmdown ends at), got %g", o.final_lr_frac);
+    LLMC_CHECK(std::isfinite(o.warmdown_ratio) && o.warmdown_ratio >= 0.0 && o.warmdown_ratio <= 1.0,
+               "--warmdown-ratio must be in [0, 1] (a fraction of the steps), got %g", o.warmdown_ratio);
+    LLMC_CHECK(o.warmup_steps >= 0, "--warmup-steps must be >= 0, got %d", o.warmup_steps);
+    LLMC_CHECK(o.target_flops == -1 || (std::isfinite(o.target_flops) && o.target_flops > 0),
+               "--target-flops must be > 0, or -1 for unused (got %g)", o.target_flops);
+    LLMC_CHECK(std::isfinite(o.target_param_data_ratio), "--target-param-data-ratio must be finite (got %g)", o.target_param_data_ratio);
+    LLMC_CHECK(o.eval_every == -1 || o.eval_every >= 1, "--eval-every must be >= 1, or -1 for only at the end (got %d)", o.eval_every);
+    LLMC_CHECK(o.save_every == -1 || o.save_every >= 1, "--save-every must be >= 1, or -1 for only at the end (got %d)", o.save_every);
+    LLMC_CHECK(o.eval_tokens >= 1, "--eval-tokens must be >= 1 (got %lld)", o.eval_tokens);
+    LLMC_CHECK(std::isfinite(o.temperature), "--temperature must be finite (got %g)", o.temperature);
+    LLMC_CHECK(o.max_seq_len <= (1 << 24), "--max-seq-len %d is too large (at most %d: the RoPE table holds 10x that many positions)",
+               o.max_seq_len, 1 << 24);
+    LLMC_CHECK(!o.out_dir.empty(), "--out-dir must not be empty (it is where checkpoints and the log go)");
+    LLMC_CHECK(o.threads == -1 || o.threads >= 1, "--threads must be >= 1, or -1 for all cores (got %d)", o.threads);
+#ifdef _OPENMP
+    int cores = omp_get_num_procs();
+#else
+    int cores = 1;
+#endif
+    if (o.threads > cores) {
+        fprintf(stderr, "note: --threads %d is more than the %d cores this process may use: using %d\n", o.threads, cores, cores);
+        o.threads = cores;
+    }
+}
+
+// 16 hex digits naming this process's run: written into every file of each checkpoint it saves.
+inline std::string make_run_id() {
+    uint64_t x = 0;
+    int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
+    if (fd >= 0) {
+        if (read(fd, &x, sizeof(x)) != (ssize_t)sizeof(x)) x = 0;
+        close(fd);
+    }
+    if (x == 0) x = (uint64_t)std::chrono::system_clock::now().time_since_epoch().count() * 0x9E3779B97F4A7C15ULL ^ (uint64_t)getpid();
+    return llmc::strfmt("%016llx", (unsigned long long)x);
+}
+
+// Memory a training run needs, in bytes: weights and gradients (+ RoPE tables), optimizer state (+
+// the Muon scratch), activations for (B, T). Compared with the machine's memory before allocating,
+// because on Linux an impossible allocation is more often a kill by the OOM killer than a bad_alloc.
+struct MemoryNeed { double weights = 0, optimizer = 0, activations = 0, total = 0; };
+
+inline MemoryNeed memory_need(const GPTConfig& c, int B, int T) {
+    ParamSpec spec[NUM_PARAM_TENSORS];
+    size_t P = 0;
+    param_layout(c, spec, &P);
+    double S = 0, mn = 0, ss = 0, mx = 0;
+    for (int id = 0; id < NUM_PARAM_TENSORS; id++) {
+        if (!is_muon_param(id) || spec[id].count == 0) continue;
+        double r = spec[id].rows, k = spec[id].cols;
+        S += spec[id].count * (double)llmc::muon_second_moment_size(spec[id].rows, spec[id].cols);
+        mn = std::max(mn, r * k);
+        ss = std::max(ss, std::min(r, k) * std::min(r, k));
+        mx = std::max(mx, std::max(r, k));
+    }
+    MemoryNeed m;
+    m.weights = 4.0 * 2 * (double)P + 4.0 * 10.0 * c.sequence_len * c.head_dim;
+    m.optimizer = 4.0 * (2 * (double)P + S) + 4.0 * (2 * mn + 3 * ss + 2 * mx) + 8.0 * mx;
+    m.activations = 4.0 * (double)activation_numel(c, B, T) + 8.0 * B * T;
+    m.total = m.weights + m.optimizer + m.activations;
+    return m;
+}
+
+// Physical memory, or the cgroup (container) limit when that is lower; 0 if unknown.
+inline double machine_memory_bytes() {
+    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    double mem = pages > 0 && page > 0 ? (double)pages * (double)page : 0.0;
+    if (FILE* f = fopen("/sys/fs/cgroup/memory.max", "r")) {
+        unsigned long long lim = 0;
+        if (fscanf(f, "%llu", &lim) == 1 && lim > 0 && (mem == 0 || (double)lim < mem)) mem = (double)lim;
+        fclose(f);
+    }
+    return mem;
+}
+
+inline double gib(double bytes) { return bytes / (1024.0 * 1024.0 * 1024.0); }
+
+// Everything the recipe derived (§10-§11), for the checkpoint meta: how the checkpoint was trained.
+inline llmc::Json recipe_json(const llmc::Recipe& r, const GPT<float>& m) {
+    using llmc::Json;
+    Json j = Json::object();
+    j.set("horizon", r.horizon);
+    j.set("num_iterations", r.num_iterations);
+    j.set("total_batch_size", (long long)r.total_batch_size);
+    j.set("batch_from_rule", r.batch_from_rule);
+    j.set("batch_log2", r.batch_log2);
+    j.set("device_batch_size", r.device_batch_size);
+    j.set("world_size", r.world_size);
+    j.set("tokens_per_fwdbwd", (long long)r.tokens_per_fwdbwd);
+    j.set("grad_accum_steps", r.grad_accum_steps);
+    j.set("total_tokens", (long long)r.total_tokens);
+    j.set("total_flops", r.total_flops);
+    j.set("flops_per_token", (long long)r.shape.flops_per_token);
+    j.set("params_total", (long long)r.shape.params.total);
+    j.set("scaling_params", (long long)r.scaling_params);
+    j.set("ref_scaling_params", (long long)r.ref_scaling_params);
+    j.set("target_tokens", (long long)r.target_tokens);
+    j.set("d_ref", r.d_ref);
+    j.set("b_ref", (long long)r.b_ref);
+    j.set("lr_batch_scale", r.bls);
+    j.set("lr_width_scale", r.dms);
+    Json adam = Json::array();
+    for (int g = 0; g < llmc::ADAM_NUM_GROUPS; g++) {
+        const llmc::AdamGroup& a = r.adam[g];
+        Json x = Json::object();
+        x.set("group", a.name);
+        x.set("present", a.present);
+        x.set("lr", a.lr);
+        x.set("beta1", a.beta1);
+        x.set("beta2", a.beta2);
+        x.set("eps", a.eps);
+        x.set("weight_decay", a.weight_decay);
+        adam.push(x);
+    }
+    j.set("adamw", adam);
+    Json muon = Json::object();
+    muon.set("lr", r.muon_lr);
+    Json per = Json::object();  // lr_eff = lr * sqrt(max(1, rows/cols)) of each block matrix
+    const char* names[NUM_PARAM_TENSORS] = {};
+    names[P_CQ] = "attn.c_q"; names[P_CK] = "attn.c_k"; names[P_CV] = "attn.c_v"; names[P_ATTN_PROJ] = "attn.c_proj";
+    names[P_VE_GATE] = "attn.ve_gate"; names[P_FC] = "mlp.c_fc"; names[P_MLP_PROJ] = "mlp.c_proj";
+    for (int id = 0; id < NUM_PARAM_TENSORS; id++)
+        if (is_muon_param(id) && m.spec[id].count > 0)
+            per.set(names[id], r.muon_lr * llmc::muon_shape_factor(m.spec[id].rows, m.spec[id].cols));
+    muon.set("lr_by_matrix", per);
+    muon.set("beta2", (double)r.muon_beta2);
+    muon.set("ns_steps", r.muon_ns_steps);
+    muon.set("weight_decay_scaled", r.weight_decay_scaled);
+    muon.set("weight_decay_schedule", "weight_decay_scaled * 0.5 * (1 + cos(pi * step / num_iterations))");
+    j.set("muon", muon);
+    Json s = Json::object();
+    s.set("warmup_steps", r.warmup_steps);
+    s.set("warmdown_ratio", r.warmdown_ratio);
+    s.set("warmdown_steps", (long long)llmc::warmdown_steps(r.num_iterations, r.warmdown_ratio));
+    s.set("final_lr_frac", r.final_lr_frac);
+    Json mom = Json::object();  // schedule.h's muon_momentum defaults, as Optimizer::step calls it
+    mom.set("warmup_steps", 400);
+    mom.set("start", 0.85);
+    mom.set("peak", 0.97);
+    mom.set("end", 0.90);
+    s.set("muon_momentum", mom);
+    j.set("schedule", s);
+    return j;
+}
+
+// Every flag's value (after defaults were filled in), by its command-line name.
+inline llmc::Json options_json(const llmc::Cli& cli) {
+    llmc::Json j = llmc::Json::object();
+    for (const auto& f : cli.flags) {
+        switch (f.kind) {
+            case llmc::Cli::INT: j.set(f.name, *(const int*)f.ptr); break;
+            case llmc::Cli::INT64: j.set(f.name, *(const long long*)f.ptr); break;
+            case llmc::Cli::DOUBLE: j.set(f.name, *(const double*)f.ptr); break;
+            case llmc::Cli::STRING: j.set(f.name, *(const std::string*)f.ptr); break;
+            case llmc::Cli::BOOL: j.set(f.name, *(const bool*)f.ptr); break;
+        }
+    }
+    return j;
+}
+
+// --eval-only: the model flags not on the command line come from the checkpoint's recorded options.
+inline void take_options_from_checkpoint(llmc::Cli& cli, const Checkpoint& ck) {
+    const llmc::Json* opts = ck.meta.find("options");
+    if (!opts) {
+        fprintf(stderr, "note: checkpoint '%s' records no options (an older train_gpt): the model flags given here must match it\n",
+                ck.meta_path.c_str());
+        return;
+    }
+    for (const char* name : {"depth", "aspect-ratio", "head-dim", "n-kv-head", "max-seq-len", "window-pattern", "short-window", "arch", "smear",
+                             "value-embeds", "lambdas", "backout", "windows", "device-batch-size", "loader", "seed"}) {
+        llmc::Cli::Flag* f = cli.find(name);
+        if (!f || cli.given(name) || !opts->has(name)) continue;
+        const llmc::Json& v = (*opts)[name];
+        try {
+            switch (f->kind) {
+                case llmc::Cli::INT: *(int*)f->ptr = (int)v.as_int(); break;
+                case llmc::Cli::INT64: *(long long*)f->ptr = (long long)v.as_int(); break;
+                case llmc::Cli::DOUBLE: *(double*)f->ptr = v.as_double(); break;
+                case llmc::Cli::STRING: *(std::string*)f->ptr = v.as_string(); break;
+                case llmc::Cli::BOOL: *(bool*)f->ptr = v.as_bool(); break;
+            }
+        } catch (const llmc::Error& e) {
+            LLMC_FAIL("checkpoint '%s': options.%s: %s", ck.meta_path.c_str(), name, e.what());
+        }
+    }
+}
+
+// The JSON Lines log: an {"event": ...} line when a run starts or resumes, one line per training
+// step, one per evaluation; every line has "step", and train/val lines "tokens" (step x batch). Each
+// write is checked: a full disk stops the run (with a checkpoint) instead of going unnoticed.
+struct RunLog {
+    std::unique_ptr<llmc::File> f;
+    void open(const std::string& path, const char* mode) { f.reset(new llmc::File(path, mode)); }
+    void line(const llmc::Json& j) {
+        std::string s = llmc::json_dump(j, -1) + "\n";
+        f->write(s.data(), s.size());
+        if (fflush(f->f) != 0) LLMC_FAIL("'%s': write failed: %s", f->path.c_str(), strerror(errno));
+    }
+};
+
+// Resuming at `step`: drop the log lines past it (the run that went on after that checkpoint wrote
+// them, and they are about to be written again) and torn lines (a run killed mid-write), so each
+// step appears once. Returns the number of lines dropped; the file is rewritten atomically.
+inline int truncate_log_after(const std::string& path, int step) {
+    if (!llmc::file_exists(path)) return 0;
+    std::string s = llmc::read_file(path), keep;
+    int dropped = 0;
+    size_t a = 0;
+    while (a < s.size()) {
+        size_t b = s.find('\n', a);
+        bool torn = b == std::string::npos;
+        if (torn) b = s.size();
+        std::string line = s.substr(a, b - a);
+        a = b + 1;
+        if (line.empty()) continue;
+        bool ok = !torn;
+        try {
+            llmc::Json j = llmc::json_parse(line, path);
+            if (j.has("step") && j["step"].as_int() > step) ok = false;
+        } catch (const llmc::Error&) {
+            ok = false;
+        }
+        if (ok) keep += line + "\n";
+        else dropped++;
+    }
+    if (dropped) llmc::write_file_atomic(path, keep);
+    return dropped;
+}
+
+// Print num_samples continuations of the prompt. Returns false if a signal cut it short.
+inline bool print_samples(GPT<float>& m, const TrainerOptions& o, const llmc::Tokenizer* tok, int bos) {
+    llmc::Rng rng((uint64_t)o.seed, 999);
+    std::vector<int> stop_ids;
+    if (bos >= 0) stop_ids.push_back(bos);
+    if (tok) {
+        int64_t ae = tok->special_id("<|assistant_end|>");
+        if (ae >= 0) stop_ids.push_back((int)ae);
+    }
+    for (int s = 0; s < o.num_samples; s++) {
+        std::vector<uint32_t> ids;
+        if (bos >= 0) ids.push_back((uint32_t)bos);
+        if (tok && !o.prompt.empty()) for (uint32_t id : llmc::encode_ordinary(*tok, o.prompt)) ids.push_back(id);
+        if (ids.empty()) ids.push_back(0);
+        size_t n0 = ids.size();
+        bool ended = false;
+        ids = generate(m, ids, o.sample_tokens, (float)o.temperature, o.top_k, rng, stop_ids, &ended, &g_stop_signal);
+        if (g_stop_signal) return false;
+        printf("--- sample %d ---\n", s + 1);
+        if (tok) {
+            std::vector<uint32_t> text(ids.begin() + (bos >= 0 && ids[0] == (uint32_t)bos ? 1 : 0), ids.end());
+            printf("%s\n", llmc::decode_text(*tok, text).c_str());
+        } else {
+            for (size_t i = n0; i < ids.size(); i++) printf("%u ", ids[i]);
+            printf("\n");
+        }
+        if (ended) printf("(ended at an end-of-document token after %zu tokens)\n", ids.size() - n0);
+        fflush(stdout);
+    }
+    return true;
+}
+
+// Refuse a model that cannot fit before allocating it, with what it needs and what there is.
+inline void check_memory(const GPTConfig& cfg, const MemoryNeed& need, double total, int B, int T) {
+    double have = machine_memory_bytes();
+    if (have > 0 && total > have)
+        LLMC_FAIL("this model (depth %d, n_embd %d, %lld parameters) needs about %.1f GiB of memory (weights and gradients %.1f GiB, "
+                  "optimizer state %.1f GiB, activations for %d x %d tokens %.1f GiB) but this machine has %.1f GiB: use a smaller --depth "
+                  "(or --device-batch-size, --max-seq-len)",
+                  cfg.n_layer, cfg.n_embd, (long long)cfg.params.total, gib(total), gib(need.weights), gib(need.optimizer), B, T,
+                  gib(need.activations), gib(have));
+}
+
+[[noreturn]] inline void fail_out_of_memory(const GPTConfig& cfg, double total) {
+    LLMC_FAIL("out of memory while allocating the model (depth %d, n_embd %d, %lld parameters): it needs about %.1f GiB; use a smaller "
+              "--depth (or --device-batch-size, --max-seq-len)",
+              cfg.n_layer, cfg.n_embd, (long long)cfg.params.total, gib(total));
+}
+
+inline bool same_dir(const std::string& a, const std::string& b) {
+    char ra[PATH_MAX], rb[PATH_MAX];
+    if (!realpath(a.c_str(), ra) || !realpath(b.c_str(), rb)) return false;
+    return strcmp(ra, rb) == 0;
+}
+
+// --eval-only: a checkpoint's validation loss and bits per byte, printed and appended to a log
+// (--log-file, else <--out-dir>/log.jsonl when --out-dir is given, else the checkpoint's own
+// directory's log.jsonl). No training, no checkpoint written, no lock taken.
+inline int eval_only_main(TrainerOptions& o, const llmc::Cli& cli, const llmc::ModelOptions& mo, Checkpoint& ck, const llmc::Tokenizer* tok,
+                          int vocab, int bos, llmc::LoaderMode mode) {
+    GPTConfig cfg = llmc::derive_model_shape(mo);
+    int B = o.device_batch_size, T = cfg.sequence_len;
+    LLMC_CHECK(B >= 1, "--device-batch-size must be >= 1 (got %d)", B);
+    MemoryNeed need = memory_need(cfg, B, T);
+    need.optimizer = 0;
+    check_memory(cfg, need, need.weights + need.activations, B, T);
+    GPT<float> model;
+    try {
+        model.init(cfg);
+        model.build_activations(B, T);
+    } catch (const std::bad_alloc&) {
+        fail_out_of_memory(cfg, need.weights + need.activations);
+    }
+    load_checkpoint(ck, model, nullptr);
+    ck.model.reset();  // the file's bytes are no longer needed
+
+    bool have_val = true;
+    try { (void)llmc::glob_files(o.val_data); } catch (const llmc::Error&) { have_val = false; }
+    LLMC_CHECK(have_val, "--eval-only: no validation shards match '%s' (give --data-dir or --val-data)", o.val_data.c_str());
+    llmc::DataLoader val;
+    val.name = "val";
+    val.quiet = true;
+    val.init(o.val_data, B, T, 0, 1, mode, bos, vocab, tok ? "the tokenizer's bos_token" : "--bos-id");
+    std::string note = small_val_note(val, B, T);
+    if (!note.empty()) fprintf(stderr, "%s\n", note.c_str());
+    std::vector<int> inputs((size_t)B * T), targets((size_t)B * T);
+    EvalResult e = evaluate(model, val, B, T, o.eval_tokens, tok ? &tok->token_bytes : nullptr, inputs, targets, &g_stop_signal);
+    if (!e.complete) {
+        fprintf(stderr, "train_gpt: stopped by %s during the evaluation (nothing written)\n", signal_name(g_stop_signal));
+        return 128 + g_stop_signal;
+    }
+    LLMC_CHECK(std::isfinite(e.loss), "checkpoint '%s': validation loss is %g: its weights diverged", ck.meta_path.c_str(), e.loss);
+    printf("eval-only: %s (step %d) | val loss %.6f | val bpb %.4f | %lld tokens\n", ck.meta_path.c_str(), ck.step, e.loss, e.bpb,
+           (long long)e.tokens);
+
+    std::string log_path = o.log_file;
+    if (log_path.empty() && cli.given("out-dir")) {
+        llmc::make_dirs(o.out_dir, "--out-dir");
+        log_path = o.out_dir + "/log.jsonl";
+    }
+    if (log_path.empty()) log_path = ck.dir + "/log.jsonl";
+    llmc::Json j = llmc::Json::object();
+    j.set("step", ck.step);
+    if (ck.meta.has("total_batch_size")) j.set("tokens", (long long)ck.step * (long long)ck.meta["total_batch_size"].as_int());
+    j.set("val_loss", e.loss);
+    j.set("val_bpb", std::isfinite(e.bpb) ? llmc::Json(e.bpb) : llmc::Json());
+    j.set("eval_only", true);
+    j.set("checkpoint", base_name(ck.meta_path));
+    j.set("eval_tokens", (long long)e.tokens);
+    RunLog log;
+    log.open(log_path, "ab");
+    log.line(j);
+    printf("logged to %s\n", log_path.c_str());
+    // samples only when asked for: the defaults are for the end of training
+    if (cli.given("num-samples") && o.num_samples > 0 && o.sample_tokens > 0 && !print_samples(model, o, tok, bos)) {
+        fprintf(stderr, "train_gpt: stopped by %s while sampling\n", signal_name(g_stop_signal));
+        return 128 + g_stop_signal;
+    }
+    if (fflush(stdout) != 0 || ferror(stdout)) LLMC_FAIL("writing to stdout failed: %s", strerror(errno));
+    return 0;
 }
 
 inline int train_main(int argc, char** argv) {
@@ -693,7 +1456,7 @@ inline int train_main(int argc, char** argv) {
     cli.add("weight-decay", &o.weight_decay, "Muon weight decay before scaling");
     cli.add("warmup-steps", &o.warmup_steps, "lr warmup steps");
     cli.add("warmdown-ratio", &o.warmdown_ratio, "fraction of steps in the final linear lr decay");
-    cli.add("final-lr-frac", &o.final_lr_frac, "lr multiplier the warmdown decays towards");
+    cli.add("final-lr-frac", &o.final_lr_frac, "lr multiplier the warmdown decays towards, in [0, 1]");
     cli.add("data-dir", &o.data_dir, "directory with *_train_*.bin, *_val_*.bin and tokenizer.{tiktoken,json}");
     cli.add("train-data", &o.train_data, "train shard glob; default <data-dir>/*_train_*.bin");
     cli.add("val-data", &o.val_data, "val shard glob; default <data-dir>/*_val_*.bin");
@@ -704,20 +1467,33 @@ inline int train_main(int argc, char** argv) {
     cli.add("eval-every", &o.eval_every, "evaluate val loss / bpb every N steps (and at the end); -1 = only at the end");
     cli.add("eval-tokens", &o.eval_tokens, "validation tokens per evaluation (at most one pass over the split)");
     cli.add("save-every", &o.save_every, "checkpoint every N steps (and at the end); -1 = only at the end");
-    cli.add("out-dir", &o.out_dir, "checkpoint and log directory");
-    cli.add("resume", &o.resume, "checkpoint directory (latest meta_*.json) or meta file to resume from");
+    cli.add("save-init", &o.save_init, "also checkpoint the initial weights (step 0), to compare runs from their first step");
+    cli.add("out-dir", &o.out_dir, "checkpoint and log directory (one run at a time: it is locked)");
+    cli.add("resume", &o.resume, "checkpoint directory (its newest checkpoint that verifies) or meta file to resume from");
+    cli.add("eval-only", &o.eval_only, "evaluate the --resume checkpoint (val loss, bits per byte; printed and logged) without training; "
+                                       "model flags not given come from the checkpoint");
     cli.add("log-file", &o.log_file, "JSON Lines log; default <out-dir>/log.jsonl");
     cli.add("num-samples", &o.num_samples, "continuations sampled at the end");
-    cli.add("sample-tokens", &o.sample_tokens, "tokens per sample");
+    cli.add("sample-tokens", &o.sample_tokens, "tokens per sample (a sample also ends at <|bos|>)");
     cli.add("temperature", &o.temperature, "sampling temperature (0 = greedy)");
     cli.add("top-k", &o.top_k, "sample among the top k tokens (0 = all)");
     cli.add("prompt", &o.prompt, "text the samples continue (after BOS)");
     cli.add("seed", &o.seed, "seed of the init and sampling RNG");
-    cli.add("threads", &o.threads, "OpenMP threads; -1 = all cores");
+    cli.add("threads", &o.threads, "OpenMP threads; -1 = all cores (at most the cores there are)");
     if (!cli.parse(argc, argv)) return 0;
+    check_options(o);
 #ifdef _OPENMP
     if (o.threads > 0) omp_set_num_threads(o.threads);
 #endif
+    install_signal_handlers();
+
+    // ---- eval-only reads its checkpoint first: it supplies the model flags not given ----
+    std::unique_ptr<Checkpoint> eval_ck;
+    if (o.eval_only) {
+        LLMC_CHECK(!o.resume.empty(), "--eval-only needs --resume DIR (its newest checkpoint that verifies) or --resume DIR/meta_NNNNNN.json");
+        eval_ck.reset(new Checkpoint(find_checkpoint(o.resume, false)));
+        take_options_from_checkpoint(cli, *eval_ck);
+    }
 
     // ---- data and tokenizer ----
     bool default_train = o.train_data.empty(), default_val = o.val_data.empty();  // read from --data-dir
@@ -764,6 +1540,7 @@ inline int train_main(int argc, char** argv) {
     };
     flag(o.smear, mo.smear, "smear"); flag(o.value_embeds, mo.value_embeds, "value-embeds"); flag(o.lambdas, mo.lambdas, "lambdas");
     flag(o.backout, mo.backout, "backout"); flag(o.windows, mo.windows, "windows");
+    if (o.eval_only) return eval_only_main(o, cli, mo, *eval_ck, tok.get(), vocab, bos, mode);
     llmc::RecipeOptions ro;
     ro.target_param_data_ratio = o.target_param_data_ratio; ro.num_iterations = o.num_iterations; ro.target_flops = o.target_flops;
     ro.total_batch_size = o.total_batch_size; ro.device_batch_size = o.device_batch_size;
@@ -772,6 +1549,13 @@ inline int train_main(int argc, char** argv) {
     llmc::Recipe r = llmc::derive_recipe(mo, ro);
     const GPTConfig& cfg = r.shape;
     int B = o.device_batch_size, T = cfg.sequence_len, A = r.grad_accum_steps, N = r.num_iterations;
+
+    // ---- the output directory: one writer at a time (taken once the flags are known to be sound,
+    // before the slow parts: allocation, data scan, checkpoint reading) ----
+    llmc::make_dirs(o.out_dir, "--out-dir");
+    lock_out_dir(o.out_dir);
+    if (o.log_file.empty()) o.log_file = o.out_dir + "/log.jsonl";
+    tidy_out_dir(o.out_dir, o.log_file);
 
     printf("model: depth %d, n_embd %d, heads %d/%d (kv), head_dim %d, vocab %d (padded %d), T %d, windows", cfg.n_layer, cfg.n_embd,
            cfg.n_head, cfg.n_kv_head, cfg.head_dim, cfg.vocab_size, cfg.padded_vocab_size, T);
@@ -782,12 +1566,21 @@ inline int train_main(int argc, char** argv) {
     printf("recipe: %d steps (%s) x %lld tokens = %.3g tokens; grad accum %d x (%d x %d); muon lr %.5g, wd %.4g\n", N, r.horizon.c_str(),
            (long long)r.total_batch_size, (double)r.total_tokens, A, B, T, r.muon_lr, r.weight_decay_scaled);
 
+    MemoryNeed need = memory_need(cfg, B, T);
+    printf("memory: about %.2f GiB (weights and gradients %.2f, optimizer state %.2f, activations %.2f)\n", gib(need.total), gib(need.weights),
+           gib(need.optimizer), gib(need.activations));
+    check_memory(cfg, need, need.total, B, T);
+
     GPT<float> model;
-    model.init(cfg);
-    model.init_weights((uint64_t)o.seed);
-    model.build_activations(B, T);
     Optimizer opt;
-    opt.init(model);
+    try {
+        model.init(cfg);
+        model.init_weights((uint64_t)o.seed);
+        model.build_activations(B, T);
+        opt.init(model);
+    } catch (const std::bad_alloc&) {
+        fail_out_of_memory(cfg, need.total);
+    }
 
     llmc::DataLoader train, val;
     train.init(o.train_data, B, T, 0, 1, mode, bos, vocab, tok ? "the tokenizer's bos_token" : "--bos-id");
@@ -800,56 +1593,187 @@ inline int train_main(int argc, char** argv) {
     } else {
         printf("note: no validation shards match '%s': skipping evaluation\n", o.val_data.c_str());
     }
+    if (have_val) {
+        std::string note = small_val_note(val, B, T);
+        if (!note.empty()) fprintf(stderr, "%s\n", note.c_str());
+    }
 
     // ---- resume ----
+    std::string run_id = make_run_id();
+    bool resumed = !o.resume.empty();
     int start_step = 0;
-    if (!o.resume.empty()) {
-        std::string meta_path = find_latest_meta(o.resume);
-        llmc::Json meta = load_checkpoint(meta_path, model, &opt);
-        start_step = (int)meta["step"].as_int();
+    std::string resumed_from;
+    if (resumed) {
+        Checkpoint ck = find_checkpoint(o.resume, true);
+        load_checkpoint(ck, model, &opt);
+        const llmc::Json& meta = ck.meta;
+        start_step = ck.step;
         LLMC_CHECK(meta["num_iterations"].as_int() == N && meta["total_batch_size"].as_int() == r.total_batch_size &&
                    meta["device_batch_size"].as_int() == B,
                    "checkpoint '%s' was trained with %lld steps of %lld tokens (device batch %lld); this run has %d steps of %lld (device batch %d)",
-                   meta_path.c_str(), (long long)meta["num_iterations"].as_int(), (long long)meta["total_batch_size"].as_int(),
+                   ck.meta_path.c_str(), (long long)meta["num_iterations"].as_int(), (long long)meta["total_batch_size"].as_int(),
                    (long long)meta["device_batch_size"].as_int(), N, (long long)r.total_batch_size, B);
         std::vector<int64_t> st;
         for (auto& x : meta["loader_state"].as_array()) st.push_back(x.as_int());
         train.state_from_ints(st);
-        printf("resumed from %s at step %d\n", meta_path.c_str(), start_step);
+        resumed_from = ck.meta_path;
+        printf("resumed from %s at step %d\n", ck.meta_path.c_str(), start_step);
+    } else {
+        auto old = list_checkpoints(o.out_dir);
+        if (!old.empty())
+            fprintf(stderr, "note: '%s' already holds checkpoints of an earlier run (newest: step %d); this run replaces those of the steps it "
+                    "saves, and --resume %s takes the newest checkpoint there, whichever run wrote it\n",
+                    o.out_dir.c_str(), old.front().first, o.out_dir.c_str());
     }
+    snprintf(g_newest_ckpt, sizeof(g_newest_ckpt), "%s", resumed_from.c_str());
 
-    // ---- output ----
-    llmc::make_dirs(o.out_dir, "--out-dir");
-    if (o.log_file.empty()) o.log_file = o.out_dir + "/log.jsonl";
-    llmc::File log(o.log_file, start_step > 0 ? "ab" : "wb");
-    auto log_line = [&](const llmc::Json& j) { std::string s = llmc::json_dump(j, -1) + "\n"; log.write(s.data(), s.size()); fflush(log.f); };
+    // ---- the log ----
+    if (resumed) {
+        int dropped = truncate_log_after(o.log_file, start_step);
+        if (dropped)
+            fprintf(stderr, "note: '%s': dropped %d line(s) past step %d (written after that checkpoint; the steps are run again now)\n",
+                    o.log_file.c_str(), dropped, start_step);
+    }
+    RunLog log;
+    log.open(o.log_file, resumed ? "ab" : "wb");
+    printf("run %s: checkpoints in %s, log %s\n", run_id.c_str(), o.out_dir.c_str(), o.log_file.c_str());
+    // A write error on the log or stdout stops the run at the next step boundary, with a checkpoint.
+    std::string stop_reason;
+    auto log_line = [&](const llmc::Json& j) {
+        try { log.line(j); } catch (const llmc::Error& e) { if (stop_reason.empty()) stop_reason = e.what(); }
+    };
+    auto check_stdout = [&]() {
+        if ((fflush(stdout) != 0 || ferror(stdout)) && stop_reason.empty()) stop_reason = llmc::strfmt("writing to stdout failed: %s", strerror(errno));
+    };
+    {
+        llmc::Json j = llmc::Json::object();
+        j.set("event", resumed ? "resume" : "start");
+        j.set("step", start_step);
+        j.set("run_id", run_id);
+        j.set("num_iterations", N);
+        j.set("total_batch_size", (long long)r.total_batch_size);
+        if (resumed) j.set("checkpoint", resumed_from);
+        log_line(j);
+    }
+    check_stdout();
+
+    // The checkpoint in this run's directory that holds the current weights, if any: the one marked
+    // diverged when those weights give a non-finite loss.
+    std::string weights_ckpt = resumed && same_dir(llmc::dir_of(resumed_from), o.out_dir) ? resumed_from : "";
+    int last_saved = -1;
+    double last_train_loss = NAN;
+    EvalResult last_eval;
+    int last_eval_step = -1;
+
+    // A non-finite loss: mark the checkpoint of these weights (if there is one), name the newest one
+    // with a finite loss, stop.
+    auto diverged = [&](const std::string& what, int weights_step) {
+        std::string msg = "training diverged: " + what;
+        if (!weights_ckpt.empty()) {
+            try {
+                mark_diverged(weights_ckpt, what);
+                msg += llmc::strfmt("; '%s' holds these weights and is now marked diverged (resume skips it)", weights_ckpt.c_str());
+            } catch (const llmc::Error& e) {
+                msg += llmc::strfmt("; '%s' holds these weights (marking it diverged failed: %s)", weights_ckpt.c_str(), e.what());
+            }
+        }
+        std::string good = newest_good_checkpoint(o.out_dir, weights_step);
+        if (good.empty() && resumed && start_step < weights_step) good = resumed_from;
+        if (good.empty()) msg += "; there is no checkpoint with a finite loss to resume from: start again, e.g. with lower learning rates";
+        else msg += llmc::strfmt("; resume from '%s', the newest checkpoint with a finite loss (e.g. with lower learning rates)", good.c_str());
+        LLMC_FAIL("%s", msg.c_str());
+    };
+
+    auto save = [&](int step) {
+        for (float p : model.params)  // never a checkpoint of non-finite weights
+            if (!std::isfinite(p)) diverged(llmc::strfmt("the weights after step %d/%d are not finite", step, N), step);
+        llmc::Json extra = llmc::Json::object();
+        extra.set("num_iterations", N);
+        extra.set("total_batch_size", (long long)r.total_batch_size);
+        extra.set("device_batch_size", B);
+        extra.set("seed", o.seed);
+        llmc::Json st = llmc::Json::array();
+        for (int64_t x : train.state_to_ints()) st.arr.push_back(llmc::Json((long long)x));
+        extra.set("loader_state", st);
+        if (std::isfinite(last_train_loss)) extra.set("train_loss", last_train_loss);  // of the step that ended here
+        if (last_eval_step == step) {
+            extra.set("val_loss", last_eval.loss);
+            if (std::isfinite(last_eval.bpb)) extra.set("val_bpb", last_eval.bpb);
+        }
+        if (step < N) {  // the schedules' values for the step a resume runs next
+            llmc::Json s = llmc::Json::object();
+            s.set("lr_multiplier", llmc::lr_multiplier(step, N, r.warmup_steps, r.warmdown_ratio, r.final_lr_frac));
+            s.set("muon_momentum", llmc::muon_momentum(step, N, r.warmdown_ratio));
+            s.set("muon_weight_decay", llmc::muon_weight_decay(step, N, r.weight_decay_scaled));
+            extra.set("next_step_schedule", s);
+        }
+        extra.set("recipe", recipe_json(r, model));
+        extra.set("options", options_json(cli));
+        if (resumed) extra.set("resumed_from", resumed_from);
+        std::string path;
+        try {
+            path = save_checkpoint(o.out_dir, step, model, opt, run_id, extra);
+        } catch (const llmc::Error& e) {
+            auto list = list_checkpoints(o.out_dir);
+            std::string newest = !list.empty() ? list.front().second : resumed_from;
+            LLMC_FAIL("%s; the newest checkpoint is still %s", e.what(), newest.empty() ? "none" : ("'" + newest + "'").c_str());
+        }
+        last_saved = step;
+        weights_ckpt = path;
+        snprintf(g_newest_ckpt, sizeof(g_newest_ckpt), "%s", path.c_str());
+        printf("saved checkpoint %s\n", path.c_str());
+        check_stdout();
+    };
+
+    // A signal or a write error: save the current weights (unless saved already), say where they
+    // are, exit non-zero (128 + the signal, or 1).
+    auto finish_stop = [&](int step) -> int {
+        int sig = g_stop_signal;
+        std::string why = sig ? llmc::strfmt("stopped by %s", signal_name(sig)) : stop_reason;
+        if (step > start_step && step != last_saved) {
+            try {
+                save(step);
+            } catch (const std::exception& e) {
+                fprintf(stderr, "error: %s at step %d/%d, and %s\n", why.c_str(), step, N, e.what());
+                return 1;
+            }
+        }
+        std::string newest = last_saved >= 0 ? ckpt_path(o.out_dir, "meta", last_saved, "json") : resumed_from;
+        std::string tail = newest.empty() ? "nothing to save (no training step since the start)"
+                                          : llmc::strfmt("the newest checkpoint is '%s': continue with --resume %s", newest.c_str(),
+                                                         llmc::dir_of(newest).c_str());
+        if (sig) {
+            fprintf(stderr, "train_gpt: %s at step %d/%d: %s\n", why.c_str(), step, N, tail.c_str());
+            return 128 + sig;
+        }
+        fprintf(stderr, "error: %s (at step %d/%d): %s\n", why.c_str(), step, N, tail.c_str());
+        return 1;
+    };
 
     std::vector<int> inputs((size_t)B * T), targets((size_t)B * T);
     double t_start = now_seconds(), train_time = 0.0;
     int timed_steps = 0;
     for (int step = start_step; step <= N; step++) {
         bool last = step == N;
+        if (g_stop_signal || !stop_reason.empty()) return finish_stop(step);
         // evaluate at step 0, every eval_every steps and at the end (§10); not again right after a resume
-        if (have_val && (last || (o.eval_every > 0 && step % o.eval_every == 0)) && !(step == start_step && step > 0)) {
-            EvalResult e = evaluate(model, val, B, T, o.eval_tokens, tok ? &tok->token_bytes : nullptr, inputs, targets);
+        if (have_val && (last || (o.eval_every > 0 && step % o.eval_every == 0)) && !(step == start_step && resumed)) {
+            EvalResult e = evaluate(model, val, B, T, o.eval_tokens, tok ? &tok->token_bytes : nullptr, inputs, targets, &g_stop_signal);
+            if (!e.complete) return finish_stop(step);  // a signal: the evaluation is dropped
+            if (!std::isfinite(e.loss)) diverged(llmc::strfmt("the validation loss is %g at step %d/%d", e.loss, step, N), step);
             printf("step %5d/%d | val loss %.6f | val bpb %.4f | %lld tokens\n", step, N, e.loss, e.bpb, (long long)e.tokens);
+            check_stdout();
             llmc::Json j = llmc::Json::object();
-            j.set("step", step); j.set("val_loss", e.loss); j.set("val_bpb", std::isfinite(e.bpb) ? llmc::Json(e.bpb) : llmc::Json());
+            j.set("step", step); j.set("tokens", (long long)step * r.total_batch_size);
+            j.set("val_loss", e.loss); j.set("val_bpb", std::isfinite(e.bpb) ? llmc::Json(e.bpb) : llmc::Json());
             log_line(j);
+            last_eval = e;
+            last_eval_step = step;
         }
-        if (step > start_step && (last || (o.save_every > 0 && step % o.save_every == 0))) {
-            llmc::Json extra = llmc::Json::object();
-            extra.set("num_iterations", N);
-            extra.set("total_batch_size", (long long)r.total_batch_size);
-            extra.set("device_batch_size", B);
-            extra.set("seed", o.seed);
-            llmc::Json st = llmc::Json::array();
-            for (int64_t x : train.state_to_ints()) st.arr.push_back(llmc::Json((long long)x));
-            extra.set("loader_state", st);
-            save_checkpoint(o.out_dir, step, model, opt, extra);
-            printf("saved checkpoint %s\n", ckpt_path(o.out_dir, "meta", step, "json").c_str());
-        }
+        bool save_due = step > start_step ? last || (o.save_every > 0 && step % o.save_every == 0) : step == 0 && o.save_init && !resumed;
+        if (save_due) save(step);
         if (last) break;
+        if (g_stop_signal || !stop_reason.empty()) return finish_stop(step);
 
         // ---- one optimizer step: A micro-batches, mean gradient, then the update (§12) ----
         double t0 = now_seconds();
@@ -860,8 +1784,10 @@ inline int train_main(int argc, char** argv) {
             loss += model.forward(inputs.data(), targets.data(), B, T) / A;
             model.backward(1.0f / A);
         }
+        // numbered like the step lines: the forward of step k+1 runs on the weights after step k
         if (!std::isfinite(loss))
-            LLMC_FAIL("training loss is %f at step %d: stopping (checkpoints already in '%s' are kept)", loss, step, o.out_dir.c_str());
+            diverged(llmc::strfmt("the training loss is %g at step %d/%d (the forward pass on the weights after step %d)", loss, step + 1, N, step),
+                     step);
         // gradient norm (logged only): deterministic parallel sum, 8 double lanes per chunk so it
         // vectorizes (a serial double loop over every parameter was ~3% of a d4 step)
         double gn = 0.0;
@@ -876,17 +1802,20 @@ inline int train_main(int argc, char** argv) {
         });
         gn = std::sqrt(gn);
         opt.step(model, r, step);
+        weights_ckpt.clear();
+        last_train_loss = loss;
         double dt = now_seconds() - t0;
         if (step > start_step) { train_time += dt; timed_steps++; }  // the first step warms caches
-        double tok_s = (double)r.total_batch_size / dt;
+        double tok_s = dt > 0 ? (double)r.total_batch_size / dt : 0.0;  // (the log cannot hold an inf)
         double lrm = llmc::lr_multiplier(step, N, r.warmup_steps, r.warmdown_ratio, r.final_lr_frac);
         double elapsed = now_seconds() - t_start;
         double eta = timed_steps ? train_time / timed_steps * (N - step - 1) : NAN;
         printf("step %5d/%d | loss %.6f | lrm %.3f | gnorm %.4f | %.0f ms | %.0f tok/s | %.2f GFLOP/s | elapsed %s | eta %s\n", step + 1, N,
                loss, lrm, gn, dt * 1e3, tok_s, tok_s * (double)cfg.flops_per_token * 1e-9, fmt_duration(elapsed).c_str(), fmt_duration(eta).c_str());
-        fflush(stdout);
+        check_stdout();
         llmc::Json j = llmc::Json::object();
-        j.set("step", step + 1); j.set("loss", loss); j.set("lrm", lrm); j.set("grad_norm", gn); j.set("dt_ms", dt * 1e3);
+        j.set("step", step + 1); j.set("tokens", (long long)(step + 1) * r.total_batch_size);
+        j.set("loss", loss); j.set("lrm", lrm); j.set("grad_norm", std::isfinite(gn) ? llmc::Json(gn) : llmc::Json()); j.set("dt_ms", dt * 1e3);
         j.set("tok_per_s", tok_s); j.set("gflops", tok_s * (double)cfg.flops_per_token * 1e-9);
         log_line(j);
     }
@@ -896,24 +1825,14 @@ inline int train_main(int argc, char** argv) {
     }
 
     // ---- samples ----
-    if (o.num_samples > 0 && o.sample_tokens > 0) {
-        llmc::Rng rng((uint64_t)o.seed, 999);
-        for (int s = 0; s < o.num_samples; s++) {
-            std::vector<uint32_t> ids;
-            if (bos >= 0) ids.push_back((uint32_t)bos);
-            if (tok && !o.prompt.empty()) for (uint32_t id : llmc::encode_ordinary(*tok, o.prompt)) ids.push_back(id);
-            if (ids.empty()) ids.push_back(0);
-            size_t n0 = ids.size();
-            ids = generate(model, ids, o.sample_tokens, (float)o.temperature, o.top_k, rng);
-            printf("--- sample %d ---\n", s + 1);
-            if (tok) {
-                std::vector<uint32_t> text(ids.begin() + (ids[0] == (uint32_t)bos ? 1 : 0), ids.end());
-                printf("%s\n", llmc::decode_text(*tok, text).c_str());
-            } else {
-                for (size_t i = n0; i < ids.size(); i++) printf("%u ", ids[i]);
-                printf("\n");
-            }
-        }
+    if (o.num_samples > 0 && o.sample_tokens > 0 && !print_samples(model, o, tok.get(), bos)) {
+        fprintf(stderr, "train_gpt: stopped by %s while sampling (training is done and its final checkpoint saved)\n", signal_name(g_stop_signal));
+        return 128 + g_stop_signal;
+    }
+    check_stdout();
+    if (!stop_reason.empty()) {
+        fprintf(stderr, "error: %s (training finished; the final checkpoint is '%s')\n", stop_reason.c_str(), g_newest_ckpt);
+        return 1;
     }
     return 0;
 }

@@ -3,6 +3,8 @@
 // Flags are registered with a pointer to their variable, whose initial value is the default that
 // --help prints. Both "--name value" and "--name=value" are accepted. An unknown flag, a missing
 // value or a value that does not parse as the flag's type is one clear error naming the flag.
+// A bool flag may also stand alone ("--eval-only" = "--eval-only 1"). given(name) tells whether a
+// flag was on the command line (a program may then take the others from a checkpoint).
 #pragma once
 #include <cstdio>
 #include <cstdlib>
@@ -19,6 +21,19 @@ struct Cli {
     std::string program, summary;
     std::vector<Flag> flags;
     bool help_requested = false;
+    std::vector<std::string> given_names;  // flags set on the command line, in order
+
+    bool given(const std::string& name) const {
+        for (auto& g : given_names) if (g == name) return true;
+        return false;
+    }
+    Flag* find(const std::string& name) {
+        for (auto& fl : flags) if (fl.name == name) return &fl;
+        return nullptr;
+    }
+    static bool is_bool_word(const std::string& v) {
+        return v == "1" || v == "0" || v == "true" || v == "false" || v == "on" || v == "off";
+    }
 
     Cli(std::string prog, std::string sum) : program(std::move(prog)), summary(std::move(sum)) {}
 
@@ -85,11 +100,14 @@ struct Cli {
             const Flag* f = nullptr;
             for (auto& fl : flags) if (fl.name == name) f = &fl;
             if (!f) LLMC_FAIL("unknown flag '--%s' (see --help for the list)", name.c_str());
-            if (!has_value) {
+            if (!has_value && f->kind == BOOL && (i + 1 >= argc || !is_bool_word(argv[i + 1]))) {
+                value = "1";  // a bare bool flag
+            } else if (!has_value) {
                 if (i + 1 >= argc) LLMC_FAIL("flag --%s needs a value", name.c_str());
                 value = argv[++i];
             }
             set_value(*f, value);
+            given_names.push_back(name);
         }
         return true;
     }

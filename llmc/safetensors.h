@@ -19,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "llmc/checksum.h"
 #include "llmc/json.h"
 #include "llmc/utils.h"
 
@@ -35,7 +36,8 @@ struct SafetensorsWriter {
         entries.push_back({name, std::move(shape), data, n});
     }
 
-    void write(const std::string& path) const {
+    // Returns the checksum (checksum.h) of the bytes written, for the checkpoint meta.
+    uint64_t write(const std::string& path) const {
         Json header = Json::object();
         if (!metadata.empty()) {
             Json meta = Json::object();
@@ -58,11 +60,18 @@ struct SafetensorsWriter {
         uint64_t hn = h.size();
         unsigned char len[8];
         for (int i = 0; i < 8; i++) len[i] = (unsigned char)(hn >> (8 * i));
+        Checksum64 sum;
         AtomicFile f(path);
         f.write(len, 8);
         f.write(h.data(), h.size());
-        for (auto& e : entries) f.write(e.data, e.numel * 4);  // little-endian host (x86, arm64)
+        sum.update(len, 8);
+        sum.update(h.data(), h.size());
+        for (auto& e : entries) {
+            f.write(e.data, e.numel * 4);  // little-endian host (x86, arm64)
+            sum.update(e.data, e.numel * 4);
+        }
         f.commit();
+        return sum.digest();
     }
 };
 
@@ -74,8 +83,9 @@ struct SafetensorsFile {
     std::map<std::string, Tensor> tensors;
     std::map<std::string, std::string> metadata;
 
-    explicit SafetensorsFile(const std::string& p) : path(p) {
-        bytes = read_file(p);
+    explicit SafetensorsFile(const std::string& p) : SafetensorsFile(p, read_file(p)) {}
+    // From bytes already read (e.g. to check their checksum first); p names them in errors.
+    SafetensorsFile(const std::string& p, std::string&& file_bytes) : path(p), bytes(std::move(file_bytes)) {
         LLMC_CHECK(bytes.size() >= 8, "'%s': not a safetensors file: only %zu bytes", p.c_str(), bytes.size());
         uint64_t hn = 0;
         for (int i = 0; i < 8; i++) hn |= (uint64_t)(unsigned char)bytes[i] << (8 * i);

@@ -58,3 +58,8 @@ echo "== training depth $DEPTH for $STEPS steps on the CPU (out: $OUT)"
   --warmup-steps 20 --matrix-lr 0.08 --embedding-lr 1.2 --unembedding-lr 0.04 \
   --eval-every 100 --eval-tokens 32768 --save-every -1 \
   --num-samples 3 --sample-tokens 96 --prompt "ROMEO:" --threads "$THREADS"
+
+echo "== the log (one JSON object per step and evaluation) is $OUT/log.jsonl; plot the loss curves with"
+echo "   python3 scripts/plot_log.py $OUT/log.jsonl -o $OUT/loss.png      (needs matplotlib: pip install matplotlib)"
+echo "   and evaluate the final checkpoint again with"
+echo "   ./train_gpt_cpu --data-dir $DATA --eval-only --resume $OUT"
