@@ -116,7 +116,7 @@ inline void lambdas_forward(floatX* out, const floatX* x, const floatX* x0, cons
 }
 
 // partial sums: K = 2 (dalpha, dbeta)
-constexpr int LAMBDAS_PARTIALS = 2;
+inline constexpr int LAMBDAS_PARTIALS = 2;
 
 // dx = alpha*dout (overwrite; dx may alias dout), dx0 += beta*dout, *dalpha += sum dout*x,
 // *dbeta += sum dout*x0. scratch: reduce_scratch_floats(LAMBDAS_PARTIALS) floats of device memory.
