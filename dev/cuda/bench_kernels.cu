@@ -244,7 +244,7 @@ void bench_embedding(Bench& B, int N, int C, int V) {
     B.add_bytes("embedding_forward", shape, t, 4.0 * NC + 4.0 * N);
 
     EmbeddingBackwardPlan plan;
-    embedding_plan_create(&plan, N, V);
+    embedding_plan_create(&plan, N, V, C);
     // the plan build: host counting sort + upload, once per batch (shared by wte and value_embeds)
     t = time_it([&] { embedding_plan_build(&plan, ids.data(), N, B.stream); }, B.reps, B.stream);
     B.add_time("embedding_plan_build (host+upload)", shape, t);
