@@ -18,7 +18,7 @@
 //
 // Strategy: elementwise and memory-bound: one thread per 4 elements (16-byte fp32 accesses for p,
 // g, m, v; an 8-byte store for the bf16 copy), W = 1 when n % 4 != 0 or a pointer is misaligned.
-// 28 bytes moved per element (read p g m v, write p m v, 2 bytes of bf16). One call per contiguous
+// 30 bytes moved per element (read p g m v, write p m v: 4 bytes each; 2 bytes of bf16). One call per contiguous
 // range: a group whose tensors are adjacent in the parameter buffer is one launch.
 #pragma once
 #include <cmath>

@@ -35,6 +35,13 @@ __device__ __forceinline__ float warp_reduce_sum(float v) {
     return v;
 }
 
+// fp64 variant (the global gradient norm accumulates in double)
+__device__ __forceinline__ double warp_reduce_sum(double v) {
+    #pragma unroll
+    for (int offset = WARP_SIZE / 2; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+    return v;
+}
+
 __device__ __forceinline__ float warp_reduce_max(float v) {
     #pragma unroll
     for (int offset = WARP_SIZE / 2; offset > 0; offset >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, offset));
@@ -124,6 +131,17 @@ __device__ __forceinline__ float block_reduce_sum(float v, float* s) {
     if (lane == 0) s[warp] = v;
     __syncthreads();
     return warp_reduce_sum(lane < nwarps ? s[lane] : 0.0f);
+}
+
+// fp64 variant; s: 32 doubles of shared memory
+__device__ __forceinline__ double block_reduce_sum(double v, double* s) {
+    const int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE;
+    const int nwarps = blockDim.x / WARP_SIZE;
+    v = warp_reduce_sum(v);
+    __syncthreads();
+    if (lane == 0) s[warp] = v;
+    __syncthreads();
+    return warp_reduce_sum(lane < nwarps ? s[lane] : 0.0);
 }
 
 // grid (Ka + Kb): block k adds sum_p partials[k * P + p] to out_a[k] (k < Ka) or out_b[k - Ka].
