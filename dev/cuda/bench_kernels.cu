@@ -314,6 +314,9 @@ void bench_relu2(Bench& B, long n) {
     B.add_bytes("relu2_forward", shape, t, 4.0 * n);
     t = time_it([&] { relu2_backward(g, g, x, n, B.stream); }, B.reps, B.stream);
     B.add_bytes("relu2_backward", shape, t, 6.0 * n);
+    // the backward that also recomputes relu(x)^2 for c_proj's weight gradient: plus write act
+    t = time_it([&] { relu2_backward_recompute(g, y, g, x, n, B.stream); }, B.reps, B.stream);
+    B.add_bytes("relu2_backward_recompute", shape, t, 8.0 * n);
     dfree(x); dfree(y); dfree(g);
 }
 

@@ -6,7 +6,9 @@
 // GPU flushes), so kernel and CPU op differ only by the kernel's final rounding to bf16: the kernel
 // output must equal bf16(CPU output) bit for bit.
 // Sizes: multiples of 8 (16-byte path, more than one block), odd sizes (scalar path), a pointer
-// offset by one element (scalar path with n % 8 == 0), in-place backward (dinp == dout).
+// offset by one element (scalar path with n % 8 == 0), in-place backward (dinp == dout). The
+// recomputing backward (relu2_backward_recompute) must give the same dinp and, as act, exactly the
+// forward's output.
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 #include "llmc/cuda/relu2.cuh"
@@ -59,6 +61,15 @@ void check(long n, int offset, bool in_place, uint64_t seed) {
     relu2_backward(dinp + offset, d_g.ptr + offset, d_x.ptr + offset, n, 0);
     const std::vector<float> dx = unpad(in_place ? d_g.download() : d_dx.download(), offset);
     CHECK(count_mismatches("dinp", dx, dx_ref, [](size_t) { return 0.0; }) == 0);
+    // the recomputing backward: the same dinp, and act bitwise equal to the forward's output
+    DeviceBuffer<floatX> d_g2(padded(g, offset)), d_dx2(n + offset), d_act(n + offset);
+    d_dx2.poison();
+    d_act.poison();
+    floatX* dinp2 = in_place ? d_g2.ptr : d_dx2.ptr;
+    relu2_backward_recompute(dinp2 + offset, d_act.ptr + offset, d_g2.ptr + offset, d_x.ptr + offset, n, 0);
+    const std::vector<float> dx2 = unpad(in_place ? d_g2.download() : d_dx2.download(), offset);
+    CHECK(count_mismatches("dinp (recompute)", dx2, dx_ref, [](size_t) { return 0.0; }) == 0);
+    CHECK(count_mismatches("act (recompute)", unpad(d_act.download(), offset), y_ref, [](size_t) { return 0.0; }) == 0);
     // rerun: bitwise the same
     if (!in_place) {
         d_dx.poison();
@@ -86,5 +97,8 @@ TEST_CASE("relu2_backward in place (dinp == dout)") {
 TEST_CASE("relu2 launchers reject bad sizes and accept n = 0") {
     CHECK_THROWS_AS(relu2_forward(nullptr, nullptr, -1, 0), llmc::Error);
     CHECK_THROWS_AS(relu2_backward(nullptr, nullptr, nullptr, -1, 0), llmc::Error);
+    floatX* p = reinterpret_cast<floatX*>(16);
+    CHECK_THROWS_AS(relu2_backward_recompute(p, p, nullptr, nullptr, 8, 0), llmc::Error);   // act aliases dinp
+    CHECK_THROWS_AS(relu2_backward_recompute(p, nullptr, p, nullptr, 8, 0), llmc::Error);   // no act
     relu2_forward(nullptr, nullptr, 0, 0);
 }
