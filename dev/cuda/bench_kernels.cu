@@ -34,11 +34,19 @@
 #include <cstring>
 #include <string>
 #include <vector>
+#include "llmc/cuda/adamw.cuh"
+#include "llmc/cuda/backout.cuh"
 #include "llmc/cuda/common.cuh"
 #include "llmc/cuda/crossentropy.cuh"
 #include "llmc/cuda/embedding.cuh"
+#include "llmc/cuda/global_norm.cuh"
 #include "llmc/cuda/matmul.cuh"
+#include "llmc/cuda/relu2.cuh"
+#include "llmc/cuda/residual.cuh"
 #include "llmc/cuda/rmsnorm.cuh"
+#include "llmc/cuda/rope.cuh"
+#include "llmc/cuda/smear.cuh"
+#include "llmc/cuda/value_embed.cuh"
 #include "llmc/rng.h"
 #include "llmc/utils.h"
 
@@ -76,6 +84,13 @@ __global__ void fill_uniform_kernel(floatX* p, size_t n, uint64_t seed, float sc
 void fill_uniform(floatX* p, size_t n, uint64_t seed, float scale, cudaStream_t stream) {
     const unsigned grid = (unsigned)std::min<size_t>(CEIL_DIV(n, (size_t)256), 8192);
     LAUNCH(fill_uniform_kernel, std::max(grid, 1u), 256, 0, stream, p, n, seed, scale);
+}
+
+// a device copy of a few host floats (scalar parameters, gate weights)
+float* dupload(const std::vector<float>& h) {
+    float* p = dalloc<float>(h.size());
+    cudaCheck(cudaMemcpy(p, h.data(), h.size() * sizeof(float), cudaMemcpyHostToDevice));
+    return p;
 }
 
 // Token ids with a heavy head, roughly like text: id = floor(V^u) - 1, u uniform, so id 0 is
@@ -244,7 +259,7 @@ void bench_embedding(Bench& B, int N, int C, int V) {
     B.add_bytes("embedding_forward", shape, t, 4.0 * NC + 4.0 * N);
 
     EmbeddingBackwardPlan plan;
-    embedding_plan_create(&plan, N, V);
+    embedding_plan_create(&plan, N, V, C);
     // the plan build: host counting sort + upload, once per batch (shared by wte and value_embeds)
     t = time_it([&] { embedding_plan_build(&plan, ids.data(), N, B.stream); }, B.reps, B.stream);
     B.add_time("embedding_plan_build (host+upload)", shape, t);
@@ -256,6 +271,161 @@ void bench_embedding(Bench& B, int N, int C, int V) {
     embedding_plan_destroy(&plan);
 
     dfree(table); dfree(dtable); dfree(out); dfree(dout); dfree(d_ids);
+}
+
+// RoPE + QK-norm on q (B,T,H,D) and k (B,T,Hkv,D) in one launch per direction
+void bench_rope(Bench& B, int Bsz, int T, int H, int Hkv, int D) {
+    const size_t nq = (size_t)Bsz * T * H * D, nk = (size_t)Bsz * T * Hkv * D, rows = (size_t)Bsz * T * (H + Hkv);
+    floatX* q = dalloc<floatX>(nq);
+    floatX* k = dalloc<floatX>(nk);
+    floatX* qn = dalloc<floatX>(nq);
+    floatX* kn = dalloc<floatX>(nk);
+    float* rq = dalloc<float>((size_t)Bsz * T * H);
+    float* rk = dalloc<float>((size_t)Bsz * T * Hkv);
+    floatX* cosb = dalloc<floatX>((size_t)T * D / 2);
+    floatX* sinb = dalloc<floatX>((size_t)T * D / 2);
+    fill_uniform(q, nq, 11, 1.0f, B.stream);
+    fill_uniform(k, nk, 12, 1.0f, B.stream);
+    fill_uniform(cosb, (size_t)T * D / 2, 13, 1.0f, B.stream);
+    fill_uniform(sinb, (size_t)T * D / 2, 14, 1.0f, B.stream);
+    const std::string shape = fmt("B=%ld T=%ld H=%ld", Bsz, T, H) + fmt(" Hkv=%ld D=%ld", Hkv, D);
+    const double elems = (double)(nq + nk);
+    // forward: read q, k (2 bytes each element), write qn, kn (2) and rstd (4 per row); the tables
+    // (T x D/2, shared by all rows) are not counted
+    Timing t = time_it([&] { rope_qknorm_forward(qn, rq, kn, rk, q, k, cosb, sinb, Bsz, T, H, Hkv, D, 0, B.stream); },
+                       B.reps, B.stream);
+    B.add_bytes("rope_qknorm_forward", shape, t, 4.0 * elems + 4.0 * rows);
+    // backward: read dqn, dkn, qn, kn and rstd, write dq, dk (here in place over q, k as gradients)
+    t = time_it([&] { rope_qknorm_backward(q, k, q, k, qn, kn, rq, rk, cosb, sinb, Bsz, T, H, Hkv, D, 0, B.stream); },
+                B.reps, B.stream);
+    B.add_bytes("rope_qknorm_backward", shape, t, 6.0 * elems + 4.0 * rows);
+    dfree(q); dfree(k); dfree(qn); dfree(kn); dfree(rq); dfree(rk); dfree(cosb); dfree(sinb);
+}
+
+void bench_relu2(Bench& B, long n) {
+    floatX* x = dalloc<floatX>(n);
+    floatX* y = dalloc<floatX>(n);
+    floatX* g = dalloc<floatX>(n);
+    fill_uniform(x, n, 15, 1.0f, B.stream);
+    fill_uniform(g, n, 16, 1.0f, B.stream);
+    const std::string shape = fmt("n=%ld", n);
+    // forward: read x, write y (2 bytes each); backward (in place over g): read x and g, write dx
+    Timing t = time_it([&] { relu2_forward(y, x, n, B.stream); }, B.reps, B.stream);
+    B.add_bytes("relu2_forward", shape, t, 4.0 * n);
+    t = time_it([&] { relu2_backward(g, g, x, n, B.stream); }, B.reps, B.stream);
+    B.add_bytes("relu2_backward", shape, t, 6.0 * n);
+    // the backward that also recomputes relu(x)^2 for c_proj's weight gradient: plus write act
+    t = time_it([&] { relu2_backward_recompute(g, y, g, x, n, B.stream); }, B.reps, B.stream);
+    B.add_bytes("relu2_backward_recompute", shape, t, 8.0 * n);
+    dfree(x); dfree(y); dfree(g);
+}
+
+// the residual-stream ops over N x C: residual add, lambdas, backout
+void bench_residual(Bench& B, int N, int C, float* scratch) {
+    const long n = (long)N * C;
+    floatX* a = dalloc<floatX>(n);
+    floatX* b = dalloc<floatX>(n);
+    floatX* out = dalloc<floatX>(n);
+    floatX* g = dalloc<floatX>(n);
+    floatX* d0 = dalloc<floatX>(n);
+    fill_uniform(a, n, 17, 1.0f, B.stream);
+    fill_uniform(b, n, 18, 1.0f, B.stream);
+    fill_uniform(g, n, 19, 1.0f, B.stream);
+    cudaCheck(cudaMemset(d0, 0, n * sizeof(floatX)));
+    float* scalars = dupload({1.1f, 0.2f, 0.2f, 0.0f, 0.0f, 0.0f});  // alpha, beta, lambda, dalpha, dbeta, dlambda
+    const std::string shape = fmt("N=%ld C=%ld", N, C);
+    // residual and lambdas forward, backout forward: read two tensors, write one (2 bytes each)
+    Timing t = time_it([&] { residual_forward(out, a, b, n, B.stream); }, B.reps, B.stream);
+    B.add_bytes("residual_forward", shape, t, 6.0 * n);
+    t = time_it([&] { lambdas_forward(out, a, b, scalars, scalars + 1, n, B.stream); }, B.reps, B.stream);
+    B.add_bytes("lambdas_forward", shape, t, 6.0 * n);
+    // lambdas backward: read dout, x, x0, dx0; write dx, dx0 (dx into a separate buffer here)
+    t = time_it([&] { lambdas_backward(out, d0, scalars + 3, scalars + 4, g, a, b, scalars, scalars + 1, n, scratch, B.stream); },
+                B.reps, B.stream);
+    B.add_bytes("lambdas_backward (+dalpha,dbeta)", shape, t, 12.0 * n);
+    t = time_it([&] { backout_forward(out, a, b, scalars + 2, n, B.stream); }, B.reps, B.stream);
+    B.add_bytes("backout_forward", shape, t, 6.0 * n);
+    // backout backward: read dout, xmid, dxmid; write dxmid
+    t = time_it([&] { backout_backward(d0, scalars + 5, g, b, scalars + 2, n, scratch, B.stream); }, B.reps, B.stream);
+    B.add_bytes("backout_backward (+dlambda)", shape, t, 8.0 * n);
+    dfree(a); dfree(b); dfree(out); dfree(g); dfree(d0); dfree(scalars);
+}
+
+void bench_smear(Bench& B, int Bsz, int T, int C, float* scratch) {
+    const long n = (long)Bsz * T * C;
+    floatX* e = dalloc<floatX>(n);
+    floatX* out = dalloc<floatX>(n);
+    floatX* g = dalloc<floatX>(n);
+    fill_uniform(e, n, 20, 1.0f, B.stream);
+    fill_uniform(g, n, 21, 1.0f, B.stream);
+    std::vector<float> h(SMEAR_GATE_CHANNELS + 1, 0.01f);  // w[0..24), then lambda
+    h[SMEAR_GATE_CHANNELS] = 0.5f;
+    float* w = dupload(h);
+    float* dw = dupload(std::vector<float>(SMEAR_GATE_CHANNELS + 1, 0.0f));  // dw, then dlambda
+    const std::string shape = fmt("B=%ld T=%ld C=%ld", Bsz, T, C);
+    // forward: read e (row t-1 again: an L2 hit, not counted), write out
+    Timing t = time_it([&] { smear_forward(out, e, w, w + SMEAR_GATE_CHANNELS, Bsz, T, C, B.stream); }, B.reps, B.stream);
+    B.add_bytes("smear_forward", shape, t, 4.0 * n);
+    // backward: read dout and e (G_{t+1}, e_{t-1} again: L2 hits), write de
+    t = time_it([&] {
+        smear_backward(out, dw, dw + SMEAR_GATE_CHANNELS, g, e, w, w + SMEAR_GATE_CHANNELS, Bsz, T, C, scratch, B.stream);
+    }, B.reps, B.stream);
+    B.add_bytes("smear_backward (+dw,dlambda)", shape, t, 6.0 * n);
+    dfree(e); dfree(out); dfree(g); dfree(w); dfree(dw);
+}
+
+void bench_ve_gate(Bench& B, int N, int C, int Hkv, int D, float* scratch) {
+    const long nv = (long)N * Hkv * D;
+    floatX* u = dalloc<floatX>((size_t)N * C);
+    floatX* v = dalloc<floatX>(nv);
+    floatX* ve = dalloc<floatX>(nv);
+    floatX* dve = dalloc<floatX>(nv);
+    float* gamma = dalloc<float>((size_t)N * Hkv);
+    fill_uniform(u, (size_t)N * C, 22, 1.0f, B.stream);
+    fill_uniform(v, nv, 23, 1.0f, B.stream);
+    fill_uniform(ve, nv, 24, 1.0f, B.stream);
+    float* wg = dupload(std::vector<float>((size_t)Hkv * VE_GATE_CHANNELS, 0.01f));
+    float* dwg = dupload(std::vector<float>((size_t)Hkv * VE_GATE_CHANNELS, 0.0f));
+    const std::string shape = fmt("N=%ld Hkv=%ld D=%ld", N, Hkv, D);
+    // forward: read v and ve, write v (2 bytes each), write gamma (4 per head); u's 12 channels
+    // (24 bytes per token) are not counted
+    Timing t = time_it([&] { ve_gate_forward(v, gamma, u, ve, wg, N, C, Hkv, D, B.stream); }, B.reps, B.stream);
+    B.add_bytes("ve_gate_forward", shape, t, 6.0 * nv + 4.0 * N * Hkv);
+    // backward: read dv and ve, write dve, read gamma; (du's 12 channels not counted; u as dv here)
+    t = time_it([&] { ve_gate_backward(u, dve, dwg, v, u, ve, gamma, wg, N, C, Hkv, D, scratch, B.stream); }, B.reps,
+                B.stream);
+    B.add_bytes("ve_gate_backward (+dWg)", shape, t, 6.0 * nv + 4.0 * N * Hkv);
+    dfree(u); dfree(v); dfree(ve); dfree(dve); dfree(gamma); dfree(wg); dfree(dwg);
+}
+
+// AdamW over an n-element range (e.g. wte: Vp x C)
+void bench_adamw(Bench& B, long n, const char* what) {
+    float* p = dalloc<float>(n);
+    float* g = dalloc<float>(n);
+    float* m = dalloc<float>(n);
+    float* v = dalloc<float>(n);
+    floatX* pb = dalloc<floatX>(n);
+    cudaCheck(cudaMemset(p, 0, n * sizeof(float)));
+    cudaCheck(cudaMemset(g, 0, n * sizeof(float)));
+    cudaCheck(cudaMemset(m, 0, n * sizeof(float)));
+    cudaCheck(cudaMemset(v, 0, n * sizeof(float)));
+    const std::string shape = fmt("n=%ld ", n) + what;
+    // read p, g, m, v (4 bytes each); write p, m, v (4) and the bf16 copy (2)
+    Timing t = time_it([&] { adamw_update(p, pb, m, v, g, n, 0.3f, 0.8f, 0.995f, 1e-10f, 0.001f, 1, B.stream); }, B.reps,
+                       B.stream);
+    B.add_bytes("adamw_update (+bf16 copy)", shape, t, 30.0 * n);
+    dfree(p); dfree(g); dfree(m); dfree(v); dfree(pb);
+}
+
+// squared L2 norm of an n-float gradient buffer (d20: ~897M parameters)
+void bench_global_norm(Bench& B, size_t n, float* scratch) {
+    float* g = dalloc<float>(n);
+    float* out = dalloc<float>(1);
+    cudaCheck(cudaMemset(g, 0, n * sizeof(float)));
+    // read every gradient once (4 bytes)
+    Timing t = time_it([&] { global_norm_squared(out, g, n, scratch, B.stream); }, B.reps, B.stream);
+    B.add_bytes("global_norm_squared", fmt("n=%ld", (long)n), t, 4.0 * n);
+    dfree(g); dfree(out);
 }
 
 void bench_matmul(Bench& B, int N, int IC, int OC, const char* what) {
@@ -345,9 +515,21 @@ int run(int argc, char** argv) {
     const int ce_rows = small ? 8 : 8192;
     const int mm_rows = small ? 64 : 16384;
 
+    const int Bsz = small ? 2 : 32, T = small ? 32 : 2048, D = 128, NH = C / D;  // d20: 10 heads of 128
+    float* scratch = dalloc<float>(std::max(reduce_scratch_floats(std::max(SMEAR_PARTIALS, ve_gate_partials(NH))),
+                                            global_norm_scratch_floats()));
+
     bench_rmsnorm(B, rows, C);
+    bench_rope(B, Bsz, T, NH, NH, D);
+    bench_relu2(B, (long)rows * H);
+    bench_residual(B, rows, C, scratch);
+    bench_smear(B, Bsz, T, C, scratch);
+    bench_ve_gate(B, rows, C, NH, D, scratch);
     bench_crossentropy(B, ce_rows, V);
     bench_embedding(B, rows, C, V);
+    bench_adamw(B, (long)((V + 63) / 64 * 64) * C, "(wte)");
+    bench_global_norm(B, small ? 100000 : 896533746, scratch);  // d20's parameter count (model.md §11)
+    dfree(scratch);
     bench_matmul(B, mm_rows, C, H, "(c_fc)");
     bench_matmul(B, mm_rows, H, C, "(c_proj)");
     bench_matmul(B, mm_rows, C, (V + 63) / 64 * 64, "(lm_head)");  // OC = Vp, as in the model

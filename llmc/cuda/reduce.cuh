@@ -12,8 +12,17 @@
 //    tests run both).
 //    load_pack_cs / store_pack_cs are the "streaming" variants (__ldcs/__stcs, evict-first) for
 //    data that is touched exactly once; under SIM they are plain accesses.
+// 3. Deterministic grid-wide sums, for the gradients of scalar and small parameters (lambdas,
+//    gates) that are sums over every token: no float atomics (design.md §3). A kernel runs a FIXED
+//    number of blocks P (reduce_grid: a function of the problem size only, never of the GPU or of
+//    timing), each block sums its fixed share in a fixed order and writes its K partial sums to
+//    scratch[k * P + block]; reduce_partials then adds, for each k, the P partials in a fixed
+//    tree order to the destination (+=). The result is bitwise the same on every run.
+//    Scratch is the caller's (reduce_scratch_floats(K) floats, allocated once, reusable by every
+//    op: each op's two launches are ordered on its stream).
 #pragma once
 #include <cstdint>
+#include <algorithm>
 #include <cstring>
 #include "llmc/cuda/common.cuh"
 
@@ -21,6 +30,13 @@
 // reductions
 
 __device__ __forceinline__ float warp_reduce_sum(float v) {
+    #pragma unroll
+    for (int offset = WARP_SIZE / 2; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+    return v;
+}
+
+// fp64 variant (the global gradient norm accumulates in double)
+__device__ __forceinline__ double warp_reduce_sum(double v) {
     #pragma unroll
     for (int offset = WARP_SIZE / 2; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
     return v;
@@ -101,3 +117,65 @@ inline Pack<E, W> load_pack_cs(const E* p) { return load_pack<E, W>(p); }
 template <typename E, int W>
 inline void store_pack_cs(E* p, const Pack<E, W>& x) { store_pack<E, W>(p, x); }
 #endif
+
+// ---------------------------------------------------------------------------------------------
+// deterministic grid-wide sums
+
+constexpr int REDUCE_MAX_BLOCKS = 1024;  // P <= this: enough blocks to fill an H100 (132 SMs x 8)
+constexpr int REDUCE_BLOCK = 256;        // threads of the final (partials) reduction
+
+// floats of scratch an op with K partial sums needs
+inline size_t reduce_scratch_floats(int K) { return (size_t)K * REDUCE_MAX_BLOCKS; }
+
+// number of blocks P for `work` units of which one block handles `per_block` per sweep
+inline int reduce_grid(size_t work, int per_block) {
+    const size_t p = CEIL_DIV(work, (size_t)per_block);
+    return (int)std::max<size_t>(1, std::min<size_t>(p, REDUCE_MAX_BLOCKS));
+}
+
+// Sum of v over the whole block, returned to every thread (bitwise the same value in all: every
+// warp folds the same per-warp sums in the same butterfly). blockDim.x must be a multiple of 32.
+// s: 32 floats of shared memory. Every thread of the block must call it (it has barriers).
+__device__ __forceinline__ float block_reduce_sum(float v, float* s) {
+    const int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE;
+    const int nwarps = blockDim.x / WARP_SIZE;
+    v = warp_reduce_sum(v);
+    __syncthreads();  // s may still be read by the threads of a previous call
+    if (lane == 0) s[warp] = v;
+    __syncthreads();
+    return warp_reduce_sum(lane < nwarps ? s[lane] : 0.0f);
+}
+
+// fp64 variant; s: 32 doubles of shared memory
+__device__ __forceinline__ double block_reduce_sum(double v, double* s) {
+    const int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE;
+    const int nwarps = blockDim.x / WARP_SIZE;
+    v = warp_reduce_sum(v);
+    __syncthreads();
+    if (lane == 0) s[warp] = v;
+    __syncthreads();
+    return warp_reduce_sum(lane < nwarps ? s[lane] : 0.0);
+}
+
+// grid (Ka + Kb): block k adds sum_p partials[k * P + p] to out_a[k] (k < Ka) or out_b[k - Ka].
+// Each thread sums a strided subset in order, then the block tree: a fixed order.
+__global__ void __launch_bounds__(REDUCE_BLOCK)
+reduce_partials_kernel(float* out_a, int Ka, float* out_b, const float* partials, int P) {
+    STATIC_SMEM(float[32], s_red);
+    const int k = blockIdx.x;
+    float acc = 0.0f;
+    for (int p = threadIdx.x; p < P; p += blockDim.x) acc += partials[(size_t)k * P + p];
+    acc = block_reduce_sum(acc, s_red);
+    if (threadIdx.x == 0) {
+        float* dst = k < Ka ? out_a + k : out_b + (k - Ka);
+        *dst += acc;
+    }
+}
+
+// out_a[0..Ka) += the first Ka sums, out_b[0..Kb) += the next Kb (out_b may be null if Kb == 0)
+inline void reduce_partials(float* out_a, int Ka, float* out_b, int Kb, const float* partials, int P,
+                            cudaStream_t stream) {
+    LLMC_CHECK(Ka >= 0 && Kb >= 0 && P > 0 && P <= REDUCE_MAX_BLOCKS, "reduce_partials: bad Ka=%d Kb=%d P=%d", Ka, Kb, P);
+    if (Ka + Kb == 0) return;
+    LAUNCH(reduce_partials_kernel, Ka + Kb, REDUCE_BLOCK, 0, stream, out_a, Ka, out_b, partials, P);
+}

@@ -1,0 +1,139 @@
+// test_value_embed.cu: llmc/cuda/value_embed.cuh against the CPU reference (llmc/cpu/value_embed.h)
+// run in fp32 on the same bf16 inputs (Wg fp32 in both; the backward gets the CPU forward's gamma).
+//
+// Tolerances (ref = the fp32 CPU result). The gate logit b is the same 12-term fp32 sum in both
+// (same order; nvcc may contract it into FMAs) and sigmoid uses the GPU's fast exp and division:
+// gamma agrees to ~1e-6 relative. The dot product <G_h, ve_h> is summed in fp32 by the kernel
+// (D/lpr terms per lane, then log2(lpr) butterfly levels: <= (D + 5) 2^-24 of sum|G e|) and in double
+// by the CPU op. With M_h = gamma (1 - gamma/3) sum_d |G_h[d] ve_h[d]| (a bound on |db_h| and the
+// scale of its error):
+//  - gamma (fp32): 1e-5 relative;
+//  - v (bf16, +=): 2^-8 |ref| + 1e-5 |gamma ve| + 2^-22 (|v| + |gamma ve|);
+//  - dve = bf16(gamma G): none: one fp32 product from the same gamma, as the CPU op, then rounded;
+//  - du[c] (bf16, +=) for c < 12: 2^-8 |ref| + 1e-5 sum_h |Wg[h,c]| M_h + 2^-22 |du_old|;
+//    channels c >= 12 must be untouched (bitwise);
+//  - dWg[h,c] (fp32, +=): 1e-5 sum_n M_h |u[n,c]| + 2^-22 |ref|.
+// Shapes: D = 128 (16 lanes per row, 2 heads per warp step), 64 with 3 heads (a group past the last
+// head), 32, 8 (one lane per row, 32 heads per warp step), D % 8 != 0 (scalar path), Hkv = 1,
+// tokens not a multiple of the 8 per block, more tokens than the fixed grid's warps (8192), a
+// misaligned pointer.
+#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
+#include <doctest/doctest.h>
+#include "llmc/cuda/value_embed.cuh"
+#include "llmc/cpu/value_embed.h"
+#include "test/sim/test_util.h"
+
+using namespace testutil;
+
+namespace {
+
+struct Shape { int N, C, Hkv, D; };
+
+std::vector<floatX> padded(const std::vector<float>& v, int offset) {
+    std::vector<floatX> h = to_bf16(v);
+    h.insert(h.begin(), offset, __float2bfloat16(0.0f));
+    return h;
+}
+
+std::vector<float> unpad(const std::vector<floatX>& h, int offset) {
+    std::vector<float> v = to_f32(h);
+    v.erase(v.begin(), v.begin() + offset);
+    return v;
+}
+
+void check(const Shape& s, int offset, uint64_t seed) {
+    CAPTURE(s.N); CAPTURE(s.C); CAPTURE(s.Hkv); CAPTURE(s.D); CAPTURE(offset);
+    const int N = s.N, C = s.C, Hkv = s.Hkv, D = s.D;
+    const size_t nv = (size_t)N * Hkv * D, K = (size_t)Hkv * VE_GATE_CHANNELS;
+    llmc::Rng rng(seed);
+    std::vector<float> u = bf16_round(randn((size_t)N * C, rng, 1.0));
+    std::vector<float> v = bf16_round(randn(nv, rng, 0.5)), ve = bf16_round(randn(nv, rng, 0.5));
+    std::vector<float> wg = randn(K, rng, 0.5);
+    std::vector<float> g = bf16_round(randn(nv, rng, 1.0));
+    std::vector<float> du_old = bf16_round(randn((size_t)N * C, rng, 0.3));
+    std::vector<float> dwg0 = randn(K, rng, 0.1);
+
+    // forward
+    std::vector<float> v_ref = v, gamma_ref((size_t)N * Hkv);
+    ve_gate_forward<float>(v_ref.data(), gamma_ref.data(), u.data(), ve.data(), wg.data(), N, C, Hkv, D);
+    DeviceBuffer<floatX> d_u(to_bf16(u)), d_v(padded(v, offset)), d_ve(padded(ve, offset));
+    DeviceBuffer<float> d_wg(wg), d_gamma((size_t)N * Hkv);
+    d_gamma.poison();
+    ve_gate_forward(d_v.ptr + offset, d_gamma.ptr, d_u.ptr, d_ve.ptr + offset, d_wg.ptr, N, C, Hkv, D, 0);
+    const std::vector<float> gamma = d_gamma.download(), v_out = unpad(d_v.download(), offset);
+    CHECK(count_mismatches("gamma", gamma, gamma_ref, [&](size_t i) { return 1e-5 * gamma_ref[i]; }) == 0);
+    CHECK(count_mismatches("v", v_out, v_ref, [&](size_t i) {
+        const double ge = std::fabs(gamma_ref[i / D] * ve[i]);
+        return BF16_ROUND * std::fabs(v_ref[i]) + 1e-5 * ge + 0x1p-22 * (std::fabs(v[i]) + ge);
+    }) == 0);
+
+    // backward, from the CPU forward's gamma
+    std::vector<float> du_ref = du_old, dve_ref(nv), dwg_ref = dwg0;
+    ve_gate_backward<float>(du_ref.data(), dve_ref.data(), dwg_ref.data(), g.data(), u.data(), ve.data(),
+                            gamma_ref.data(), wg.data(), N, C, Hkv, D);
+    dve_ref = bf16_round(dve_ref);
+    std::vector<double> M((size_t)N * Hkv, 0.0);
+    for (size_t r = 0; r < M.size(); r++) {
+        for (int d = 0; d < D; d++) M[r] += std::fabs((double)g[r * D + d] * ve[r * D + d]);
+        M[r] *= gamma_ref[r] * (1.0 - gamma_ref[r] / 3.0);
+    }
+    DeviceBuffer<floatX> d_g(padded(g, offset)), d_dve(nv + offset), d_du(to_bf16(du_old));
+    DeviceBuffer<float> d_gamma_ref(gamma_ref), d_dwg(dwg0), d_scratch(reduce_scratch_floats(ve_gate_partials(Hkv)));
+    d_dve.poison();
+    d_scratch.poison();
+    ve_gate_backward(d_du.ptr, d_dve.ptr + offset, d_dwg.ptr, d_g.ptr + offset, d_u.ptr, d_ve.ptr + offset,
+                     d_gamma_ref.ptr, d_wg.ptr, N, C, Hkv, D, d_scratch.ptr, 0);
+    const std::vector<float> du = to_f32(d_du.download()), dve = unpad(d_dve.download(), offset), dwg = d_dwg.download();
+    CHECK(count_mismatches("dve", dve, dve_ref, [](size_t) { return 0.0; }) == 0);
+    CHECK(count_mismatches("du", du, du_ref, [&](size_t i) {
+        const size_t n = i / C, c = i % C;
+        if (c >= (size_t)VE_GATE_CHANNELS) return 0.0;
+        double mag = 0.0;
+        for (int h = 0; h < Hkv; h++) mag += std::fabs(wg[h * VE_GATE_CHANNELS + c]) * M[n * Hkv + h];
+        return BF16_ROUND * std::fabs(du_ref[i]) + 1e-5 * mag + 0x1p-22 * std::fabs(du_old[i]);
+    }) == 0);
+    CHECK(count_mismatches("dwg", dwg, dwg_ref, [&](size_t k) {
+        const size_t h = k / VE_GATE_CHANNELS, c = k % VE_GATE_CHANNELS;
+        double mag = 0.0;
+        for (int n = 0; n < N; n++) mag += M[(size_t)n * Hkv + h] * std::fabs(u[(size_t)n * C + c]);
+        return 1e-5 * mag + 0x1p-22 * std::fabs(dwg_ref[k]);
+    }) == 0);
+
+    // deterministic rerun from the same state
+    DeviceBuffer<floatX> d_du2(to_bf16(du_old));
+    DeviceBuffer<float> d_dwg2(dwg0);
+    d_dve.poison();
+    d_scratch.poison();
+    ve_gate_backward(d_du2.ptr, d_dve.ptr + offset, d_dwg2.ptr, d_g.ptr + offset, d_u.ptr, d_ve.ptr + offset,
+                     d_gamma_ref.ptr, d_wg.ptr, N, C, Hkv, D, d_scratch.ptr, 0);
+    CHECK(bits_equal(d_dwg2.download(), dwg));
+    CHECK(bits_equal(to_f32(d_du2.download()), du));
+    CHECK(bits_equal(unpad(d_dve.download(), offset), dve));
+}
+
+}  // namespace
+
+TEST_CASE("ve_gate forward and backward match the CPU op (vector and scalar paths)") {
+    const Shape shapes[] = {{10, 16, 2, 128}, {7, 12, 3, 64}, {5, 20, 5, 32}, {6, 12, 3, 8},
+                            {9, 13, 1, 10},   {4, 30, 2, 6},  {300, 24, 4, 16}};
+    uint64_t seed = 1;
+    for (const Shape& s : shapes) check(s, 0, seed++);
+}
+
+TEST_CASE("ve_gate with pointers not 16-byte aligned (scalar path, D % 8 == 0)") {
+    check({6, 12, 2, 32}, 1, 11);
+}
+
+TEST_CASE("ve_gate_backward with more tokens than the fixed grid's warps") {
+    check({8500, 12, 1, 8}, 0, 21);  // 8500 > 1024 blocks x 8 warps
+}
+
+TEST_CASE("ve_gate launchers reject bad shapes") {
+    CHECK_THROWS_AS(ve_gate_forward(nullptr, nullptr, nullptr, nullptr, nullptr, 4, 11, 1, 8, 0), llmc::Error);
+    CHECK_THROWS_AS(ve_gate_backward(nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, 4, 12, 0, 8,
+                                     nullptr, 0),
+                    llmc::Error);
+    CHECK_THROWS_AS(ve_gate_backward(nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, 4, 12, 200,
+                                     8, nullptr, 0),
+                    llmc::Error);  // too much shared memory
+}
