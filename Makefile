@@ -109,7 +109,7 @@ $(BUILD)/sim/test_mma_gemm $(BUILD)/sim_asan/test_mma_gemm $(BUILD)/gpu/test_mma
 
 # GPU targets compile whenever nvcc exists (CI catches code only one compiler accepts).
 gpu_build: $(if $(NVCC),$(GPU_TESTS) $(BUILD)/gpu/bench_kernels $(BUILD)/gpu/mma_gemm)
-	@$(if $(NVCC),echo "GPU test binaries, bench_kernels and mma_gemm compiled with $(NVCC)",echo "nvcc not found: GPU build skipped")
+	@$(if $(NVCC),echo "GPU test binaries + bench_kernels + mma_gemm compiled with $(NVCC)",echo "nvcc not found: GPU build skipped")
 
 test: programs $(CPU_TESTS) $(SIM_TESTS) $(SIM_ASAN_TESTS) $(FUZZ_TESTS) gpu_build
 	@$(if $(FUZZ_TESTS),,echo "clang++ with libFuzzer not found: fuzz targets skipped (test_tokenizer's randomized fuzz case still runs)")

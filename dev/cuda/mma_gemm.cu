@@ -23,8 +23,9 @@
 //
 // Benchmark (unless MMA_GEMM_NO_MAIN is defined, as test/sim/test_mma_gemm.cu does):
 //   build/gpu/mma_gemm [--small] [--reps N]
-// times mma_gemm and cuBLASLt (the same bf16 operands, fp32 output, fp32 compute) at a square shape
-// and the d20 MLP shapes, prints TFLOP/s for both, mma_gemm as a fraction of cuBLASLt and of the
+// times mma_gemm and cuBLASLt (the same bf16 operands, fp32 output, fp32 compute; matmul_cublaslt
+// of llmc/cuda/matmul.cuh, whose per-call heuristic query is in its time as in bench_kernels) at a
+// square shape and the d20 MLP shapes (best of --reps calls, default 20), prints TFLOP/s for both, mma_gemm as a fraction of cuBLASLt and of the
 // dense bf16 tensor peak (SMs x max clock x 4096 FLOP/clk/SM on sm_90, 2048 on sm_80; the boost
 // clock makes it an upper bound), and checks sampled rows of both against a double-precision host
 // reference (tolerance K * 2^-22 * sum_k |a_k b_k| per element, as test_mma_gemm): exit status 1
