@@ -106,9 +106,21 @@ $(BUILD)/sim/bench_kernels: dev/cuda/bench_kernels.cu $(HEADERS) $(SIM_SRCS)
 	@mkdir -p $(@D)
 	$(CXX) $(SIMFLAGS) -x c++ $< -x none $(SIM_SRCS) -o $@ $(LDLIBS)
 
+# Tensor-core GEMM example (dev/cuda/mma_gemm.cu, on llmc/cuda/mma.cuh): the benchmark against
+# cuBLASLt on a GPU; under SIM tiny shapes as a smoke test. test_mma_gemm includes the .cu file.
+$(BUILD)/gpu/mma_gemm: dev/cuda/mma_gemm.cu $(HEADERS)
+	@mkdir -p $(@D)
+	$(NVCC) $(NVCCFLAGS) $< -o $@ $(NVLDLIBS)
+
+$(BUILD)/sim/mma_gemm: dev/cuda/mma_gemm.cu $(HEADERS) $(SIM_SRCS)
+	@mkdir -p $(@D)
+	$(CXX) $(SIMFLAGS) -x c++ $< -x none $(SIM_SRCS) -o $@ $(LDLIBS)
+
+$(BUILD)/sim/test_mma_gemm $(BUILD)/sim_asan/test_mma_gemm $(BUILD)/gpu/test_mma_gemm: dev/cuda/mma_gemm.cu
+
 # GPU targets compile whenever nvcc exists (CI catches code only one compiler accepts).
-gpu_build: $(if $(NVCC),$(GPU_TESTS) $(BUILD)/gpu/bench_kernels)
-	@$(if $(NVCC),echo "GPU test binaries and bench_kernels compiled with $(NVCC)",echo "nvcc not found: GPU build skipped")
+gpu_build: $(if $(NVCC),$(GPU_TESTS) $(BUILD)/gpu/bench_kernels $(BUILD)/gpu/mma_gemm)
+	@$(if $(NVCC),echo "GPU test binaries + bench_kernels + mma_gemm compiled with $(NVCC)",echo "nvcc not found: GPU build skipped")
 
 test: programs $(CPU_TESTS) $(SIM_TESTS) $(SIM_ASAN_TESTS) $(SIM_TSAN_TESTS) $(FUZZ_TESTS) gpu_build
 	@$(if $(FUZZ_TESTS),,echo "clang++ with libFuzzer not found: fuzz targets skipped (test_tokenizer's randomized fuzz case still runs)")
