@@ -116,7 +116,7 @@ $(BUILD)/sim/mma_gemm: dev/cuda/mma_gemm.cu $(HEADERS) $(SIM_SRCS)
 	@mkdir -p $(@D)
 	$(CXX) $(SIMFLAGS) -x c++ $< -x none $(SIM_SRCS) -o $@ $(LDLIBS)
 
-$(BUILD)/sim/test_mma_gemm $(BUILD)/sim_asan/test_mma_gemm $(BUILD)/gpu/test_mma_gemm: dev/cuda/mma_gemm.cu
+$(BUILD)/sim/test_mma_gemm $(BUILD)/sim_asan/test_mma_gemm $(BUILD)/sim_tsan/test_mma_gemm $(BUILD)/gpu/test_mma_gemm: dev/cuda/mma_gemm.cu
 
 # GPU targets compile whenever nvcc exists (CI catches code only one compiler accepts).
 gpu_build: $(if $(NVCC),$(GPU_TESTS) $(BUILD)/gpu/bench_kernels $(BUILD)/gpu/mma_gemm)
