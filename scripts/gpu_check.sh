@@ -57,6 +57,23 @@ for t in ${targets[@]+"${targets[@]}"}; do
   rows+=("$(printf '%-28s %7s %7s %8s  %s' "$(basename "$t")" "$p" "$f" "$secs" "$status")")
 done
 
+# What SIM cannot model, on the real GPU: every kernel test under compute-sanitizer's racecheck
+# (shared-memory hazards), synccheck (barrier misuse), initcheck (reads of uninitialized device
+# memory) and memcheck (out-of-bounds, misaligned); SAN=0 skips this. The tests themselves run
+# each kernel twice and compare the outputs bitwise (determinism).
+CS=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+if [ "${SAN:-1}" != 0 ] && [ -x "$CS" ]; then
+  for tool in racecheck synccheck initcheck memcheck; do
+    for t in ${targets[@]+"${targets[@]}"}; do
+      echo "=== compute-sanitizer --tool $tool $t"
+      if "$CS" --tool "$tool" --error-exitcode 3 --print-limit 10 "$t" >/tmp/gpu_check_san.log 2>&1; then s=ok; else s="FAIL (exit $?)"; total_fail=$((total_fail + 1)); tail -n 30 /tmp/gpu_check_san.log; fi
+      rows+=("$(printf '%-28s %-10s %s' "$(basename "$t")" "$tool" "$s")")
+    done
+  done
+elif [ "${SAN:-1}" != 0 ]; then
+  rows+=("compute-sanitizer not found: sanitizer pass skipped")
+fi
+
 # the benchmark: its lines (device, peaks, one per kernel) now, its markdown table at the very end
 bench_table=""
 if [ "$bench" != 0 ]; then
