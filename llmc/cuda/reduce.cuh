@@ -121,7 +121,14 @@ inline void store_pack_cs(E* p, const Pack<E, W>& x) { store_pack<E, W>(p, x); }
 // ---------------------------------------------------------------------------------------------
 // deterministic grid-wide sums
 
+#ifndef LLMC_SIM
 constexpr int REDUCE_MAX_BLOCKS = 1024;  // P <= this: enough blocks to fill an H100 (132 SMs x 8)
+#else
+// SIM runs blocks one after another on one core (and the TSan flavor ~100x slower): a smaller cap
+// runs the same code (grid-stride loops, P partials summed in order) on 1/32 of the work in the
+// tests that size themselves past it. Results differ from the GPU's only in how partial sums group.
+constexpr int REDUCE_MAX_BLOCKS = 32;
+#endif
 constexpr int REDUCE_BLOCK = 256;        // threads of the final (partials) reduction
 
 // floats of scratch an op with K partial sums needs

@@ -1245,6 +1245,7 @@ struct Fiber {
     void* tsan = nullptr;       // this thread's ThreadSanitizer fiber (one per thread and block slot)
     unsigned arrivals = 0;      // collectives reached in this block (picks the release object)
     unsigned barriers = 0;      // barriers reached in this block
+    unsigned full_warp = 0;     // full-mask warp collectives reached in this block
     unsigned acq_mask = 0;      // lanes to acquire from when a collective completes ...
     unsigned char acq_idx[32];  // ... and which of their two release objects
 #endif
@@ -1261,6 +1262,8 @@ struct Slot {
     unsigned char* dyn = nullptr;  // this launch's dynamic shared memory for the slot's blocks
 #if LLMC_SIM_TSAN
     std::vector<void*> fibers;         // TSan fiber of each thread
+    std::vector<uint64_t> launch_seen; // the launch whose start each fiber has acquired
+    uint64_t* seen = nullptr;          // launch_seen.data(), read by the fibers without a std:: call
     char* objs = nullptr;              // sync objects: [0,1] barriers, [2,3] ends of the slot's blocks
     size_t nobjs = 0;                  // (alternating), then 2 per thread (collectives)
     uint64_t nblocks = 0;              // blocks run in this slot
@@ -1367,7 +1370,7 @@ struct ExpectRaces {
     ~ExpectRaces() { tsan_expecting--; }
 };
 } }
-extern "C" __attribute__((weak)) void __tsan_on_report(const void*) {
+extern "C" __attribute__((weak, no_sanitize_thread)) void __tsan_on_report(const void*) {
     auto& s = ::llmc::sim::sched();
     ::llmc::sim::tsan_reports++;
     if (s.in_launch && s.cur)
@@ -1389,14 +1392,19 @@ inline void* tsan_barrier_obj(Sched& s, unsigned k) { return s.slots[s.slot].obj
 // at their start: the slot's earlier blocks, never a sibling thread of the same block that exited
 inline void* tsan_end_obj(Sched& s, int slot, uint64_t k) { return s.slots[slot].objs + 2 + (k & 1); }
 inline void* tsan_coll_obj(Sched& s, int linear, unsigned k) { return s.slots[s.slot].objs + 4 + 2 * (size_t)linear + (k & 1); }
+// full-mask collectives of warp w: like a barrier of the warp, two objects used alternately
+inline void* tsan_warp_obj(Sched& s, int w, unsigned k) { return s.slots[s.slot].objs + 4 + 2 * (size_t)s.nthreads + 2 * (size_t)w + (k & 1); }
 LLMC_SIM_NOTSAN inline void tsan_prepare_slots(Sched& s) {
-    // K slots of nthreads fibers each: keep the total a few thousand (TSan tracks at most 8192
-    // threads, and its vector clocks grow with the count)
-    s.nslots = std::max(2, std::min(kMaxSlots, 4096 / std::max(1, s.nthreads)));
+    // Two slots: every pair of blocks run one after the other is unordered (in each schedule order
+    // a different set of pairs), and TSan's cost stays low: its vector clocks (and so every acquire
+    // and release) grow with the number of TSan threads ever created, here 2 per CUDA thread.
+    s.nslots = 2;
     for (int k = 0; k < s.nslots; k++) {
         Slot& sl = s.slots[k];
         while ((int)sl.fibers.size() < s.nthreads) sl.fibers.push_back(__tsan_create_fiber(0));
-        size_t need = 4 + 2 * (size_t)s.nthreads;
+        sl.launch_seen.resize(sl.fibers.size(), 0);
+        sl.seen = sl.launch_seen.data();
+        size_t need = 4 + 2 * (size_t)s.nthreads + 2 * (size_t)((s.nthreads + 31) / 32);
         if (sl.nobjs < need) {
             free(sl.objs);  // never accessed as memory: only addresses for acquire/release
             sl.objs = (char*)malloc(need);
@@ -1412,7 +1420,11 @@ LLMC_SIM_NOTSAN inline void fiber_main(Fiber* f) {
     Sched& s = sched();
     asan_finish_switch(nullptr, &s.host_stack_bottom, &s.host_stack_size);
 #if LLMC_SIM_TSAN
-    __tsan_acquire(&s.launch_obj);            // the host's past before the grid
+    uint64_t& seen = s.slots[s.slot].seen[f->linear];
+    if (seen != s.launch_serial) {  // the host's past before the grid, once per TSan fiber and launch
+        __tsan_acquire(&s.launch_obj);  // (the fiber keeps it for its later blocks)
+        seen = s.launch_serial;
+    }
     __tsan_acquire(tsan_end_obj(s, s.slot, s.slots[s.slot].nblocks - 1));  // the slot's earlier blocks before this one
 #endif
     try {
@@ -1556,6 +1568,17 @@ LLMC_SIM_NOTSAN inline void collective(Op op, unsigned mask, const void* val, in
     f->st = St::AtWarp;
 #if LLMC_SIM_TSAN
     Sched& s = sched();
+    if (mask == 0xffffffffu) {
+        // the whole warp meets: one object for all 32 lanes (as a barrier does for the block); a
+        // lane can be at most one full-warp collective ahead of another, so two objects suffice
+        unsigned k = f->full_warp++;
+        __tsan_release(tsan_warp_obj(s, f->linear / 32, k));
+        yield_to_scheduler(f);
+        __tsan_acquire(tsan_warp_obj(s, f->linear / 32, k));
+        return;
+    }
+    // a partial mask: each lane releases into its own object and acquires exactly those of the
+    // lanes named in the mask
     __tsan_release(tsan_coll_obj(s, f->linear, f->arrivals++));
     yield_to_scheduler(f);
     int base = f->linear & ~31;
@@ -1874,7 +1897,7 @@ LLMC_SIM_NOTSAN inline std::string run_block(uint3 bidx, uint64_t blin) {
         f.stack = s.stacks[(size_t)s.slot * (size_t)s.nthreads + (size_t)i];
 #if LLMC_SIM_TSAN
         f.tsan = sl.fibers[(size_t)i];
-        f.arrivals = f.barriers = 0;
+        f.arrivals = f.barriers = f.full_warp = 0;
         f.acq_mask = 0;
         // a race report names both threads by these names (the kernel: tsan_report_note)
         char nm[64];

@@ -135,7 +135,7 @@ TEST_CASE("smear with a pointer not 16-byte aligned (scalar path, C % 8 == 0)") 
 }
 
 TEST_CASE("smear_backward with more rows than the fixed grid's warps") {
-    check({2, 4200, 24}, 0, 21);  // 8400 rows > 1024 blocks x 8 warps
+    check({2, REDUCE_MAX_BLOCKS * 4 + 104, 24}, 0, 21);  // 2 x (4 x max + 104) rows > max blocks x 8 warps
 }
 
 TEST_CASE("smear launchers reject bad shapes and aliasing") {

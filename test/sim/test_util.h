@@ -89,4 +89,21 @@ long count_mismatches(const char* what, const std::vector<G>& got, const std::ve
     return bad;
 }
 
+#ifdef LLMC_SIM
+// A SIM-only test that reads memory no thread wrote, or races, on purpose (a planted bug, a look at
+// a pending cp.async destination): for its scope the LLMC_SIM_DETERMINISM rerun is off (the result
+// depends on the order by design) and, in the ThreadSanitizer flavor, its races are expected
+// rather than fatal.
+struct PlantedOnPurpose {
+    bool saved = llmc::sim::config().determinism;
+#if LLMC_SIM_TSAN
+    llmc::sim::ExpectRaces races;
+#endif
+    PlantedOnPurpose() { llmc::sim::config().determinism = false; }
+    ~PlantedOnPurpose() { llmc::sim::config().determinism = saved; }
+};
+// one of SIM's two shared-memory poison patterns, or arithmetic on them (NaN, inf, |x| > 1e38)
+inline bool from_poison(float v) { return !std::isfinite(v) || std::fabs(v) > 1e38f; }
+#endif
+
 }  // namespace testutil
