@@ -24,7 +24,7 @@ GPU_ARCH := -gencode arch=compute_90,code=sm_90 $(if $(filter-out 90,$(LOCAL_SM)
 NVCCFLAGS ?= -std=c++17 -O3 --use_fast_math -I. $(GPU_ARCH) -Xcompiler -fopenmp
 NVLDLIBS := -lcublasLt -lcublas
 
-# ---- SIM: the CUDA kernel sources compiled by g++ against llmc/sim (design.md §4) ----
+# ---- SIM: the CUDA kernel sources compiled by g++ against llmc/sim (README.md#sim) ----
 SIM_SRCS := $(wildcard llmc/sim/*.cpp)
 SIMFLAGS ?= -std=c++17 -O1 -g -I. -DLLMC_SIM -Wall -Wno-unused-parameter -Wno-sign-compare -Wno-unknown-pragmas -fopenmp
 ASANFLAGS := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer

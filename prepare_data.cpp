@@ -1,4 +1,4 @@
-// prepare_data: raw text -> tokenizer + llm.c token shards (tokenizer_data.md §3.1, §6).
+// prepare_data: raw text -> tokenizer + llm.c token shards (docs/tokenizer.md#prepare-data).
 //
 //   ./prepare_data --input data/tinyshakespeare.txt --vocab-size 4096     (writes data/tinyshakespeare/)
 //
@@ -15,9 +15,10 @@
 //      collection stops after the document that takes the total past --max-chars (nanochat's rule).
 //      A corpus that is one single document is split by bytes into a val part and a train part.
 //   2. encode documents in batches (OpenMP over documents), each as [BOS] + encode_ordinary(text),
-//      assign each whole document to val or train in input order (§6.3) and append it to that
-//      split's current shard; a shard is written (uint16 when the vocabulary fits, else uint32)
-//      before a document that would push it past --shard-size, so no document spans two shards.
+//      assign each whole document to val or train in input order (docs/tokenizer.md#val-split)
+//      and append it to that split's current shard; a shard is written (uint16 when the vocabulary
+//      fits, else uint32) before a document that would push it past --shard-size, so no document
+//      spans two shards.
 // Output (llmc/datadir.h): the tokenizer (tokenizer.tiktoken + tokenizer.json), the shards and a
 // manifest.json listing them all are written to "<out>.tmp.<pid>" and swapped in for <out> only when
 // everything succeeded: a failed run (bad input, full disk) leaves the previous <out> untouched, and

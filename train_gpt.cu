@@ -13,7 +13,8 @@ The model is templated on the element type `Real` so that the test suite can ins
 double and check the whole gradient against finite differences (test/test_model.cpp, which
 includes this file with TESTING defined, as llm.c's test_gpt2.c does).
 
-The math is ../shared/spec/model.md (section numbers below refer to it).
+The math, the optimizer, the recipe and the checkpoint format are described in docs/model.md; the
+comments below cite its sections by anchor (docs/model.md#forward, docs/model.md#adamw, ...).
 */
 #include <algorithm>
 #include <chrono>
@@ -49,16 +50,18 @@ The math is ../shared/spec/model.md (section numbers below refer to it).
 #include "llmc/cpu/crossentropy.h"
 
 // ------------------------------------------------------------------------------------------------
-// Config (§1): llmc::ModelShape from llmc/scaling.h holds nanochat's GPTConfig fields, the feature
-// flags (§4) and what follows from them (padded vocab, per-layer windows, value-embedding layers,
-// parameter counts, FLOPs per token); derive_model_shape() builds it from --depth and validates it.
+// Config (docs/model.md#config): llmc::ModelShape from llmc/scaling.h holds nanochat's GPTConfig
+// fields, the feature flags (docs/model.md#features) and what follows from them (padded vocab,
+// per-layer windows, value-embedding layers, parameter counts, FLOPs per token);
+// derive_model_shape() builds it from --depth and validates it.
 
 typedef llmc::ModelShape GPTConfig;
 
 // ------------------------------------------------------------------------------------------------
-// Parameters (§2). One allocation; each tensor group is a slice. Per-layer tensors are stacked
-// (L, ...) in memory (value embeddings and ve_gate only over the VE layers); files use nanochat's
-// per-layer names. The enum order is the §2 table order, which also keys the init RNG streams (§6).
+// Parameters (docs/model.md#parameters). One allocation; each tensor group is a slice. Per-layer
+// tensors are stacked (L, ...) in memory (value embeddings and ve_gate only over the VE layers);
+// files use nanochat's per-layer names. The enum order is the order of that table, which also keys
+// the init RNG streams (docs/model.md#init).
 
 enum ParamId {
     P_WTE, P_CQ, P_CK, P_CV, P_ATTN_PROJ, P_VE_GATE, P_FC, P_MLP_PROJ, P_VALUE_EMBEDS, P_LM_HEAD,
@@ -121,7 +124,7 @@ inline std::string param_name(const GPTConfig& c, int id, int j) {
     return "?";
 }
 
-// shape of one named tensor in files (PyTorch shapes of §2)
+// shape of one named tensor in files (PyTorch shapes, docs/model.md#parameters)
 inline std::vector<int64_t> param_file_shape(int id, const ParamSpec& s) {
     switch (id) {
         case P_RESID_LAMBDAS: case P_X0_LAMBDAS: return {s.rows};
@@ -159,7 +162,7 @@ struct GPT {
     size_t num_params = 0;
     std::vector<Real> params, grads;  // one allocation each
 
-    // RoPE tables (max_pos = 10 * sequence_len, §1.5), fp32 in every build
+    // RoPE tables (max_pos = 10 * sequence_len, docs/model.md#rope), fp32 in every build
     int rope_len = 0;
     std::vector<float> rope_cos, rope_sin;
 
@@ -190,7 +193,7 @@ struct GPT {
         rope_table(rope_cos.data(), rope_sin.data(), rope_len, D, 100000.0);
     }
 
-    // §6 initialization. Each (tensor, matrix) draws from its own stream keyed by
+    // Initialization (docs/model.md#init). Each (tensor, matrix) draws from its own stream keyed by
     // (seed, 1000·table index + matrix index), row-major, normals by Box-Muller in double.
     void init_weights(uint64_t seed) {
         const GPTConfig& c = config;
@@ -257,8 +260,9 @@ struct GPT {
     Real* L_(Real* base, int l, size_t per_row) { return base + (size_t)l * B * T * per_row; }
     int ve_slot(int l) const { int n = 0; for (int i = 0; i < l; i++) n += config.has_ve[i]; return n; }
 
-    // Forward (§3.2). idx, targets: (B, T). targets may be null (no loss). Returns the mean loss
-    // over valid targets (0 with a warning when none is valid, §15).
+    // Forward (docs/model.md#forward). idx, targets: (B, T). targets may be null (no loss). Returns
+    // the mean loss over valid targets (0 with a warning when none is valid,
+    // docs/model.md#softcap-loss).
     double forward(const int* idx, const int* targets, int B_, int T_) {
         build_activations(B_, T_);
         const GPTConfig& c = config;
@@ -289,7 +293,7 @@ struct GPT {
             // 4.1 lambdas: x <- a_l x + b_l x0
             if (c.lambdas) lambdas_forward(xin_l, x, x0, param(P_RESID_LAMBDAS)[l], param(P_X0_LAMBDAS)[l], (long)N * C);
             else std::copy(x, x + (size_t)N * C, xin_l);
-            // 4.2 attention (§3.3)
+            // 4.2 attention (docs/model.md#attention)
             rmsnorm_forward(ln1_l, rstd1_l, xin_l, N, C);
             matmul_forward(tmp_q, ln1_l, param(P_CQ, l), N, C, H * D);
             matmul_forward(tmp_k, ln1_l, param(P_CK, l), N, C, Hkv * D);
@@ -307,7 +311,7 @@ struct GPT {
             attention_forward(att_l, lse_l, qn_l, kn_l, v_l, B, T, H, Hkv, D, c.window[l]);
             matmul_forward(tmp_c, att_l, param(P_ATTN_PROJ, l), N, H * D, C);
             residual_forward(xattn_l, xin_l, tmp_c, (long)N * C);
-            // 4.3 MLP (§3.5)
+            // 4.3 MLP (docs/model.md#mlp)
             rmsnorm_forward(ln2_l, rstd2_l, xattn_l, N, C);
             matmul_forward(fc_pre_l, ln2_l, param(P_FC, l), N, C, 4 * C);
             relu2_forward(fc_act_l, fc_pre_l, (long)N * 4 * C);
@@ -411,9 +415,10 @@ struct GPT {
 };
 
 // ------------------------------------------------------------------------------------------------
-// Optimizer (§9): AdamW for embeddings, unembedding and scalars; Muon for every matrix under
-// transformer.h. State is one allocation per kind: opt_m (Adam first moment, or Muon momentum)
-// and opt_v (Adam second moment) indexed like the parameters, and the NorMuon second moments S.
+// Optimizer (docs/model.md#optimizer): AdamW for embeddings, unembedding and scalars; Muon for
+// every matrix under transformer.h. State is one allocation per kind: opt_m (Adam first moment, or
+// Muon momentum) and opt_v (Adam second moment) indexed like the parameters, and the NorMuon second
+// moments S.
 
 #include "llmc/adamw.h"
 #include "llmc/muon.h"
@@ -481,7 +486,7 @@ struct Optimizer {
 };
 
 // ------------------------------------------------------------------------------------------------
-// Checkpoints (design.md §5). A checkpoint of step S is three files in the output directory:
+// Checkpoints (docs/model.md#checkpoints). A checkpoint of step S is three files in the output directory:
 //   model_S.safetensors   the weights (nanochat's tensor names)
 //   optim_S.safetensors   the optimizer state
 //   meta_S.json           step, model_config, loader state, the derived recipe and every option, the
@@ -937,7 +942,8 @@ inline void install_signal_handlers() {
 }
 
 // ------------------------------------------------------------------------------------------------
-// Evaluation (§14): validation loss and bits per byte over the same val batches every time.
+// Evaluation (docs/model.md#evaluation): validation loss and bits per byte over the same val
+// batches every time.
 
 #include "llmc/tokenizer.h"
 #include "llmc/datadir.h"
@@ -996,9 +1002,9 @@ inline std::string small_val_note(const llmc::DataLoader& val, int B, int T) {
 
 // Sample a continuation with a full forward pass per token over the last T positions (the KV-cache
 // engine is a later milestone). Causality makes the logits at the last real position independent of
-// the padding after it, so the activation shape stays fixed at (1, T). Generation ends at a token of
-// stop_ids (not emitted; §13.2: <|bos|> starts a new document, so nothing after it continues the
-// prompt), after max_new tokens, or when *stop is set.
+// the padding after it, so the activation shape stays fixed at (1, T). Generation ends at a token
+// of stop_ids (not emitted; docs/model.md#sampling: <|bos|> starts a new document, so nothing after
+// it continues the prompt), after max_new tokens, or when *stop is set.
 inline std::vector<uint32_t> generate(GPT<float>& m, std::vector<uint32_t> ids, int max_new, float temperature, int top_k, llmc::Rng& rng,
                                       const std::vector<int>& stop_ids = {}, bool* stopped_at_token = nullptr,
                                       const volatile sig_atomic_t* stop = nullptr) {
@@ -1012,7 +1018,8 @@ inline std::vector<uint32_t> generate(GPT<float>& m, std::vector<uint32_t> ids, 
         for (int i = 0; i < T; i++) window[i] = i < n ? (int)ids[ids.size() - n + i] : 0;
         m.forward(window.data(), nullptr, 1, T);
         const float* l = m.logits + (size_t)(n - 1) * Vp;
-        for (int v = 0; v < V; v++) z[v] = 15.0f * std::tanh(l[v] / 15.0f);  // the softcap (§3.2 step 7)
+        // the softcap (docs/model.md#softcap-loss)
+        for (int v = 0; v < V; v++) z[v] = 15.0f * std::tanh(l[v] / 15.0f);
         int next = llmc::sample_next_token(z.data(), V, temperature, top_k, rng);
         if (std::find(stop_ids.begin(), stop_ids.end(), next) != stop_ids.end()) {
             if (stopped_at_token) *stopped_at_token = true;
@@ -1024,7 +1031,8 @@ inline std::vector<uint32_t> generate(GPT<float>& m, std::vector<uint32_t> ids, 
 }
 
 // ------------------------------------------------------------------------------------------------
-// Command line, set-up and the training loop (§10-§12)
+// Command line, set-up and the training loop (docs/model.md#schedules, docs/model.md#scaling,
+// docs/model.md#training-step)
 
 struct TrainerOptions {
     // model (nanochat names)
@@ -1154,7 +1162,8 @@ inline double machine_memory_bytes() {
 
 inline double gib(double bytes) { return bytes / (1024.0 * 1024.0 * 1024.0); }
 
-// Everything the recipe derived (§10-§11), for the checkpoint meta: how the checkpoint was trained.
+// Everything the recipe derived (docs/model.md#scaling, docs/model.md#schedules), for the checkpoint
+// meta: how the checkpoint was trained.
 inline llmc::Json recipe_json(const llmc::Recipe& r, const GPT<float>& m) {
     using llmc::Json;
     Json j = Json::object();
@@ -1528,7 +1537,7 @@ inline int train_main(int argc, char** argv) {
     llmc::LoaderMode mode = o.loader == "bestfit" ? llmc::LoaderMode::BESTFIT : llmc::LoaderMode::CONTIGUOUS;
     LLMC_CHECK(mode == llmc::LoaderMode::CONTIGUOUS || bos >= 0, "the bestfit loader needs a BOS id: give --tokenizer or --bos-id");
 
-    // ---- model shape and recipe (§1.2, §11) ----
+    // ---- model shape and recipe (docs/model.md#depth, docs/model.md#scaling) ----
     llmc::ModelOptions mo;
     mo.depth = o.depth; mo.aspect_ratio = o.aspect_ratio; mo.head_dim = o.head_dim; mo.n_kv_head = o.n_kv_head;
     mo.vocab_size = vocab; mo.sequence_len = o.max_seq_len; mo.window_pattern = o.window_pattern; mo.short_window = o.short_window;
@@ -1756,7 +1765,8 @@ inline int train_main(int argc, char** argv) {
     for (int step = start_step; step <= N; step++) {
         bool last = step == N;
         if (g_stop_signal || !stop_reason.empty()) return finish_stop(step);
-        // evaluate at step 0, every eval_every steps and at the end (§10); not again right after a resume
+        // evaluate at step 0, every eval_every steps and at the end (docs/model.md#schedules); not again
+        // right after a resume
         if (have_val && (last || (o.eval_every > 0 && step % o.eval_every == 0)) && !(step == start_step && resumed)) {
             EvalResult e = evaluate(model, val, B, T, o.eval_tokens, tok ? &tok->token_bytes : nullptr, inputs, targets, &g_stop_signal);
             if (!e.complete) return finish_stop(step);  // a signal: the evaluation is dropped
@@ -1775,7 +1785,8 @@ inline int train_main(int argc, char** argv) {
         if (last) break;
         if (g_stop_signal || !stop_reason.empty()) return finish_stop(step);
 
-        // ---- one optimizer step: A micro-batches, mean gradient, then the update (§12) ----
+        // ---- one optimizer step: A micro-batches, mean gradient, then the update ----
+        // (docs/model.md#training-step)
         double t0 = now_seconds();
         model.zero_grad();
         double loss = 0.0;

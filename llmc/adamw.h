@@ -1,4 +1,4 @@
-// adamw.h: the AdamW update of one parameter tensor, fp32, CPU (model.md §9.2).
+// adamw.h: the AdamW update of one parameter tensor, fp32, CPU (docs/model.md#adamw).
 //
 // This is torch.optim.AdamW as nanochat's fused step writes it, in this order:
 //   1. p <- p * (1 - lr*wd)                                   decoupled weight decay, first

@@ -1,4 +1,4 @@
-// corpus.h: raw inputs -> documents, for prepare_data (tokenizer_data.md §6.3, docs/tokenizer.md).
+// corpus.h: raw inputs -> documents, for prepare_data (docs/tokenizer.md#inputs).
 //
 // Inputs are text files, JSON files and directories of them. A directory is walked recursively:
 // entries sorted by name in each directory, a subdirectory's files where its name sorts, names
@@ -24,10 +24,11 @@
 // always an error: nothing after it could be trusted.
 //
 // Documents: a DocStream with one document of look-ahead. When the whole input is ONE document and
-// there is a validation split (val_every >= 2), it is split by bytes into two documents (§6.3 then
-// sends the first to val, the second to train): validation gets the text through the first line
-// break at or after byte floor(n / val_every), or, without one, up to the first character boundary
-// there. Otherwise a one-document corpus would put everything in val and leave nothing to train on.
+// there is a validation split (val_every >= 2), it is split by bytes into two documents (the split
+// rule, docs/tokenizer.md#val-split, then sends the first to val, the second to train): validation
+// gets the text through the first line break at or after byte floor(n / val_every), or, without
+// one, up to the first character boundary there. Otherwise a one-document corpus would put
+// everything in val and leave nothing to train on.
 #pragma once
 #include <dirent.h>
 #include <sys/stat.h>

@@ -1,10 +1,11 @@
-// dataloader.h: the training/validation data loader over llm.c token shards (tokenizer_data.md §7).
+// dataloader.h: the training/validation data loader over llm.c token shards (docs/tokenizer.md#loader).
 //
 // Per call, next_batch() writes inputs and targets, both (B, T) int32, for one rank. The output is a
 // pure function of (files, B, T, world size W, rank, mode, saved state): no randomness, no threads.
 //
 // Two modes:
-//  - BESTFIT (default, nanochat's BOS-aligned best-fit packing, §7.1). A document is a run of tokens
+//  - BESTFIT (default, nanochat's BOS-aligned best-fit packing,
+//    docs/tokenizer.md#bestfit). A document is a run of tokens
 //    from a BOS up to (not including) the next BOS or the end of its file; tokens before a file's
 //    first BOS are skipped. Each file's documents are dealt to ranks in groups of 1024 (group g ->
 //    rank g mod W); a rank walks files in sorted order, its groups in order, documents in order, and
@@ -13,8 +14,9 @@
 //    longest buffered document that fits is appended whole (first in buffer order on ties), and when
 //    none fits the shortest one (first on ties) is cropped to fill the row. inputs = row[0:T],
 //    targets = row[1:T+1], so every row starts with BOS.
-//  - CONTIGUOUS (llm.c's DataLoader, §7.2). In the current file, sample k of rank r is the B*T+1
-//    tokens at offset k*W*B*T + r*B*T; floor((ntok-1)/(W*B*T)) samples per file, the tail skipped.
+//  - CONTIGUOUS (llm.c's DataLoader, docs/tokenizer.md#contiguous). In the current file, sample k
+//    of rank r is the B*T+1 tokens at offset k*W*B*T + r*B*T; floor((ntok-1)/(W*B*T)) samples per
+//    file, the tail skipped.
 //
 // Files are checked (header, exact size) at init and mapped read-only on first use; the first use
 // of a file also scans it once to check every id < vocab_size and, in best-fit mode, to record the
@@ -164,7 +166,8 @@ struct DataLoader {
         init(glob_files(pattern), B_, T_, rank_, world_, mode_, bos_id_, vocab_size_, bos_source);
     }
 
-    // List form: the files are used in sorted order whatever order they are given in (§7).
+    // List form: the files are used in sorted order whatever order they are given in
+    // (docs/tokenizer.md#loader).
     // bos_source names where bos_id came from, for the error message (e.g. "tokenizer 'x.json' bos_token").
     void init(std::vector<std::string> paths, int B_, int T_, int rank_, int world_, LoaderMode mode_, int bos_id_,
               int vocab_size_, const std::string& bos_source = "--bos-id") {

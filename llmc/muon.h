@@ -1,4 +1,4 @@
-// muon.h: the Muon update of one weight matrix, fp32, CPU (model.md §9.3).
+// muon.h: the Muon update of one weight matrix, fp32, CPU (docs/model.md#muon).
 //
 // One matrix P of shape m x n (m = out rows, n = in columns, row-major, PyTorch Linear layout), its
 // gradient G (already averaged over the global batch), momentum M (m x n) and NorMuon second moment

@@ -1,7 +1,7 @@
 // rng.h: the project's own seeded random number generator.
 //
 // Initialization must give identical bits on every build (CPU, GPU, SIM) and must not depend on
-// thread count or on which features are on (model.md §6). So each tensor draws from its own stream,
+// thread count or on which features are on (docs/model.md#init). So each tensor draws from its own stream,
 // keyed by (seed, stream id), and fills its elements row-major on the host.
 // Generator: xoshiro256** (Blackman & Vigna), state seeded by splitmix64 of (seed, stream).
 // Normals: Box-Muller in double, rounded once to the destination type.

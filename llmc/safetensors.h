@@ -3,7 +3,7 @@
 // Format: an 8-byte little-endian header length n, n bytes of JSON header, then the raw tensor
 // bytes. The header maps each tensor name to {"dtype", "shape", "data_offsets": [begin, end)} with
 // offsets relative to the start of the data; an optional "__metadata__" maps strings to strings.
-// We write F32 only (all master weights and optimizer state are fp32, model.md §7) and read F32 or
+// We write F32 only (all master weights and optimizer state are fp32, docs/model.md#precision) and read F32 or
 // BF16 (nanochat keeps its embeddings in bf16), upcasting to fp32. The header is padded with spaces
 // to a multiple of 8 bytes so the data is aligned, as the reference implementation does.
 //

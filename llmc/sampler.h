@@ -1,4 +1,4 @@
-// sampler.h: next-token sampling from softcapped logits (model.md §13.1).
+// sampler.h: next-token sampling from softcapped logits (docs/model.md#sampling).
 //
 // temperature 0 -> argmax (lowest id among exact ties); top_k > 0 -> keep the min(top_k, V)
 // largest logits (ties broken by lower id), divide by the temperature, softmax (max-subtracted, in

@@ -1,9 +1,10 @@
-// scaling.h: everything `--depth N` implies (model.md §1.2-§1.4, §2, §8, §9.1, §11).
+// scaling.h: everything `--depth N` implies (docs/model.md#config, docs/model.md#parameters,
+// docs/model.md#flops, docs/model.md#param-groups, docs/model.md#scaling).
 //
 // Two steps, both plain functions of plain structs:
 //   ModelShape derive_model_shape(const ModelOptions&)
 //       width, heads, padded vocab, per-layer windows, value-embedding layers, parameter counts and
-//       FLOPs per token, plus the validity checks of §1.2 (LLMC_FAIL with a clear message).
+//       FLOPs per token, plus the validity checks of docs/model.md#depth (LLMC_FAIL with a clear message).
 //   Recipe derive_recipe(const ModelOptions&, const RecipeOptions&)
 //       the training horizon, batch size (Power Lines rule), learning rates of every optimizer group,
 //       scaled weight decay and gradient accumulation, following nanochat's scripts/base_train.py.
@@ -38,7 +39,7 @@ struct ModelOptions {
     int sequence_len = 2048;         // --max-seq-len: T
     std::string window_pattern = "SSSL"; // letters S/L, case-insensitive, tiled over layers
     int short_window = -1;           // --short-window: width of S layers; -1 = 128*ceil(T/512)
-    // feature flags (§4), all on = nanochat, all off = --arch core
+    // feature flags (docs/model.md#features), all on = nanochat, all off = --arch core
     bool smear = true;
     bool value_embeds = true;
     bool lambdas = true;
@@ -48,7 +49,7 @@ struct ModelOptions {
     void set_arch_nanochat() { smear = value_embeds = lambdas = backout = windows = true; }
 };
 
-// element counts per parameter family (§2)
+// element counts per parameter family (docs/model.md#parameters)
 struct ParamCounts {
     int64_t wte = 0;                  // Vp*C
     int64_t value_embeds = 0;         // (#VE layers)*Vp*Hkv*D
@@ -56,7 +57,7 @@ struct ParamCounts {
     int64_t transformer_matrices = 0; // every transformer.h.* element (c_q,c_k,c_v,c_proj,c_fc,mlp c_proj,ve_gate)
     int64_t scalars = 0;              // resid/x0 lambdas, smear gate+lambda, backout lambda (2L+26 all on)
     int64_t total = 0;                // sum of the above
-    int64_t scaling = 0;              // P = transformer_matrices + lm_head (§11)
+    int64_t scaling = 0;              // P = transformer_matrices + lm_head (docs/model.md#scaling)
 };
 
 struct ModelShape {
@@ -70,13 +71,14 @@ struct ModelShape {
     bool smear = true, value_embeds = true, lambdas = true, backout = true, windows = true;
     // per layer
     int short_window = 0;        // S width actually used (128*ceil(T/512) or --short-window)
-    std::vector<int> window;     // window w of layer i (§1.4 semantics: j <= i, i-j <= w); T for L layers
+    std::vector<int> window;     // window w of layer i, T for L layers (docs/model.md#windows:
+                                 // query i sees key j iff j <= i and i-j <= w)
     std::vector<bool> has_ve;    // layer i has value_embeds.{i} and attn.ve_gate: i % 2 == (L-1) % 2
     int n_ve_layers = 0;         // 0 when value embeddings are off
-    int backout_layer = 0;       // floor(L/2): x_mid is this block's output (§3.2)
+    int backout_layer = 0;       // floor(L/2): x_mid is this block's output (docs/model.md#backout)
     // sizes
     ParamCounts params;
-    int64_t n_matmul = 0;              // §8: block matrices + lm_head (padded) + smear_gate
+    int64_t n_matmul = 0;              // docs/model.md#flops: block matrices + lm_head (padded) + smear_gate
     int64_t attn_flops_per_token = 0;  // sum_l 12*H*D*min(w_l, T)
     int64_t flops_per_token = 0;       // 6*n_matmul + attention term
 };
@@ -112,7 +114,7 @@ inline ModelShape derive_model_shape(const ModelOptions& o) {
     const int C = s.n_embd, H = s.n_head, Hkv = s.n_kv_head, D = s.head_dim, T = s.sequence_len;
     const int64_t Vp = s.padded_vocab_size;
 
-    // §1.2 validity checks
+    // validity checks (docs/model.md#depth)
     LLMC_CHECK(H >= 1 && C % H == 0, "n_embd %d is not divisible by n_head %d", C, H);
     LLMC_CHECK(Hkv >= 1 && Hkv <= H && H % Hkv == 0,
                "n_kv_head %d must divide n_head %d (n_head = n_embd/head_dim = %d/%d)", Hkv, H, C, D);
@@ -121,7 +123,7 @@ inline ModelShape derive_model_shape(const ModelOptions& o) {
     LLMC_CHECK(!o.value_embeds || C >= 12,
                "n_embd %d is too small for value embeddings (their gate reads 12 channels); use --value-embeds 0", C);
 
-    // §1.4 windows
+    // windows (docs/model.md#windows)
     s.short_window = o.short_window == -1 ? default_short_window(T) : o.short_window;
     if (o.windows) {
         LLMC_CHECK(!o.window_pattern.empty(), "--window-pattern is empty (use letters S and L, e.g. SSSL)");
@@ -143,7 +145,7 @@ inline ModelShape derive_model_shape(const ModelOptions& o) {
     }
     s.backout_layer = L / 2;
 
-    // §2 parameter counts
+    // parameter counts (docs/model.md#parameters)
     const int64_t CC = C;
     const int64_t per_layer = (int64_t)H * D * CC        // c_q
                             + 2 * (int64_t)Hkv * D * CC  // c_k, c_v
@@ -159,7 +161,7 @@ inline ModelShape derive_model_shape(const ModelOptions& o) {
     p.total = p.wte + p.lm_head + p.value_embeds + p.transformer_matrices + p.scalars;
     p.scaling = p.transformer_matrices + p.lm_head;
 
-    // §8 FLOPs per token: every matrix that multiplies the token stream, plus attention
+    // FLOPs per token (docs/model.md#flops): every matrix that multiplies the token stream, plus attention
     s.n_matmul = p.transformer_matrices + p.lm_head + (o.smear ? 24 : 0);
     s.attn_flops_per_token = 0;
     for (int i = 0; i < L; i++) s.attn_flops_per_token += 12 * (int64_t)H * D * std::min(s.window[i], T);
@@ -189,7 +191,7 @@ struct RecipeOptions {
     double final_lr_frac = 0.05;
 };
 
-// the six AdamW groups of §9.1, in the spec's order
+// the six AdamW groups of docs/model.md#param-groups, in its order
 enum AdamGroupId { ADAM_LM_HEAD = 0, ADAM_WTE, ADAM_VALUE_EMBEDS, ADAM_RESID, ADAM_X0, ADAM_SMEAR, ADAM_NUM_GROUPS };
 
 struct AdamGroup {
@@ -249,7 +251,7 @@ inline Recipe derive_recipe(const ModelOptions& mo, const RecipeOptions& ro) {
     LLMC_CHECK(ro.num_iterations == -1 || ro.num_iterations >= 1,
                "--num-iterations must be >= 1, or -1 to derive it (got %d)", ro.num_iterations);
 
-    // §11.1-3: scaling parameters, target tokens, the d12 reference
+    // docs/model.md#scaling steps 1-3: scaling parameters, target tokens, the d12 reference
     ModelOptions ref = mo;
     ref.depth = 12;
     ref.n_kv_head = -1;
@@ -260,7 +262,7 @@ inline Recipe derive_recipe(const ModelOptions& mo, const RecipeOptions& ro) {
     r.d_ref = ro.target_param_data_ratio * (double)r.ref_scaling_params;
     const double B_ref = (double)r.b_ref;
 
-    // §11.4, 7: batch size
+    // docs/model.md#scaling step 4: batch size
     if (ro.total_batch_size == -1) {
         r.batch_from_rule = true;
         r.batch_log2 = std::log2(B_ref * std::pow((double)r.target_tokens / r.d_ref, 0.383));
@@ -272,7 +274,7 @@ inline Recipe derive_recipe(const ModelOptions& mo, const RecipeOptions& ro) {
     }
     const int64_t B = r.total_batch_size;
 
-    // §11.5-6: lr scales, learning rates, weight decay
+    // docs/model.md#scaling steps 5-6: lr scales, learning rates, weight decay
     r.bls = std::sqrt((double)B / B_ref);
     r.dms = std::pow((double)s.n_embd / 768.0, -0.5);
     r.weight_decay_scaled = ro.weight_decay * std::sqrt((double)B / B_ref) * (r.d_ref / (double)r.target_tokens);
@@ -288,7 +290,7 @@ inline Recipe derive_recipe(const ModelOptions& mo, const RecipeOptions& ro) {
     set(ADAM_SMEAR, "smear", s.smear || s.backout, 0.2, 0.8, 0.95, 0.0);
     r.muon_lr = ro.matrix_lr * r.bls;
 
-    // §11.2: horizon, precedence num_iterations > target_flops > ratio
+    // docs/model.md#scaling step 7: horizon, precedence num_iterations > target_flops > ratio
     if (ro.num_iterations > 0) {
         r.num_iterations = ro.num_iterations;
         r.horizon = "num_iterations";
@@ -310,7 +312,7 @@ inline Recipe derive_recipe(const ModelOptions& mo, const RecipeOptions& ro) {
         r.horizon = "ratio";
     }
 
-    // §11.8: gradient accumulation must be exact
+    // docs/model.md#scaling step 8: gradient accumulation must be exact
     r.device_batch_size = ro.device_batch_size;
     r.world_size = ro.world_size;
     r.tokens_per_fwdbwd = (int64_t)ro.device_batch_size * s.sequence_len * ro.world_size;

@@ -1,4 +1,4 @@
-// schedule.h: the per-step schedules of the training recipe (model.md §10), in double.
+// schedule.h: the per-step schedules of the training recipe (docs/model.md#schedules), in double.
 //
 // N = num_iterations optimizer steps, it = 0 .. N-1. Warmdown length Dw = round(warmdown_ratio * N)
 // with Python's round (half to even), so e.g. N = 10 gives Dw = round(6.5) = 6, not 7.

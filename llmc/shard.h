@@ -1,6 +1,6 @@
 // shard.h: llm.c-format token shards (.bin): open + validate, read, write, glob.
 //
-// Layout (tokenizer_data.md §6.1): a header of 256 little-endian int32 (1024 bytes), then ntok
+// Layout (docs/tokenizer.md#shard-format): a header of 256 little-endian int32 (1024 bytes), then ntok
 // tokens. Two variants, told apart by the magic number:
 //   magic 20240520, version 1: uint16 tokens (llm.c's GPT-2 shards)
 //   magic 20240801, version 7: uint32 tokens (llm.c's llama-3 shards, vocabularies > 65536)
@@ -11,7 +11,7 @@
 // Reading goes through a read-only private mmap (ShardMap): a 100M-token shard is 200-400 MB and
 // the loader touches it sequentially, so letting the page cache do the work beats copying the
 // whole file into the heap. Every error message names the file and, where it applies, the byte
-// offset, the value found and the accepted values (§8).
+// offset, the value found and the accepted values (docs/tokenizer.md#bad-input).
 //
 // Tokens are stored little-endian; the body is read with plain loads, so the host must be
 // little-endian too (every platform this project targets is; the static_assert says so loudly).
@@ -188,7 +188,8 @@ inline std::vector<uint32_t> shard_read_tokens(const ShardInfo& s, int64_t start
     return v;
 }
 
-// The error for a token id outside the model's vocabulary (§8): file, token index, byte offset, id, vocab.
+// The error for a token id outside the model's vocabulary (docs/tokenizer.md#bad-input): file,
+// token index, byte offset, id, vocab.
 [[noreturn]] inline void shard_fail_bad_token(const ShardInfo& s, int64_t index, uint32_t id, int vocab_size) {
     LLMC_FAIL("'%s': token %lld (byte offset %lld) has id %u, not below the vocabulary size %d", s.path.c_str(),
               (long long)index, (long long)shard_token_offset(s, index), id, vocab_size);

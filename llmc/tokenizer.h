@@ -1,28 +1,30 @@
-// tokenizer.h: byte-level BPE (tokenizer_data.md §1-5): pre-tokenization split, training exactly as
+// tokenizer.h: byte-level BPE (docs/tokenizer.md#bpe): pre-tokenization split, training exactly as
 // rustbpe, encoding exactly as tiktoken, decoding, and the .tiktoken + JSON sidecar files.
 //
-// Split (§2). The regex of nanochat/GPT-4 is implemented as a hand-written scanner over bytes: at
-// each position the seven rules A1..A7 are tried in order and the first match gives the piece. Code
-// points are classified L / N / S(White_Space) / O from generated Unicode 16.0 tables (the version
-// tiktoken and rustbpe use; unicode_tables.h): a flat table covers the BMP, above it a binary
-// search. Ill-formed UTF-8 is consumed one maximal ill-formed subsequence at a time, each counted
-// as one O code point that keeps its bytes (§2.5).
+// Split (docs/tokenizer.md#split). The regex of nanochat/GPT-4 is implemented as a hand-written
+// scanner over bytes: at each position the seven rules A1..A7 are tried in order and the first
+// match gives the piece. Code points are classified L / N / S(White_Space) / O from generated
+// Unicode 16.0 tables (the version tiktoken and rustbpe use; unicode_tables.h): a flat table covers
+// the BMP, above it a binary search. Ill-formed UTF-8 is consumed one maximal ill-formed
+// subsequence at a time, each counted as one O code point that keeps its bytes
+// (docs/tokenizer.md#invalid-utf8).
 //
-// Training (§3). Distinct chunks are counted (OpenMP, one hash map per thread, merged), each chunk
-// becomes a word of byte ids weighted by its count, and merges are chosen by the highest pair count
-// with ties to the smallest (left, right). As in rustbpe, a max-heap holds (count, pair) entries that
-// may be stale: a popped entry whose count no longer matches is re-pushed with the current count.
-// This yields the exact argmax because counts of existing pairs only ever decrease (a merge creates
-// only pairs that contain the new id, and those are pushed fresh). Each pair keeps the list of words
-// that contained it when it was created, so a merge touches only those words: no quadratic rescan.
+// Training (docs/tokenizer.md#bpe-training). Distinct chunks are counted (OpenMP, one hash map per
+// thread, merged), each chunk becomes a word of byte ids weighted by its count, and merges are
+// chosen by the highest pair count with ties to the smallest (left, right). As in rustbpe, a
+// max-heap holds (count, pair) entries that may be stale: a popped entry whose count no longer
+// matches is re-pushed with the current count. This yields the exact argmax because counts of
+// existing pairs only ever decrease (a merge creates only pairs that contain the new id, and those
+// are pushed fresh). Each pair keeps the list of words that contained it when it was created, so a
+// merge touches only those words: no quadratic rescan.
 //
-// Encoding (§4). Each piece: whole-piece lookup first (tiktoken's fast path), else tiktoken's
-// _byte_pair_merge: repeatedly merge the adjacent part pair whose concatenated BYTES have the lowest
-// rank, leftmost on ties. Short pieces use tiktoken's linear scan; long pieces (a 100 KB whitespace
-// run would be quadratic) use a heap + linked list that makes the same choices. Ranks are looked up
-// through an open-addressing hash table over the token byte strings, never assuming rank == byte.
-// A small per-thread cache maps recent short multi-token pieces to their ids. Many documents are
-// encoded in parallel (OpenMP over documents).
+// Encoding (docs/tokenizer.md#encode-ordinary). Each piece: whole-piece lookup first (tiktoken's
+// fast path), else tiktoken's _byte_pair_merge: repeatedly merge the adjacent part pair whose
+// concatenated BYTES have the lowest rank, leftmost on ties. Short pieces use tiktoken's linear
+// scan; long pieces (a 100 KB whitespace run would be quadratic) use a heap + linked list that
+// makes the same choices. Ranks are looked up through an open-addressing hash table over the token
+// byte strings, never assuming rank == byte. A small per-thread cache maps recent short multi-token
+// pieces to their ids. Many documents are encoded in parallel (OpenMP over documents).
 #pragma once
 #include <algorithm>
 #include <atomic>
@@ -46,7 +48,7 @@
 namespace llmc {
 
 // ------------------------------------------------------------------------------------------------
-// Patterns (§2.1, §2.6): the exact strings accepted in sidecars.
+// Patterns (docs/tokenizer.md#patterns): the exact strings accepted in sidecars.
 
 static const char* const kPatternNanochat =
     R"('(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+)";
@@ -72,14 +74,15 @@ inline bool pattern_from_string(const std::string& s, SplitPattern* out) {
     return false;
 }
 
-// nanochat's SPECIAL_TOKENS, in id order (§3.3)
+// nanochat's SPECIAL_TOKENS, in id order (docs/tokenizer.md#special-tokens)
 inline std::vector<std::string> nanochat_special_tokens() {
     return {"<|bos|>", "<|user_start|>", "<|user_end|>", "<|assistant_start|>", "<|assistant_end|>",
             "<|python_start|>", "<|python_end|>", "<|output_start|>", "<|output_end|>"};
 }
 
 // ------------------------------------------------------------------------------------------------
-// Code point classes (§2.2) and UTF-8 decoding (§2.5, §4.4)
+// Code point classes (docs/tokenizer.md#char-classes) and UTF-8 decoding
+// (docs/tokenizer.md#invalid-utf8, docs/tokenizer.md#decoding)
 
 enum CpClass : uint8_t { CP_O = 0, CP_L = 1, CP_N = 2, CP_S = 3 };
 
@@ -157,7 +160,8 @@ inline CpUnit utf8_decode(const uint8_t* s, size_t n, size_t i) {
     return {c, need + 1, cp_class(c), true};
 }
 
-// §4.4: bytes -> valid UTF-8, each maximal ill-formed subsequence replaced by one U+FFFD.
+// bytes -> valid UTF-8, each maximal ill-formed subsequence replaced by one U+FFFD
+// (docs/tokenizer.md#decoding).
 inline std::string utf8_replace_invalid(const std::string& bytes) {
     std::string out;
     out.reserve(bytes.size());
@@ -173,7 +177,7 @@ inline std::string utf8_replace_invalid(const std::string& bytes) {
 }
 
 // ------------------------------------------------------------------------------------------------
-// The pre-tokenization splitter (§2.3)
+// The pre-tokenization splitter (docs/tokenizer.md#split-rules)
 
 namespace tok_detail {
 
@@ -408,7 +412,8 @@ struct Tokenizer {
     uint32_t bos_id = 0;
     uint32_t n_vocab = 0;                                      // 1 + the largest id
     std::vector<int32_t> special_of_id;                        // id -> index into specials, -1 if none
-    std::vector<int32_t> token_bytes;                          // §5.4: byte length per id, 0 for specials and holes
+    std::vector<int32_t> token_bytes;                          // byte length per id, 0 for specials and holes
+                                                               // (docs/tokenizer.md#token-bytes)
 
     uint32_t n_mergeable() const { return (uint32_t)vocab.size(); }
     int64_t special_id(const std::string& s) const {
@@ -459,7 +464,7 @@ inline void tokenizer_finalize(Tokenizer& t, const std::string& what) {
 }
 
 // ------------------------------------------------------------------------------------------------
-// Encoding (§4.1)
+// Encoding (docs/tokenizer.md#encode-ordinary)
 
 namespace tok_detail {
 
@@ -573,7 +578,7 @@ inline void bpe_heap(const Vocab& v, const uint8_t* s, size_t n, std::vector<uin
 
 }  // namespace tok_detail
 
-// Encode one piece (§4.1 steps 1-2), appending ids.
+// Encode one piece (docs/tokenizer.md#encode-ordinary, steps 1-2), appending ids.
 inline void encode_piece(const Tokenizer& t, const uint8_t* s, size_t n, std::vector<uint32_t>& out,
                          tok_detail::MergeScratch& sc) {
     using tok_detail::PieceCache;
@@ -619,7 +624,8 @@ inline std::vector<uint32_t> encode_ordinary(const Tokenizer& t, const std::stri
     return out;
 }
 
-// §4.2: cut at each occurrence of an allowed special (leftmost first), encode the stretches between.
+// Cut at each occurrence of an allowed special (leftmost first), encode the stretches between
+// (docs/tokenizer.md#encode-specials).
 inline std::vector<uint32_t> encode_with_specials(const Tokenizer& t, const std::string& text,
                                                   const std::vector<std::string>& allowed) {
     std::vector<std::pair<std::string, uint32_t>> sp;
@@ -669,7 +675,7 @@ inline void encode_batch(const Tokenizer& t, const std::vector<std::string>& doc
 }
 
 // ------------------------------------------------------------------------------------------------
-// Decoding (§4.3, §4.4)
+// Decoding (docs/tokenizer.md#decoding)
 
 inline void decode_bytes_append(const Tokenizer& t, uint32_t id, std::string& out) {
     if (id < t.n_mergeable()) { out += t.vocab.bytes(id); return; }
@@ -686,7 +692,7 @@ inline std::string decode_text(const Tokenizer& t, const std::vector<uint32_t>& 
 }
 
 // ------------------------------------------------------------------------------------------------
-// Training (§3)
+// Training (docs/tokenizer.md#bpe-training)
 
 struct TrainOptions {
     int64_t vocab_size = 32768;
@@ -755,8 +761,9 @@ struct HeapEntry {
 
 }  // namespace tok_detail
 
-// Prepare training text (§3.1): cap each document to doc_cap code points, stop after the document
-// that makes the running total exceed max_chars. Returns views into docs.
+// Prepare training text (docs/tokenizer.md#training-text): cap each document to doc_cap code
+// points, stop after the document that makes the running total exceed max_chars. Returns views
+// into docs.
 // Byte length of the first max_cps code points of s (all of s if max_cps <= 0); *cps gets their
 // count. An ill-formed UTF-8 subsequence counts as one code point, as in the splitter.
 inline size_t utf8_prefix(const char* text, size_t n, int64_t max_cps, int64_t* cps) {
@@ -948,7 +955,8 @@ inline Tokenizer tokenizer_train(const std::vector<std::string>& docs, const Tra
     for (auto& s : opt.specials) t.specials.push_back({s, next++});
     if (!opt.specials.empty()) t.bos_token = opt.bos_token;
     if (t.specials.empty()) {
-        // zero specials (tests, §3.2 examples): no BOS; finalize's checks except bos
+        // zero specials (tests, the worked examples of docs/tokenizer.md#bpe-training): no BOS;
+        // finalize's checks except bos
         t.n_vocab = next;
         t.special_of_id.assign(t.n_vocab, -1);
         t.token_bytes.assign(t.n_vocab, 0);
@@ -960,7 +968,8 @@ inline Tokenizer tokenizer_train(const std::vector<std::string>& docs, const Tra
 }
 
 // ------------------------------------------------------------------------------------------------
-// Files (§5): <stem>.tiktoken (base64 bytes, space, rank) and <stem>.json (the sidecar)
+// Files (docs/tokenizer.md#tokenizer-files): <stem>.tiktoken (base64 bytes, space, rank) and
+// <stem>.json (the sidecar)
 
 namespace tok_detail {
 

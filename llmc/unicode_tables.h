@@ -4,7 +4,7 @@
 // 15.1 and 16.0 are L/N to them, those added in 17.0 are not).
 //
 // Sorted, disjoint, inclusive code point ranges for the pre-tokenization classes of
-// tokenizer_data.md §2.2: L (Lu Ll Lt Lm Lo), N (Nd Nl No), White_Space. The tokenizer folds these
+// docs/tokenizer.md#char-classes: L (Lu Ll Lt Lm Lo), N (Nd Nl No), White_Space. The tokenizer folds these
 // into a flat class table for the Basic Multilingual Plane and binary-searches them above it.
 #pragma once
 #include <cstdint>

@@ -4,7 +4,7 @@
 # invocation (ratios), and the last lines are a short table.
 #
 #  1. CPU trainer throughput, issue #2's fixed config: depth 4, n_embd 256 (4 heads of 64),
-#     sequence 256, batch 4, vocab 32768; tokens/s and model GFLOP/s (FLOPs/token from model.md:
+#     sequence 256, batch 4, vocab 32768; tokens/s and model GFLOP/s (FLOPs/token from docs/model.md#flops:
 #     6 x matmul params + attention). Run with the nanochat extras on and with --arch core.
 #     Baseline for the ratio: the dense matmul rate of this machine (bench_matmul, same run).
 #     Also with OpenBLAS matmuls (train_gpt_cpu_openblas) when libopenblas-dev is installed.

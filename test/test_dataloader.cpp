@@ -1,7 +1,7 @@
 // test_dataloader.cpp: token shards (llmc/shard.h) and the data loader (llmc/dataloader.h).
 //
 // Every test writes its shards into a fresh temporary directory. Expected values come from bytes
-// built by hand in this file, from rows worked out by hand from the rules in tokenizer_data.md §7
+// built by hand in this file, from rows worked out by hand from the rules in docs/tokenizer.md#loader
 // (the reasoning is in the comments), or from a deliberately naive reference packer written here
 // independently of the loader.
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
@@ -174,7 +174,7 @@ TEST_CASE("shard: glob is sorted and names the pattern when nothing matches") {
 }
 
 // ---------------------------------------------------------------------------------------------
-// bad shards: one test each; messages name the file and the offset/value (§8)
+// bad shards: one test each; messages name the file and the offset/value (docs/tokenizer.md#bad-input)
 
 TEST_CASE("bad shard: missing file") {
     TmpDir dir;
@@ -552,7 +552,7 @@ TEST_CASE("best-fit: rank sharding by groups of 1024 documents (W=2)") {
 }
 
 // ---------------------------------------------------------------------------------------------
-// best-fit against a naive reference written from the spec text
+// best-fit against a naive reference written from the rules in docs/tokenizer.md#bestfit
 
 struct RefPacker {
     // documents of every file, as token lists (own reader, own document split)

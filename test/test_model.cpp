@@ -110,8 +110,8 @@ TEST_CASE("whole-model gradient with ignored targets and L = 1 (backout at the l
     check_gradients(gradcheck(llmc::derive_model_shape(o), 2, 6, true));
 }
 
-TEST_CASE("parameter layout: counts match the spec and scaling.h, nanochat names") {
-    // d4 at V = 32768 with every extra on: the spec's §11 total 36,700,242; core: 19,922,944
+TEST_CASE("parameter layout: counts match docs/model.md#parameters and scaling.h, nanochat names") {
+    // d4 at V = 32768 with every extra on: the total 36,700,242 of docs/model.md#scaling; core: 19,922,944
     llmc::ModelOptions o;
     o.depth = 4;
     o.vocab_size = 32768;
@@ -132,7 +132,7 @@ TEST_CASE("parameter layout: counts match the spec and scaling.h, nanochat names
     CHECK(t.window[2] == 8);
 }
 
-TEST_CASE("init follows §6 and is reproducible") {
+TEST_CASE("init follows docs/model.md#init and is reproducible") {
     GPT<float> a, b;
     llmc::ModelOptions o = tiny_options(true);
     o.aspect_ratio = 16; o.n_kv_head = 2; o.vocab_size = 500;  // C = 48, 4 heads

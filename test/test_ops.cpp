@@ -332,7 +332,7 @@ TEST_CASE("crossentropy float agrees with double") {
 // RoPE
 // ============================================================================================
 
-TEST_CASE("rope table: fp32 angles as the spec builds them") {
+TEST_CASE("rope table: fp32 angles as docs/model.md#rope builds them") {
     const int D = 4, P = 9;
     VecF c(P * 2), s(P * 2);
     rope_table(c.data(), s.data(), P, D, 100000.0);
@@ -733,7 +733,7 @@ TEST_CASE("ve_gate backward: finite differences for u, ve, wg; accumulation") {
 // C (=|+=) A·B in double with the test's own loops, plus the error bound of any fp32 evaluation:
 // for an fp32 result of c0 + sum_k a_k b_k, in ANY summation order (blocked, FMA or not),
 //     |fl - exact| <= gamma_{K+1} (|c0| + sum_k |a_k b_k|),  gamma_n = n u / (1 - n u), u = 2^-24
-// (Higham, Accuracy and Stability of Numerical Algorithms, §3.1). The test asserts this rigorous
+// (Higham, Accuracy and Stability of Numerical Algorithms, section 3.1). The test asserts this rigorous
 // bound per element. It is loose for random data, but a missing or doubled term (error ~ the
 // size of one product, ~sum/K) would still exceed it by more than 10x for the K used here.
 struct MatmulCheck {

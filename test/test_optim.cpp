@@ -3,7 +3,8 @@
 // Expected values come from (a) hand calculations written in the comments, (b) slow double-precision
 // references written here independently of the code under test (textbook forms where the code uses
 // PyTorch's lerp forms, the other Gram branch for Polar Express, Jacobi eigenvalues for singular
-// values), or (c) the numbers printed in model.md (§8, §11), which were computed for the spec.
+// values), or (c) the worked tables of docs/model.md#flops and docs/model.md#scaling, which were
+// computed from the formulas with a separate script.
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
@@ -98,7 +99,7 @@ static std::vector<float> randn(long n, uint64_t stream, double scale = 1.0) {
     return v;
 }
 
-// the Polar Express coefficients, typed in again from model.md §9.3 (independent of muon.h)
+// the Polar Express coefficients, typed in again from docs/model.md#polar-express (independent of muon.h)
 static const double PE[5][3] = {
     {8.156554524902461, -22.48329292557795, 15.878769915207462},
     {4.042929935166739, -2.808917465908714, 0.5000178451051316},
@@ -197,8 +198,8 @@ TEST_CASE("adamw: many elements and steps vs a double reference (nanochat group 
 // Polar Express
 
 TEST_CASE("polar express: the composed scalar polynomial (double, independent of muon.h)") {
-    // model.md: sigma = 1 -> 0.8591; [1e-3, 1] -> [0.8589, 1.1411]; 5e-4 -> ~0.48.
-    CHECK(std::fabs(pe_scalar(1.0) - 0.8591) < 5e-5); // the spec prints 4 decimals
+    // docs/model.md#polar-express: sigma = 1 -> 0.8591; [1e-3, 1] -> [0.8589, 1.1411]; 5e-4 -> ~0.48.
+    CHECK(std::fabs(pe_scalar(1.0) - 0.8591) < 5e-5); // the docs print 4 decimals
     double lo = 1e9, hi = -1e9;
     for (int i = 0; i <= 100000; i++) { // log-spaced grid over [1e-3, 1]
         double v = pe_scalar(1e-3 * std::pow(1000.0, i / 100000.0));
@@ -210,7 +211,7 @@ TEST_CASE("polar express: the composed scalar polynomial (double, independent of
     CHECK(lo < 0.8590);         // and the band is tight (not a vacuous bound)
     CHECK(hi > 1.1410);
     CHECK(std::fabs(pe_scalar(5e-4) - 0.48) < 0.01);
-    // the code's table is the spec's table
+    // the code's table is the one in docs/model.md#polar-express
     for (int k = 0; k < 5; k++)
         for (int j = 0; j < 3; j++) CHECK(MUON_POLAR_COEFFS[k][j] == PE[k][j]);
 }
@@ -231,7 +232,7 @@ TEST_CASE("jacobi eigenvalues (test helper) on known matrices") {
 TEST_CASE("polar express: singular values of random Gaussian matrices land in the band") {
     struct Shape { int m, n; bool guaranteed; };
     // aspect >= 2: sigma_min/sigma_max of a Gaussian matrix ~ (1 - sqrt(n/m))/(1 + sqrt(n/m)) >= 0.17, far above
-    // 1e-3 after normalization. Square ones may have sigma_min < 1e-3 (the spec's caveat).
+    // 1e-3 after normalization. Square ones may have sigma_min < 1e-3 (the caveat in docs/model.md#polar-express).
     const Shape shapes[] = {{64, 16, true}, {128, 32, true}, {16, 64, true}, {32, 96, true}, {48, 48, false}, {40, 37, false}};
     MuonScratch s;
     int stream = 10;
@@ -282,7 +283,7 @@ TEST_CASE("polar express: singular values of random Gaussian matrices land in th
 // ------------------------------------------------------------------------------------------------
 // Muon
 
-// The whole Muon step in double, written from model.md §9.3 (textbook momentum form, the other Gram
+// The whole Muon step in double, written from docs/model.md#muon (textbook momentum form, the other Gram
 // branch for Polar Express). Returns the update direction g (before lr) through *gout.
 static void muon_reference(dvec& P, dvec& M, dvec& S, const dvec& G, int m, int n, double lr, double mu, double wd,
                            dvec* gout) {
@@ -537,11 +538,11 @@ TEST_CASE("schedules: lr multiplier, momentum, weight decay at chosen steps") {
 }
 
 // ------------------------------------------------------------------------------------------------
-// scaling recipe (numbers from model.md §8 and §11)
+// scaling recipe (numbers from docs/model.md#flops and docs/model.md#scaling)
 
 static bool close_printed(double x, double printed, double half_ulp) { return std::fabs(x - printed) <= half_ulp; }
 
-TEST_CASE("scaling: the worked table of model.md §11 (vocab 32768, T 2048, device batch 32)") {
+TEST_CASE("scaling: the worked table of docs/model.md#scaling (vocab 32768, T 2048, device batch 32)") {
     struct Row { int depth, C, H, ve; long long total, P, tokens, B; int steps; double bls, lam; int accum; double log2; };
     const Row rows[] = {
         {4, 256, 2, 2, 36700242, 11534384, 138412608, 262144, 528, 0.7071, 1.8899, 4, 17.75},
@@ -680,7 +681,7 @@ TEST_CASE("scaling: learning rates for d4, d12, d24") {
             CHECK(r.adam[ADAM_X0].lr == 0.5);
         }
     }
-    // group constants of §9.1
+    // group constants of docs/model.md#param-groups
     Recipe r = derive_recipe(ModelOptions(), RecipeOptions());
     CHECK(r.adam[ADAM_LM_HEAD].beta2 == 0.96);
     CHECK(r.adam[ADAM_LM_HEAD].weight_decay == 0.01);
@@ -701,7 +702,7 @@ TEST_CASE("scaling: learning rates for d4, d12, d24") {
     CHECK(!rc.adam[ADAM_SMEAR].present);
 }
 
-TEST_CASE("scaling: FLOPs per token sanity values of model.md §8") {
+TEST_CASE("scaling: FLOPs per token values of docs/model.md#flops") {
     struct F { int depth, T; bool core; long long nm, attn, fpt; };
     const F fs[] = {
         {12, 2048, false, 110100936, 99090432, 759696048},

@@ -1,10 +1,11 @@
 // test_tokenizer.cpp: JSON, Unicode classes, the pre-tokenization splitter, BPE training, encoding,
-// decoding and the tokenizer files (tokenizer_data.md §1-5, §8).
+// decoding and the tokenizer files (docs/tokenizer.md#bpe, docs/tokenizer.md#bad-input).
 //
-// Expected values come from the spec's hand-worked tables (§2.4, §3.2, §4.1, §4.4), from reasoning
-// through the rules (written next to each row), or from slow reference implementations written
-// here independently of llmc/tokenizer.h: an O(n^2) tiktoken merge over byte strings with a
-// std::map of ranks, and a naive trainer that recounts every pair at every step.
+// Expected values come from the hand-worked examples in docs/tokenizer.md#split-examples,
+// docs/tokenizer.md#bpe-training, docs/tokenizer.md#encode-ordinary and docs/tokenizer.md#decoding,
+// from reasoning through the rules (written next to each row), or from slow reference
+// implementations written here independently of llmc/tokenizer.h: an O(n^2) tiktoken merge over
+// byte strings with a std::map of ranks, and a naive trainer that recounts every pair at every step.
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
@@ -146,7 +147,7 @@ TEST_CASE("json: errors name the source and byte offset") {
 }
 
 // ------------------------------------------------------------------------------------------------
-// Unicode classes (§2.2)
+// Unicode classes (docs/tokenizer.md#char-classes)
 
 TEST_CASE("unicode classes") {
     CHECK(std::string(LLMC_UNICODE_VERSION) == "16.0.0");
@@ -195,7 +196,7 @@ TEST_CASE("unicode classes") {
 }
 
 // ------------------------------------------------------------------------------------------------
-// Splitter (§2)
+// Splitter (docs/tokenizer.md#split)
 
 static void check_split(const std::string& in, const Pieces& want, SplitPattern pat = SplitPattern::Nanochat) {
     Pieces got = split_text(in, pat);
@@ -205,7 +206,7 @@ static void check_split(const std::string& in, const Pieces& want, SplitPattern 
     CHECK(got == want);
 }
 
-TEST_CASE("split: every example row of spec 2.4") {
+TEST_CASE("split: every example of docs/tokenizer.md#split-examples") {
     check_split("it's", {"it", "'s"});
     check_split("IT'S", {"IT", "'S"});
     check_split("don't", {"don", "'t"});
@@ -441,9 +442,9 @@ static TrainOptions no_special_opts(int64_t vocab) {
 static std::string tok_str(const Tokenizer& t, uint32_t r) { return std::string(t.vocab.bytes(r)); }
 
 // ------------------------------------------------------------------------------------------------
-// Training (§3) and encoding (§4.1)
+// Training (docs/tokenizer.md#bpe-training) and encoding (docs/tokenizer.md#encode-ordinary)
 
-TEST_CASE("train: spec 3.2 example 1 (abab cdcd, vocab 261) and its encodings (4.1)") {
+TEST_CASE("train: worked example 1 of docs/tokenizer.md#bpe-training (abab cdcd, vocab 261) and its encodings") {
     Tokenizer t = tokenizer_train({"abab cdcd"}, no_special_opts(261));
     REQUIRE(t.n_mergeable() == 261);
     CHECK(tok_str(t, 256) == "ab");
@@ -457,7 +458,7 @@ TEST_CASE("train: spec 3.2 example 1 (abab cdcd, vocab 261) and its encodings (4
     CHECK(encode_ordinary(t, "abab cdcd") == std::vector<uint32_t>{259, 260});
 }
 
-TEST_CASE("train: spec 3.2 example 2 (aaaa aaa aa, vocab 260) and its encodings (4.1)") {
+TEST_CASE("train: worked example 2 of docs/tokenizer.md#bpe-training (aaaa aaa aa, vocab 260) and its encodings") {
     Tokenizer t = tokenizer_train({"aaaa aaa aa"}, no_special_opts(260));
     REQUIRE(t.n_mergeable() == 260);
     CHECK(tok_str(t, 256) == "aa");
@@ -480,7 +481,7 @@ TEST_CASE("train: stops early when no pair is left; nine specials follow the mer
     CHECK(t.specials[8].second == 265);
     CHECK(t.bos_id == 257);
     CHECK(t.n_vocab == 266);
-    // token byte lengths (§5.4): raw bytes for ranks, 0 for specials
+    // token byte lengths (docs/tokenizer.md#token-bytes): raw bytes for ranks, 0 for specials
     CHECK(t.token_bytes[97] == 1);
     CHECK(t.token_bytes[256] == 2);
     CHECK(t.token_bytes[257] == 0);
@@ -688,7 +689,7 @@ TEST_CASE("decode_text: U+FFFD for maximal ill-formed subsequences (4.4)") {
 }
 
 // ------------------------------------------------------------------------------------------------
-// Files (§5) and bad input (§8)
+// Files (docs/tokenizer.md#tokenizer-files) and bad input (docs/tokenizer.md#bad-input)
 
 static Tokenizer small_tokenizer() {
     std::string path = corpus_path();
@@ -904,7 +905,8 @@ static std::vector<uint32_t> read_shard(const std::string& path) {
     return shard_read_tokens(s, 0, s.ntok);
 }
 
-// The expected shards, computed here from the rules of §6.2-6.3 with the library encoder.
+// The expected shards, computed here with the library encoder from the rules of
+// docs/tokenizer.md#shard-writing and docs/tokenizer.md#val-split.
 static void expected_splits(const Tokenizer& t, const std::vector<std::string>& docs, int64_t val_every, int64_t val_max,
                             std::vector<uint32_t>& train, std::vector<uint32_t>& val) {
     int64_t vt = 0;

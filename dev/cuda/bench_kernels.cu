@@ -528,7 +528,7 @@ int run(int argc, char** argv) {
     bench_crossentropy(B, ce_rows, V);
     bench_embedding(B, rows, C, V);
     bench_adamw(B, (long)((V + 63) / 64 * 64) * C, "(wte)");
-    bench_global_norm(B, small ? 100000 : 896533746, scratch);  // d20's parameter count (model.md §11)
+    bench_global_norm(B, small ? 100000 : 896533746, scratch);  // d20's parameter count (docs/model.md#scaling)
     dfree(scratch);
     bench_matmul(B, mm_rows, C, H, "(c_fc)");
     bench_matmul(B, mm_rows, H, C, "(c_proj)");

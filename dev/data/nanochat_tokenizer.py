@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Convert between nanochat's tokenizer.pkl (a pickled tiktoken.Encoding) and this project's
-<stem>.tiktoken + <stem>.json pair (tokenizer_data.md §5.3). Needs `pip install tiktoken`;
+<stem>.tiktoken + <stem>.json pair (docs/tokenizer.md#exchange). Needs `pip install tiktoken`;
 `torch` only for writing token_bytes.pt. Optional developer tool.
 
     python3 dev/data/nanochat_tokenizer.py to-llmc ~/.cache/nanochat/tokenizer/tokenizer.pkl data/tok32k
@@ -48,7 +48,7 @@ def to_nanochat(stem, out_dir):
     with open(os.path.join(out_dir, "tokenizer.pkl"), "wb") as f:
         pickle.dump(enc, f)
     print(f"wrote {out_dir}/tokenizer.pkl (n_vocab {enc.n_vocab})")
-    # token_bytes.pt: raw byte length per id, 0 for specials and holes (§5.4)
+    # token_bytes.pt: raw byte length per id, 0 for specials and holes (docs/tokenizer.md#token-bytes)
     lengths = [0] * side["n_vocab"]
     for b, r in ranks.items():
         lengths[r] = len(b)

@@ -1,4 +1,5 @@
-// attention.h: causal sliding-window multi-head attention with GQA (model.md §3.3 step 5, §1.4, §5).
+// attention.h: causal sliding-window multi-head attention with GQA (docs/model.md#attention,
+// docs/model.md#windows).
 //
 // q, out: (B, T, H, D); k, v: (B, T, Hkv, D); query head h reads kv head h / (H/Hkv).
 // Query i sees key j iff j <= i and i - j <= window (window >= T-1 is plain causal; window 0

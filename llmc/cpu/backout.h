@@ -1,5 +1,5 @@
 // backout.h: subtract a multiple of the middle layer's output before the final norm
-// (model.md §3.2 step 5 and §5 "Backout").
+// (docs/model.md#backout).
 //
 //   out = x - lambda * xmid
 //   backward: dx = G (the caller passes G straight through; no call needed),

@@ -1,4 +1,4 @@
-// crossentropy.h: logit softcap + cross-entropy, fused forward and backward (model.md §3.2 7-8, §5).
+// crossentropy.h: logit softcap + cross-entropy, fused forward and backward (docs/model.md#softcap-loss).
 //
 // Like llm.c's fused classifier, one pass per row computes the loss and (optionally) overwrites
 // the logits with their gradient, so the (N, Vp) probabilities are never materialized:
@@ -8,7 +8,7 @@
 //   dl_v = 0 for padded columns v >= V and for ignored rows.
 // dloss_scale carries the mean over valid tokens and the gradient-accumulation factor
 // (e.g. 1/(N_valid * grad_accum)), so this op needs no global count.
-// l / s is a true division, as the spec writes it (not a multiply by 1/s).
+// l / s is a true division, as docs/model.md#softcap-loss writes it (not a multiply by 1/s).
 // Per row: t goes into a per-thread scratch row (so dlogits may alias logits: the logits are
 // read once, by that first pass), then e_v = exp(z_v - max z) (kept in a second scratch row),
 // their sum in double, and p_v = e_v / sum. tanh and exp are cpu_tanh_/cpu_exp_ (common.h),

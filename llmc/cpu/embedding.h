@@ -3,7 +3,7 @@
 //   forward:  out[i, :] = table[idx[i], :]
 //   backward: dtable[idx[i], :] += dout[i, :]   for every row i
 //
-// The backward must be deterministic (model.md §5 "Embeddings": no floating-point atomics).
+// The backward must be deterministic (docs/model.md#embedding: no floating-point atomics).
 // Several rows may carry the same token id, so splitting rows across threads would race on
 // dtable rows. Instead each thread owns a contiguous range of channels and walks ALL rows in
 // order: every dtable element receives its contributions in row order 0..N-1 whatever the

@@ -1,4 +1,4 @@
-// qknorm.h: QK-norm, y = 1.2 * rms(x) over each head's D values (model.md §3.3 step 4, §5).
+// qknorm.h: QK-norm, y = 1.2 * rms(x) over each head's D values (docs/model.md#qknorm).
 //
 // Applied to q and k after RoPE, one row per (b, t, head): rows = B*T*NH. Same RMSNorm as
 // rmsnorm.h (eps = 2^-23, sums in double), then the fixed 1.2 factor: 1.2^2 = 1.44 is the only

@@ -1,4 +1,4 @@
-// relu2.h: the MLP nonlinearity, ReLU squared (model.md §3.5, §5).
+// relu2.h: the MLP nonlinearity, ReLU squared (docs/model.md#mlp).
 //
 //   y = relu(x)^2,   dx = 2 relu(x) G
 // Elementwise, so in-place backward (dinp == dout) is safe: each element reads its G before

@@ -1,5 +1,5 @@
 // residual.h: residual-stream helpers: the plain residual add and the per-layer lambdas
-// (model.md §3.2 step 4.1 and §5 "Lambdas").
+// (docs/model.md#lambdas).
 //
 //   residual:  out = a + b                 (out may alias a: x <- x + f(x))
 //   lambdas:   out = alpha * x + beta * x0

@@ -1,4 +1,4 @@
-// rmsnorm.h: parameter-free RMSNorm over the last dimension (model.md §3.1, §5).
+// rmsnorm.h: parameter-free RMSNorm over the last dimension (docs/model.md#rmsnorm).
 //
 //   y = x * r,  r = 1 / sqrt(mean(x^2) + eps),  eps = 2^-23 (FLT_EPSILON) in every precision.
 //

@@ -1,4 +1,4 @@
-// rope.h: rotary position embeddings, nanochat's half-split layout and sign (model.md §3.4, §5).
+// rope.h: rotary position embeddings, nanochat's half-split layout and sign (docs/model.md#rope).
 //
 // Each head's D values are split in halves x1 = x[0:D/2], x2 = x[D/2:D]; pair j is (x1[j], x2[j]):
 //   y1 = x1 cos + x2 sin,   y2 = -x1 sin + x2 cos

@@ -1,5 +1,5 @@
 // smear.h: the smear gate, mixing each token's embedding with the previous one's
-// (model.md §3.2 step 2 and §5 "Smear").
+// (docs/model.md#smear).
 //
 // For every row b and t >= 1 (e is the normed embedding, w = smear_gate.weight[0], 24 values):
 //   a_t = sum_{c<24} e_t[c] w[c],  g_t = lambda sigmoid(a_t),  x_t = e_t + g_t e_{t-1}

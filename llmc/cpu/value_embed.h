@@ -1,4 +1,4 @@
-// value_embed.h: the gated value-embedding add of the VE layers (model.md §3.3 step 2 and §5).
+// value_embed.h: the gated value-embedding add of the VE layers (docs/model.md#value-embeds).
 //
 //   b_h = sum_{c<12} u[c] Wg[h,c],  gamma_h = 3 sigmoid(b_h)  in (0, 3),  v_h += gamma_h ve_h
 // u is the normed attention input (N, C) (only its first 12 channels are read), v and ve are

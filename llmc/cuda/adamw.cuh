@@ -1,15 +1,15 @@
-// adamw.cuh: the AdamW update of one parameter range on the GPU, fused into one pass (model.md
-// §9.2; CPU twin: llmc::adamw_update in llmc/adamw.h, same argument order plus the bf16 copy and
-// the stream).
+// adamw.cuh: the AdamW update of one parameter range on the GPU, fused into one pass
+// (docs/model.md#adamw; CPU twin: llmc::adamw_update in llmc/adamw.h, same argument order plus
+// the bf16 copy and the stream).
 //
 //   1. p <- p * (1 - lr*wd)                                   decoupled weight decay, first
 //   2. m <- m + (1-b1)*(g - m);  v <- v + (1-b2)*(g*g - v)
 //   3. p <- p - (lr / (1 - b1^t)) * m / (sqrt(v / (1 - b2^t)) + eps)
 //   4. param_bf16 <- bf16(p)       (the GEMM / embedding operand copy; skipped if null)
 //
-// Precision (model.md §7): master weights, gradients and both moments are fp32; the bf16 copy is
-// refreshed in the same pass, so the weights are read and written exactly once per step (a
-// separate cast kernel would re-read the fp32 weights). The per-tensor scalars (1 - lr*wd,
+// Precision (docs/model.md#precision): master weights, gradients and both moments are fp32; the
+// bf16 copy is refreshed in the same pass, so the weights are read and written exactly once per
+// step (a separate cast kernel would re-read the fp32 weights). The per-tensor scalars (1 - lr*wd,
 // 1 - b1, 1 - b2, the bias corrections, lr / (1 - b1^t)) are computed on the host exactly as the
 // CPU op computes them (fp32, glibc powf) and passed in. In the element loop the division and the
 // square root are the IEEE-rounded __fdiv_rn / __fsqrt_rn (not the approximate ones --use_fast_math

@@ -1,5 +1,5 @@
 // backout.cuh: subtract a learned multiple of the middle layer's output before the final norm,
-// forward and backward (model.md §3.2 step 5, §5 "Backout"; CPU twin: llmc/cpu/backout.h, same
+// forward and backward (docs/model.md#backout; CPU twin: llmc/cpu/backout.h, same
 // names and argument order plus scratch and the stream).
 //
 //   forward:  out = x - lambda * xmid              (bf16, overwrite; out may alias x)

@@ -1,7 +1,7 @@
 // common.cuh: the one header every kernel file includes first. It picks the toolchain so that a
 // kernel file is plain CUDA that compiles unchanged two ways:
 //   - nvcc (__CUDACC__): the real CUDA headers; LAUNCH is a real <<<...>>> launch.
-//   - g++ with -DLLMC_SIM: llmc/sim/sim.h, the CUDA-on-CPU runtime (design.md section 4); LAUNCH
+//   - g++ with -DLLMC_SIM: llmc/sim/sim.h, the CUDA-on-CPU runtime (README.md#sim); LAUNCH
 //     runs the grid on the CPU, block after block, the threads of a block as cooperative fibers.
 //
 // What a kernel file may rely on (both builds):

@@ -1,5 +1,5 @@
-// crossentropy.cuh: logit softcap + cross-entropy + its gradient, fused (model.md §3.2 steps 7-8,
-// §5; CPU twin: llmc/cpu/crossentropy.h, same name and argument order plus the stream).
+// crossentropy.cuh: logit softcap + cross-entropy + its gradient, fused (docs/model.md#softcap-loss;
+// CPU twin: llmc/cpu/crossentropy.h, same name and argument order plus the stream).
 //
 //   z_v = s * tanh(l_v / s)  (s = softcap), v < V        (l: bf16 logits from the lm_head GEMM)
 //   losses[i] = logsumexp_v z_v - z_y                    (0 where y == -1)

@@ -1,5 +1,5 @@
 // embedding.cuh: token embedding lookup (wte, value_embeds) and its deterministic scatter-add
-// backward (model.md §3.2 step 1, §3.3 step 2, §5 "Embeddings"; CPU twin: llmc/cpu/embedding.h,
+// backward (docs/model.md#embedding; CPU twin: llmc/cpu/embedding.h,
 // same names and argument order plus the backward's plan and the stream).
 //
 //   forward:  out[i, :] = table[idx[i], :]             (bf16 copy of the fp32 master table)
@@ -8,7 +8,7 @@
 // Forward: one thread per 16-byte pack of the output (8 bf16); consecutive threads cover a row,
 // so both the table row read and the output write are fully coalesced.
 //
-// Backward design (no floating-point atomics, bitwise deterministic, design.md §3):
+// Backward design (no floating-point atomics, bitwise deterministic, docs/model.md#determinism):
 // several positions carry the same token, so a thread per position would race on dtable rows.
 // Once per batch the HOST builds an EmbeddingBackwardPlan from the token ids it already has (the
 // data loader reads them there): a stable counting sort groups the positions by token id into

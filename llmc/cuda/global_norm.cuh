@@ -1,5 +1,5 @@
 // global_norm.cuh: the squared L2 norm of the whole (fp32) gradient buffer, for the logged
-// gradient norm (model.md §9: computed for logging only, after averaging, in fp32/fp64). There is
+// gradient norm (docs/model.md#optimizer: computed for logging only, after averaging, in fp32/fp64). There is
 // no separate CPU op: the CPU trainer sums (double)g*g over the buffer in train_gpt.cu, which is
 // the reference here.
 //

@@ -6,7 +6,7 @@
 //                                                                (skipped if dinp == nullptr)
 //             dweight(OC,IC) += dout(N,OC)ᵀ · inp(N,IC)          fp32, accumulates (param grad)
 //                                                                (skipped if dweight == nullptr)
-// Operands bf16, accumulation and scaling fp32 (model.md §7). Each output element is rounded once:
+// Operands bf16, accumulation and scaling fp32 (docs/model.md#precision). Each output element is rounded once:
 // D = round(alpha * A·B + beta * C) with beta = 1 for the accumulating outputs, so the existing
 // dinp value is added in fp32 before the single rounding to bf16. Accumulating dinp (instead of
 // overwriting) mirrors the CPU op and lets the q/k/v projections (and the MLP/attention inputs) sum

@@ -1,6 +1,6 @@
 // mma.cuh: tensor cores (mma.sync), their shared-memory loads (ldmatrix) and asynchronous copies
 // (cp.async), sm_80+, as thin wrappers that a kernel calls instead of writing inline PTX, so that
-// the same kernel runs under SIM (design.md section 4) with the exact per-lane layouts of the PTX
+// the same kernel runs under SIM (README.md#sim) with the exact per-lane layouts of the PTX
 // ISA: a kernel that puts an element in the wrong lane or register computes a wrong result under
 // SIM just as it does on the GPU.
 //

@@ -13,7 +13,7 @@
 //    load_pack_cs / store_pack_cs are the "streaming" variants (__ldcs/__stcs, evict-first) for
 //    data that is touched exactly once; under SIM they are plain accesses.
 // 3. Deterministic grid-wide sums, for the gradients of scalar and small parameters (lambdas,
-//    gates) that are sums over every token: no float atomics (design.md §3). A kernel runs a FIXED
+//    gates) that are sums over every token: no float atomics (docs/model.md#determinism). A kernel runs a FIXED
 //    number of blocks P (reduce_grid: a function of the problem size only, never of the GPU or of
 //    timing), each block sums its fixed share in a fixed order and writes its K partial sums to
 //    scratch[k * P + block]; reduce_partials then adds, for each k, the P partials in a fixed

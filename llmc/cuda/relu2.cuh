@@ -1,4 +1,4 @@
-// relu2.cuh: the MLP nonlinearity, ReLU squared, forward and backward (model.md §3.5, §5; CPU
+// relu2.cuh: the MLP nonlinearity, ReLU squared, forward and backward (docs/model.md#mlp; CPU
 // twin: llmc/cpu/relu2.h, same names and argument order plus the stream).
 //
 //   forward:  out = relu(x)^2                 (bf16, overwrite)

@@ -1,5 +1,5 @@
 // residual.cuh: the residual stream's elementwise ops: the plain residual add and the per-layer
-// lambdas, forward and backward (model.md §3.2 step 4.1, §5 "Lambdas"; CPU twin:
+// lambdas, forward and backward (docs/model.md#lambdas; CPU twin:
 // llmc/cpu/residual.h, same names and argument order plus scratch and the stream).
 //
 //   residual:  out = a + b                                   (bf16, overwrite; out may alias a)

@@ -1,4 +1,4 @@
-// rmsnorm.cuh: parameter-free RMSNorm, forward and backward (model.md §3.1, §5; CPU twin:
+// rmsnorm.cuh: parameter-free RMSNorm, forward and backward (docs/model.md#rmsnorm; CPU twin:
 // llmc/cpu/rmsnorm.h, same names and argument order plus the stream).
 //
 //   forward:  y = x * r,  r = 1/sqrt(mean(x^2) + eps), eps = 2^-23;  out = bf16(y), rstd = r (fp32)
@@ -10,7 +10,7 @@
 // per warp instruction) and reduces with shuffles only: no shared memory, no __syncthreads, and
 // warps of the same block never wait on each other. The row is read twice (reduction, then the
 // elementwise pass); the second read hits L1/L2 since the warp just touched it. Statistics and the
-// elementwise math are fp32; only the stored activations are bf16 (model.md §7).
+// elementwise math are fp32; only the stored activations are bf16 (docs/model.md#precision).
 // When C is not a multiple of 8 (or a pointer is not 16-byte aligned) the same kernels run with
 // W = 1: scalar accesses, lanes striding by 32 elements, still coalesced.
 #pragma once

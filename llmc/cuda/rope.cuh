@@ -1,5 +1,5 @@
 // rope.cuh: rotary position embedding followed by QK-norm (x1.2), fused, for q and k together,
-// forward and backward (model.md §3.3 steps 3-4, §3.4, §5). CPU twins: rope_forward/backward
+// forward and backward (docs/model.md#rope, docs/model.md#qknorm). CPU twins: rope_forward/backward
 // (llmc/cpu/rope.h) then qknorm_forward/backward (llmc/cpu/qknorm.h), called there once for q
 // and once for k; here one launch per direction covers both tensors.
 //
@@ -12,7 +12,7 @@
 //             dinp = rotate(dy, +theta_t)  (dx1 = dy1 cos - dy2 sin,  dx2 = dy1 sin + dy2 cos)
 //             (overwrite; dinp == dout allowed)
 // t is the row's position in its sequence, table row pos0 + t. The tables cos, sin are bf16
-// (max_pos, D/2), as nanochat keeps them (model.md §7); the caller guarantees pos0 + T <= max_pos.
+// (max_pos, D/2), as nanochat keeps them (docs/model.md#precision); the caller guarantees pos0 + T <= max_pos.
 //
 // Fusion: the rotated row never leaves registers, so the forward reads x once and writes out once
 // (rope then qknorm would write and re-read it), and it is not rounded to bf16 in between (nanochat

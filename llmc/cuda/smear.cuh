@@ -1,5 +1,5 @@
 // smear.cuh: the smear gate, mixing each token's normed embedding with the previous token's,
-// forward and backward (model.md §3.2 step 2, §5 "Smear"; CPU twin: llmc/cpu/smear.h, same names
+// forward and backward (docs/model.md#smear; CPU twin: llmc/cpu/smear.h, same names
 // and argument order plus scratch and the stream).
 //
 // For each sequence b and t >= 1 (e = the normed embedding (B,T,C), w = smear_gate.weight[0], 24

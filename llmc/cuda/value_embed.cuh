@@ -1,5 +1,5 @@
 // value_embed.cuh: the gated value-embedding add of the VE layers, forward and backward
-// (model.md §3.3 step 2, §5 "Value-embedding gate"; CPU twin: llmc/cpu/value_embed.h, same names
+// (docs/model.md#value-embeds; CPU twin: llmc/cpu/value_embed.h, same names
 // and argument order plus scratch and the stream).
 //
 //   b_h = sum_{c<12} u[c] Wg[h,c],  gamma_h = 3 sigmoid(b_h),  v_h += gamma_h ve_h

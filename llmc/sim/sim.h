@@ -1,4 +1,4 @@
-// sim.h: SIM, the CUDA-on-CPU runtime (design.md section 4). Included by llmc/cuda/common.cuh when
+// sim.h: SIM, the CUDA-on-CPU runtime (README.md#sim). Included by llmc/cuda/common.cuh when
 // g++ compiles kernel source with -DLLMC_SIM; never include it directly from a kernel file.
 //
 // How a launch runs. LAUNCH(k, grid, block, smem, stream, args...) calls llmc::sim::launch, which
