@@ -1168,9 +1168,13 @@ inline void make_order(std::vector<int>& p, int n, Order order, uint64_t seed, u
 // Copies and fills of the runtime's own data, invisible to ThreadSanitizer (its interceptors would
 // report the scheduler and a fiber touching the same bookkeeping as a race).
 LLMC_SIM_NOTSAN inline void raw_copy(void* dst, const void* src, size_t n) {
+#if LLMC_SIM_TSAN
     volatile unsigned char* d = (volatile unsigned char*)dst;
     const volatile unsigned char* q = (const volatile unsigned char*)src;
     for (size_t i = 0; i < n; i++) d[i] = q[i];
+#else
+    memcpy(dst, src, n);  // (the warp_gather of every mma and ldmatrix goes through here)
+#endif
 }
 LLMC_SIM_NOTSAN inline void raw_fill(void* dst, unsigned char v, size_t n) {
     volatile unsigned char* d = (volatile unsigned char*)dst;
@@ -1345,14 +1349,16 @@ inline void asan_finish_switch(void* fake, const void** bottom_old, size_t* size
 // ---- ThreadSanitizer: what the CUDA memory model orders ----
 // Each CUDA thread runs as its own TSan fiber and every stack switch is a no-sync switch, so TSan
 // sees no order between threads except the edges made here:
-//   - launch: everything the host did before it happens-before every thread of the grid, and every
-//     thread happens-before what the host does after it (a sync switch host -> slot -> thread and
-//     back, which releases and acquires on the target's context);
+//   - launch: the host releases a launch object before the grid and each thread acquires it when it
+//     first runs; each thread releases its slot's end object when it exits, and the host acquires
+//     every slot's end objects after the grid (while it schedules, its own accesses are ignored);
+//   - blocks of one slot: a block's threads acquire the end object of the slot's previous block
+//     (they reuse its shared memory and stacks); blocks of different slots stay unordered;
 //   - __syncthreads(): every thread of the block releases into the barrier's object on arrival and
 //     acquires it when released (two objects used alternately: a thread can be one barrier ahead);
-//   - a warp collective (shuffle, vote, __syncwarp, warp_gather, mma): each lane releases into its
-//     own object on arrival and, when the collective completes, acquires the objects of exactly the
-//     lanes in the mask: no order with lanes outside it;
+//   - a warp collective (shuffle, vote, __syncwarp, warp_gather, mma): with a full mask the same
+//     scheme per warp; with a partial mask each lane releases into its own object and, when the
+//     collective completes, acquires those of exactly the lanes in the mask (no order with others);
 //   - atomics are relaxed atomics (atomic with each other, no order), as CUDA's are.
 #if LLMC_SIM_TSAN
 }  // namespace sim
@@ -2259,7 +2265,9 @@ LLMC_SIM_NOTSAN inline void cp_async(void* smem_dst, const void* gmem_src, int b
     if (f->n_async == Fiber::kMaxAsync) LLMC_FAIL("cp.async: more than %d copies of one thread pending (wait_group missing?)", Fiber::kMaxAsync);
     Fiber::AsyncCopy& c = f->async_copies[f->n_async++];
     c.dst = smem_dst;
-    memcpy(c.src, gmem_src, (size_t)bytes);  // the kernel's read of the source (TSan sees it)
+    unsigned char tmp[16];
+    memcpy(tmp, gmem_src, (size_t)bytes);  // the kernel's read of the source (TSan sees it) ...
+    raw_copy(c.src, tmp, (size_t)bytes);   // ... kept in the runtime's record, which TSan must not see
     c.bytes = bytes;
     c.group = -1;
     raw_fill(smem_dst, poison_byte(), (size_t)bytes);
@@ -2275,10 +2283,11 @@ LLMC_SIM_NOTSAN inline void cp_async_wait(int n) {
     Fiber* f = current_fiber("cp.async.wait_group");
     int keep = 0;
     for (int i = 0; i < f->n_async; i++) {
-        Fiber::AsyncCopy c = f->async_copies[i];
+        Fiber::AsyncCopy c;
+        raw_copy(&c, &f->async_copies[i], sizeof c);  // the runtime's record: out of TSan's sight
         bool done = n < 0 || (c.group >= 0 && c.group < f->async_groups - n);
         if (done) memcpy(c.dst, c.src, (size_t)c.bytes);  // the thread's write of the destination
-        else f->async_copies[keep++] = c;
+        else raw_copy(&f->async_copies[keep++], &c, sizeof c);
     }
     f->n_async = keep;
 }
