@@ -49,9 +49,11 @@
 //      band's K and V tiles), recomputes S, dP, P from lse, dS, and dQ += dS K.
 //   S and dP are computed twice (passes 2 and 3): 7 tile products instead of 5, the price of
 //   having neither atomics nor a dQ accumulator shared between blocks.
-// Register budget per thread (no spills at -Xptxas -v, sm_90): forward D=128: O 64 + Q fragments 32 +
-// S 32 fp32; dk/dv D=128: dK 64 + dV 64 + Sᵀ, dPᵀ 16 each, so its query tile is 32 rows for D=128
-// (64 for D=64); dq D=128: dQ 64 + S 32 + dP 32, Q and dO fragments reloaded from shared memory.
+// Registers: forward D=128 holds O (64 fp32) + Q fragments (32) + S (32); dk/dv D=128 dK 64 + dV 64
+// + Sᵀ and dPᵀ 16 each, so its query tile is 32 rows for D=128 (64 for D=64); dq D=128 dQ 64 + S 32
+// + dP 32, with the Q and dO fragments reloaded from shared memory. nvcc 13 -Xptxas -v for sm_90
+// (D = 64 / 128): forward 131 / 242 registers, dk/dv 179 / 243, dq 166 / 246, no spills; at D = 128
+// that is 2 blocks (8 warps) per SM.
 //
 // fp32 variant (attention_forward_fp32 / attention_backward_fp32): plain fp32 tensors, one warp per
 // query row (forward, dq) or key row (dk/dv), lanes split d and reduce each dot product with
@@ -60,7 +62,7 @@
 //
 // Limits (checked): bf16 path D = 64 or 128, all pointers 16-byte aligned; any T, H, Hkv with
 // H % Hkv == 0, H and B <= 65535. Shared memory per block (opted in with cudaFuncSetAttribute):
-// forward 45 / 85 KiB (D = 64 / 128), dk/dv 55 / 69 KiB, dq 54 / 102 KiB.
+// forward 45 / 85 KiB (D = 64 / 128), dk/dv 55 / 68.5 KiB, dq 54 / 102 KiB.
 #pragma once
 #include <math.h>
 #include <stdint.h>
@@ -635,9 +637,10 @@ attention_backward_dq_fp32_kernel(float* dq, const float* dout, const float* lse
     }
 }
 
-// one warp per key row (b, j, kvh): the group's query heads in order, queries i = j .. j + w in order
+// one warp per key row (b, j, kvh): the group's query heads in order, queries i = j .. j + w in order.
+// (minimum 1 block per SM: without it ptxas caps NV = 8 at 64 registers and spills)
 template <int NV>
-__global__ void __launch_bounds__(256)
+__global__ void __launch_bounds__(256, 1)
 attention_backward_dkdv_fp32_kernel(float* dk, float* dv, const float* dout, const float* lse, const float* Dbuf, const float* q,
                                     const float* k, const float* v, int B, int T, int H, int Hkv, int D, int w, float scale) {
     const long row = (long)blockIdx.x * 8 + threadIdx.x / WARP_SIZE;
