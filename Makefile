@@ -118,9 +118,19 @@ $(BUILD)/sim/mma_gemm: dev/cuda/mma_gemm.cu $(HEADERS) $(SIM_SRCS)
 
 $(BUILD)/sim/test_mma_gemm $(BUILD)/sim_asan/test_mma_gemm $(BUILD)/sim_tsan/test_mma_gemm $(BUILD)/gpu/test_mma_gemm: dev/cuda/mma_gemm.cu
 
+# Flash-attention benchmark (dev/cuda/bench_attention.cu, llmc/cuda/attention.cuh): a correctness
+# check against the CPU op, then ms and TFLOP/s on a GPU; under SIM tiny shapes as a smoke test.
+$(BUILD)/gpu/bench_attention: dev/cuda/bench_attention.cu $(HEADERS)
+	@mkdir -p $(@D)
+	$(NVCC) $(NVCCFLAGS) $< -o $@ $(NVLDLIBS)
+
+$(BUILD)/sim/bench_attention: dev/cuda/bench_attention.cu $(HEADERS) $(SIM_SRCS)
+	@mkdir -p $(@D)
+	$(CXX) $(SIMFLAGS) -x c++ $< -x none $(SIM_SRCS) -o $@ $(LDLIBS)
+
 # GPU targets compile whenever nvcc exists (CI catches code only one compiler accepts).
-gpu_build: $(if $(NVCC),$(GPU_TESTS) $(BUILD)/gpu/bench_kernels $(BUILD)/gpu/mma_gemm)
-	@$(if $(NVCC),echo "GPU test binaries + bench_kernels + mma_gemm compiled with $(NVCC)",echo "nvcc not found: GPU build skipped")
+gpu_build: $(if $(NVCC),$(GPU_TESTS) $(BUILD)/gpu/bench_kernels $(BUILD)/gpu/mma_gemm $(BUILD)/gpu/bench_attention)
+	@$(if $(NVCC),echo "GPU test binaries + bench_kernels + mma_gemm + bench_attention compiled with $(NVCC)",echo "nvcc not found: GPU build skipped")
 
 test: programs $(CPU_TESTS) $(SIM_TESTS) $(SIM_ASAN_TESTS) $(SIM_TSAN_TESTS) $(FUZZ_TESTS) gpu_build
 	@$(if $(FUZZ_TESTS),,echo "clang++ with libFuzzer not found: fuzz targets skipped (test_tokenizer's randomized fuzz case still runs)")

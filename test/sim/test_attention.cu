@@ -1,0 +1,385 @@
+// test_attention.cu: llmc/cuda/attention.cuh (tensor-core flash attention, forward and backward, and
+// the fp32 variant) against the CPU op (llmc/cpu/attention.h) run in double on the same
+// bf16-rounded inputs. The backward of both is fed the same O and lse (the double forward's,
+// rounded to bf16 and fp32 as the model stores them), so each pass is checked on its own.
+//
+// Shapes (B, T, H, Hkv, D, window) cover T = 1, tails (17, 255, 300: T not a multiple of the
+// 64-row tiles), exact tiles (64), several tiles, B = 1 and 3, D = 64 and 128, H/Hkv = 1, 2, 4, 8,
+// and windows 0 (each query sees itself only), 1, 63, 128 and >= T (plain causal). The TSan build
+// (each warp collective ~75x slower than in the plain build) runs a few small shapes that still
+// have a tail, GQA, a window, several tiles per block and both D.
+// Every output is poisoned (NaN) before each launch, so an element never written fails. For the
+// first and third shapes (the first under TSan, and every fp32 shape) each kernel runs twice and must give the same bits; in
+// the plain SIM flavor (LLMC_SIM_DETERMINISM=1) SIM itself reruns every launch of every shape in
+// reverse block and warp order and compares all device memory bitwise; on a GPU the two runs
+// race differently (scripts/gpu_check.sh also runs every test binary twice).
+//
+// Tolerances, per element, from what each kernel rounds (the reference is double, its own error
+// is negligible). Notation: p_ij = exp(s_ij - lse_i), N = number of terms of a sum over keys
+// (or over the group's queries), "dot" = error of a length-D dot product per unit of sum_d |a_d b_d|:
+//   bf16 tensor-core kernels: mma.sync chains accumulate in fp32 with at most K 2^-22 sum|ab|
+//   (llmc/cuda/mma.cuh: K exact products summed in fp32, x4 for tensor cores that truncate), so
+//   dot = (D + 2) 2^-22 and a sum over N keys errs by (N + 16) 2^-22 of its sum of |terms| (+16:
+//   the few rescales, the division by l, the final scale). P (forward, dV) and dS (dQ, dK) are
+//   rounded to bf16 before they enter a product: 2^-8 of each term; the stored O, dq, dk, dv are
+//   bf16: 2^-8 of the value. A score error e moves the exponent by e, and so p by a relative
+//   e^e - 1 <= 2e; the exponent's own error is dot * scale * sum|q k| + 2^-22 (|s| + |lse|)
+//   (fp32 roundings of the scaled score, of lse and of their difference) + 2^-21 (exp2 of
+//   --use_fast_math). Hence, with A = sum_j p_ij |v_jd| (forward), etc.:
+//     O:   2^-8 |O| + (2^-8 + 2 E_i + 2 (N+16) 2^-22) A          E_i = max_j exponent error of row i
+//     lse: E_i + (N+16) 2^-22 + 2^-22 |lse|
+//     dV:  2^-8 |dV| + sum (2^-8 + 2E_ij) p |dO| + (N+16) 2^-22 sum p |dO|
+//     dK:  2^-8 |dK| + scale (sum dds_ij |q| + (N+16) 2^-22 sum |ds| |q|), dQ likewise with |k|,
+//          dds_ij = (2^-8 + 2E_ij) p (|dP| + |D_i|) + p dot (sum|dO v| + sum|dO o|)
+//   fp32 variant: nothing rounded to bf16; a dot product is per-lane sequential sums (D/32 terms)
+//   then a 5-level butterfly, dot = (D/32 + 8) 2^-24; sums over keys are sequential fp32 FMAs with
+//   a rescale per step, 2 2^-24 per term; outputs fp32: 2^-23 of the value. The worst
+//   err/tol of each output is printed (MESSAGE) for every shape.
+#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
+#include <doctest/doctest.h>
+#include <climits>
+#include "llmc/cuda/attention.cuh"
+#include "llmc/cpu/attention.h"
+#include "test/sim/test_util.h"
+
+using namespace testutil;
+
+namespace {
+
+#if defined(LLMC_SIM_TSAN) && LLMC_SIM_TSAN
+constexpr bool kTsan = true;
+#else
+constexpr bool kTsan = false;
+#endif
+#if defined(LLMC_SIM_ASAN) && LLMC_SIM_ASAN
+constexpr bool kAsan = true;
+#else
+constexpr bool kAsan = false;
+#endif
+
+// heavy: skipped in the ASan build (~3x slower than plain), where the other shapes still cover
+// tails, both D and the other windows (0, 63, 128, none)
+struct Shape { int B, T, H, Hkv, D, window; bool heavy = false; };
+constexpr int kNone = INT_MAX;  // no window: plain causal
+
+// the bf16 tensor-core kernels (D = 64, 128)
+const Shape kShapes[] = {
+    {1, 1, 2, 1, 64, kNone},    // one token
+    {3, 17, 4, 1, 64, kNone},   // B = 3, one partial tile, GQA 4
+    {1, 64, 8, 1, 64, 63},      // one exact tile, GQA 8, window = T-1
+    {1, 255, 2, 2, 64, 128},    // MHA, window 128 over 4 tiles, tail of 63
+    {3, 65, 2, 1, 128, 0},      // window 0: each query sees only itself; a tile of one row
+    {1, 300, 2, 1, 128, 1, true},    // window 1 (most tiles skipped), GQA 2, tail of 44
+    {1, 255, 2, 1, 64, 63},     // window 63: the band crosses every tile pair it touches
+    {1, 200, 1, 1, 128, kNone, true}, // causal over 4 tiles, D = 128, tail of 8
+};
+// TSan: ~2 ms per warp collective (mma, ldmatrix, shuffle), ~75x the plain build, so a few small
+// shapes that still run every kernel through its double-buffered pipeline (several tiles per
+// block), GQA, a window and a tail, and D = 128 once
+const Shape kShapesTsan[] = {
+    {1, 17, 2, 1, 64, kNone},   // one partial tile, GQA 2 (the dk/dv pass walks 2 heads)
+    {1, 80, 2, 1, 64, 20},      // window 20 across two tiles, tail of 16
+    {1, 65, 1, 1, 128, 0},      // D = 128, a tile of one row
+};
+// the fp32 variant (any D): small, since SIM runs its per-key warp reductions slowly
+const Shape kShapesFp32[] = {
+    {3, 17, 4, 2, 64, kNone},
+    {1, 40, 4, 1, 40, 7},       // D not a multiple of 32, window
+    {1, 33, 2, 2, 128, 0},
+    {1, 24, 2, 1, 200, kNone},  // D > 128
+};
+const Shape kShapesFp32Tsan[] = {
+    {1, 9, 2, 1, 40, 3},
+};
+
+struct Precision {
+    double out;  // relative rounding of a stored output
+    double p;    // relative rounding of p / ds before they enter a product
+    double dot;  // error of a length-D dot product, per unit of sum |a b|
+    double sum;  // error of a sum over keys or queries, per term, per unit of sum |terms|
+};
+Precision bf16_precision(int D) { return {BF16_ROUND, BF16_ROUND, (D + 2) * std::ldexp(1.0, -22), std::ldexp(1.0, -22)}; }
+Precision fp32_precision(int D) { return {std::ldexp(1.0, -23), 0.0, (D / 32 + 8) * std::ldexp(1.0, -24), 2 * std::ldexp(1.0, -24)}; }
+
+// One problem: bf16-rounded inputs, the CPU op's results in double, and per-element tolerances.
+struct Problem {
+    Shape sh;
+    int w;
+    double scale;
+    std::vector<float> q, k, v, dout;          // inputs (bf16 values)
+    std::vector<double> o_ref, lse_ref;        // forward in double
+    std::vector<float> o_in, lse_in;           // what the backward is fed: o rounded to bf16, lse to fp32
+    std::vector<double> dq_ref, dk_ref, dv_ref;
+    std::vector<double> tol_o, tol_lse, tol_dq, tol_dk, tol_dv;
+};
+
+std::vector<double> to_double(const std::vector<float>& v) { return std::vector<double>(v.begin(), v.end()); }
+
+Problem make_problem(const Shape& sh, uint64_t seed) {
+    Problem P;
+    P.sh = sh;
+    const int B = sh.B, T = sh.T, H = sh.H, Hkv = sh.Hkv, D = sh.D;
+    P.w = std::min(sh.window, T - 1);
+    P.scale = 1.0 / std::sqrt((double)D);
+    llmc::Rng rng(seed);
+    // q with std 2: scores ~ N(0, 4), so row maxima change from tile to tile (online rescaling)
+    P.q = bf16_round(randn((size_t)B * T * H * D, rng, 2.0));
+    P.k = bf16_round(randn((size_t)B * T * Hkv * D, rng));
+    P.v = bf16_round(randn((size_t)B * T * Hkv * D, rng));
+    P.dout = bf16_round(randn((size_t)B * T * H * D, rng));
+    const std::vector<double> qd = to_double(P.q), kd = to_double(P.k), vd = to_double(P.v), gd = to_double(P.dout);
+    P.o_ref.resize(qd.size());
+    P.lse_ref.resize((size_t)B * H * T);
+    attention_forward<double>(P.o_ref.data(), P.lse_ref.data(), qd.data(), kd.data(), vd.data(), B, T, H, Hkv, D, sh.window);
+    P.o_in = bf16_round(std::vector<float>(P.o_ref.begin(), P.o_ref.end()));
+    P.lse_in = std::vector<float>(P.lse_ref.begin(), P.lse_ref.end());
+    const std::vector<double> oi = to_double(P.o_in), li = to_double(P.lse_in);
+    P.dq_ref.resize(qd.size());
+    P.dk_ref.resize(kd.size());
+    P.dv_ref.resize(vd.size());
+    attention_backward<double>(P.dq_ref.data(), P.dk_ref.data(), P.dv_ref.data(), gd.data(), oi.data(), li.data(), qd.data(), kd.data(),
+                               vd.data(), B, T, H, Hkv, D, sh.window);
+    return P;
+}
+
+// The tolerances of the header comment for one precision (magnitudes only; the expected values are
+// the CPU op's).
+void set_tolerances(Problem& P, const Precision& pr) {
+    const int B = P.sh.B, T = P.sh.T, H = P.sh.H, Hkv = P.sh.Hkv, D = P.sh.D, w = P.w, group = H / Hkv;
+    const double scale = P.scale, e22 = std::ldexp(1.0, -22), e21 = std::ldexp(1.0, -21);
+    const size_t nq = (size_t)B * T * H * D, nk = (size_t)B * T * Hkv * D;
+    std::vector<double> A(nq, 0.0), Adq(nq, 0.0), Sdq(nq, 0.0), Adk(nk, 0.0), Sdk(nk, 0.0), Adv(nk, 0.0), Sdv(nk, 0.0);
+    std::vector<double> Erow((size_t)B * H * T, 0.0);
+    std::vector<int> Nq((size_t)B * T * H, 0), Nk((size_t)B * T * Hkv, 0);
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < H; h++) {
+            const int kvh = h / group;
+            for (int i = 0; i < T; i++) {
+                const size_t qi = (((size_t)b * T + i) * H + h) * D;
+                const double lse = P.lse_in[((size_t)b * H + h) * T + i];
+                double Di = 0.0, aDi = 0.0;
+                for (int d = 0; d < D; d++) {
+                    Di += (double)P.dout[qi + d] * P.o_in[qi + d];
+                    aDi += std::fabs((double)P.dout[qi + d] * P.o_in[qi + d]);
+                }
+                double Emax = 0.0;
+                for (int j = std::max(0, i - w); j <= i; j++) {
+                    const size_t kj = (((size_t)b * T + j) * Hkv + kvh) * D;
+                    double sqk = 0.0, aqk = 0.0, dp = 0.0, adp = 0.0;
+                    for (int d = 0; d < D; d++) {
+                        sqk += (double)P.q[qi + d] * P.k[kj + d];
+                        aqk += std::fabs((double)P.q[qi + d] * P.k[kj + d]);
+                        dp += (double)P.dout[qi + d] * P.v[kj + d];
+                        adp += std::fabs((double)P.dout[qi + d] * P.v[kj + d]);
+                    }
+                    const double s = sqk * scale, p = std::exp(s - lse);
+                    const double E = pr.dot * scale * aqk + e22 * (std::fabs(s) + std::fabs(lse)) + e21;
+                    Emax = std::max(Emax, E);
+                    const double ep = pr.p + 2 * E;  // relative error of p as it enters a product
+                    const double ds = std::fabs(p * (dp - Di));
+                    const double dds = ep * p * (std::fabs(dp) + std::fabs(Di)) + p * pr.dot * (adp + aDi);
+                    for (int d = 0; d < D; d++) {
+                        const double av = std::fabs((double)P.v[kj + d]), ag = std::fabs((double)P.dout[qi + d]);
+                        const double aq = std::fabs((double)P.q[qi + d]), ak = std::fabs((double)P.k[kj + d]);
+                        A[qi + d] += p * av;
+                        Adv[kj + d] += ep * p * ag;
+                        Sdv[kj + d] += p * ag;
+                        Adk[kj + d] += dds * aq;
+                        Sdk[kj + d] += ds * aq;
+                        Adq[qi + d] += dds * ak;
+                        Sdq[qi + d] += ds * ak;
+                    }
+                    Nq[qi / D]++;
+                    Nk[kj / D]++;
+                }
+                Erow[((size_t)b * H + h) * T + i] = Emax;
+            }
+        }
+    P.tol_o.resize(nq);
+    P.tol_dq.resize(nq);
+    P.tol_lse.resize(Erow.size());
+    P.tol_dk.resize(nk);
+    P.tol_dv.resize(nk);
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < H; h++)
+            for (int i = 0; i < T; i++) {
+                const size_t r = ((size_t)b * T + i) * H + h, li = ((size_t)b * H + h) * T + i;
+                const double n = Nq[r] + 16, E = Erow[li];
+                P.tol_lse[li] = E + n * pr.sum + e22 * std::fabs(P.lse_ref[li]);
+                for (int d = 0; d < D; d++) {
+                    const size_t x = r * D + d;
+                    P.tol_o[x] = pr.out * std::fabs(P.o_ref[x]) + (pr.p + 2 * E + 2 * n * pr.sum) * A[x];
+                    P.tol_dq[x] = pr.out * std::fabs(P.dq_ref[x]) + scale * (Adq[x] + n * pr.sum * Sdq[x]);
+                }
+            }
+    for (size_t r = 0; r < Nk.size(); r++) {
+        const double n = Nk[r] + 16;
+        for (int d = 0; d < D; d++) {
+            const size_t x = r * D + d;
+            P.tol_dk[x] = pr.out * std::fabs(P.dk_ref[x]) + scale * (Adk[x] + n * pr.sum * Sdk[x]);
+            P.tol_dv[x] = pr.out * std::fabs(P.dv_ref[x]) + Adv[x] + n * pr.sum * Sdv[x];
+        }
+    }
+    (void)group;
+}
+
+// count_mismatches plus the worst err/tol, printed for the record
+template <typename G>
+long check_close(const char* what, const std::vector<G>& got, const std::vector<double>& ref, const std::vector<double>& tol) {
+    double worst = 0.0;
+    for (size_t i = 0; i < got.size(); i++) {
+        const double e = std::fabs((double)got[i] - ref[i]);
+        worst = std::max(worst, std::isnan(e) ? 1e30 : e / std::max(tol[i], 1e-300));
+    }
+    MESSAGE(std::string(what) << ": worst |err|/tol " << worst);
+    return count_mismatches(what, got, ref, [&](size_t i) { return tol[i]; });
+}
+
+std::string shape_name(const Shape& s) {
+    char buf[96];
+    snprintf(buf, sizeof buf, "B=%d T=%d H=%d Hkv=%d D=%d window=%s", s.B, s.T, s.H, s.Hkv, s.D,
+             s.window == kNone ? "none" : std::to_string(s.window).c_str());
+    return buf;
+}
+
+void check_bf16(const Shape& sh, uint64_t seed, int runs) {
+    const std::string name = shape_name(sh);
+    CAPTURE(name);
+    Problem P = make_problem(sh, seed);
+    set_tolerances(P, bf16_precision(sh.D));
+    const int B = sh.B, T = sh.T, H = sh.H, Hkv = sh.Hkv, D = sh.D;
+    DeviceBuffer<floatX> dq_in(to_bf16(P.q)), dk_in(to_bf16(P.k)), dv_in(to_bf16(P.v)), dg(to_bf16(P.dout)), dO_in(to_bf16(P.o_in));
+    DeviceBuffer<float> dlse_in(P.lse_in);
+    DeviceBuffer<floatX> dout(P.q.size()), ddq(P.q.size()), ddk(P.k.size()), ddv(P.v.size());
+    DeviceBuffer<float> dlse((size_t)B * H * T), scratch(attention_backward_scratch_floats(B, H, T));
+
+    // forward, twice
+    std::vector<float> o[2], lse[2];
+    for (int run = 0; run < runs; run++) {
+        dout.poison();
+        dlse.poison();
+        attention_forward(dout.ptr, dlse.ptr, dq_in.ptr, dk_in.ptr, dv_in.ptr, B, T, H, Hkv, D, sh.window, 0);
+        o[run] = to_f32(dout.download());
+        lse[run] = dlse.download();
+    }
+    CHECK(check_close("bf16 O", o[0], P.o_ref, P.tol_o) == 0);
+    CHECK(check_close("bf16 lse", lse[0], P.lse_ref, P.tol_lse) == 0);
+    if (runs == 2) {
+        CHECK(bits_equal(o[0], o[1]));
+        CHECK(bits_equal(lse[0], lse[1]));
+    }
+    if (P.w == 0) {  // p = exp2(0) = 1, l = 1: O is v of the same position, exactly
+        long bad = 0;
+        for (int b = 0; b < B; b++)
+            for (int i = 0; i < T; i++)
+                for (int h = 0; h < H; h++)
+                    for (int d = 0; d < D; d++)
+                        bad += o[0][(((size_t)b * T + i) * H + h) * D + d] != P.v[(((size_t)b * T + i) * Hkv + h / (H / Hkv)) * D + d];
+        CHECK(bad == 0);
+    }
+
+    // backward on the reference's O and lse, twice
+    std::vector<float> gq[2], gk[2], gv[2];
+    for (int run = 0; run < runs; run++) {
+        ddq.poison();
+        ddk.poison();
+        ddv.poison();
+        scratch.poison();
+        attention_backward(ddq.ptr, ddk.ptr, ddv.ptr, dg.ptr, dO_in.ptr, dlse_in.ptr, dq_in.ptr, dk_in.ptr, dv_in.ptr, B, T, H, Hkv, D,
+                           sh.window, scratch.ptr, 0);
+        gq[run] = to_f32(ddq.download());
+        gk[run] = to_f32(ddk.download());
+        gv[run] = to_f32(ddv.download());
+    }
+    CHECK(check_close("bf16 dq", gq[0], P.dq_ref, P.tol_dq) == 0);
+    CHECK(check_close("bf16 dk", gk[0], P.dk_ref, P.tol_dk) == 0);
+    CHECK(check_close("bf16 dv", gv[0], P.dv_ref, P.tol_dv) == 0);
+    if (runs == 2) {
+        CHECK(bits_equal(gq[0], gq[1]));
+        CHECK(bits_equal(gk[0], gk[1]));
+        CHECK(bits_equal(gv[0], gv[1]));
+    }
+}
+
+void check_fp32(const Shape& sh, uint64_t seed) {
+    const std::string name = shape_name(sh);
+    CAPTURE(name);
+    Problem P = make_problem(sh, seed);
+    set_tolerances(P, fp32_precision(sh.D));
+    const int B = sh.B, T = sh.T, H = sh.H, Hkv = sh.Hkv, D = sh.D;
+    DeviceBuffer<float> dq_in(P.q), dk_in(P.k), dv_in(P.v), dg(P.dout);
+    DeviceBuffer<float> dO_in(std::vector<float>(P.o_ref.begin(), P.o_ref.end())), dlse_in(P.lse_in);
+    DeviceBuffer<float> dout(P.q.size()), dlse((size_t)B * H * T), ddq(P.q.size()), ddk(P.k.size()), ddv(P.v.size());
+    DeviceBuffer<float> scratch(attention_backward_scratch_floats(B, H, T));
+    std::vector<float> o[2], lse[2], gq[2], gk[2], gv[2];
+    for (int run = 0; run < 2; run++) {
+        dout.poison();
+        dlse.poison();
+        ddq.poison();
+        ddk.poison();
+        ddv.poison();
+        scratch.poison();
+        attention_forward_fp32(dout.ptr, dlse.ptr, dq_in.ptr, dk_in.ptr, dv_in.ptr, B, T, H, Hkv, D, sh.window, 0);
+        attention_backward_fp32(ddq.ptr, ddk.ptr, ddv.ptr, dg.ptr, dO_in.ptr, dlse_in.ptr, dq_in.ptr, dk_in.ptr, dv_in.ptr, B, T, H, Hkv, D,
+                                sh.window, scratch.ptr, 0);
+        o[run] = dout.download();
+        lse[run] = dlse.download();
+        gq[run] = ddq.download();
+        gk[run] = ddk.download();
+        gv[run] = ddv.download();
+    }
+    // the backward reference was fed O rounded to bf16; this backward gets the unrounded fp32 O
+    // (what an fp32 build stores), so compare it against a reference fed the same
+    const std::vector<double> qd = to_double(P.q), kd = to_double(P.k), vd = to_double(P.v), gd = to_double(P.dout);
+    const std::vector<double> ld = to_double(P.lse_in);
+    std::vector<double> dq_ref(qd.size()), dk_ref(kd.size()), dv_ref(vd.size());
+    const std::vector<float> of(P.o_ref.begin(), P.o_ref.end());
+    const std::vector<double> ofd = to_double(of);
+    attention_backward<double>(dq_ref.data(), dk_ref.data(), dv_ref.data(), gd.data(), ofd.data(), ld.data(), qd.data(), kd.data(), vd.data(),
+                               B, T, H, Hkv, D, sh.window);
+    CHECK(check_close("fp32 O", o[0], P.o_ref, P.tol_o) == 0);
+    CHECK(check_close("fp32 lse", lse[0], P.lse_ref, P.tol_lse) == 0);
+    CHECK(check_close("fp32 dq", gq[0], dq_ref, P.tol_dq) == 0);
+    CHECK(check_close("fp32 dk", gk[0], dk_ref, P.tol_dk) == 0);
+    CHECK(check_close("fp32 dv", gv[0], dv_ref, P.tol_dv) == 0);
+    CHECK(bits_equal(o[0], o[1]));
+    CHECK(bits_equal(lse[0], lse[1]));
+    CHECK(bits_equal(gq[0], gq[1]));
+    CHECK(bits_equal(gk[0], gk[1]));
+    CHECK(bits_equal(gv[0], gv[1]));
+}
+
+}  // namespace
+
+TEST_CASE("attention (tensor cores): forward O, lse and backward dq, dk, dv against the CPU op in double") {
+    // twice: the bitwise comparison of two runs (SIM's own rerun in the plain flavor covers every shape)
+    uint64_t seed = 1000;
+    if (kTsan) {
+        for (size_t i = 0; i < sizeof(kShapesTsan) / sizeof(kShapesTsan[0]); i++) check_bf16(kShapesTsan[i], seed++, i == 0 ? 2 : 1);
+    } else {
+        for (size_t i = 0; i < sizeof(kShapes) / sizeof(kShapes[0]); i++, seed++)
+            if (!(kAsan && kShapes[i].heavy)) check_bf16(kShapes[i], seed, i == 0 || i == 2 ? 2 : 1);
+    }
+}
+
+TEST_CASE("attention fp32 variant: forward and backward against the CPU op in double") {
+    uint64_t seed = 2000;
+    if (kTsan) {
+        for (const Shape& s : kShapesFp32Tsan) check_fp32(s, seed++);
+    } else {
+        for (const Shape& s : kShapesFp32) check_fp32(s, seed++);
+    }
+}
+
+TEST_CASE("attention: unsupported shapes and misaligned pointers are an error, not a wrong result") {
+    DeviceBuffer<floatX> a(4 * 64 * 128 + 8);
+    DeviceBuffer<float> l(4 * 64), s(4 * 64);
+    CHECK_THROWS_AS(attention_forward(a.ptr, l.ptr, a.ptr, a.ptr, a.ptr, 1, 64, 2, 1, 96, kNone, 0), llmc::Error);     // D = 96
+    CHECK_THROWS_AS(attention_forward(a.ptr, l.ptr, a.ptr, a.ptr, a.ptr, 1, 64, 3, 2, 64, kNone, 0), llmc::Error);     // H % Hkv
+    CHECK_THROWS_AS(attention_forward(a.ptr, l.ptr, a.ptr, a.ptr, a.ptr, 1, 64, 2, 1, 64, -1, 0), llmc::Error);        // window < 0
+    CHECK_THROWS_AS(attention_forward(a.ptr + 1, l.ptr, a.ptr, a.ptr, a.ptr, 1, 64, 2, 1, 64, kNone, 0), llmc::Error); // 2-byte offset
+    CHECK_THROWS_AS(attention_backward(a.ptr, a.ptr, a.ptr, a.ptr, a.ptr, l.ptr, a.ptr, a.ptr + 4, a.ptr, 1, 64, 2, 1, 64, kNone, s.ptr, 0),
+                    llmc::Error);
+    CHECK_THROWS_AS(attention_backward(a.ptr, a.ptr, a.ptr, a.ptr, a.ptr, l.ptr, a.ptr, a.ptr, a.ptr, 1, 64, 2, 1, 32, kNone, s.ptr, 0),
+                    llmc::Error);
+}
