@@ -10,8 +10,9 @@
 // Timing: one warm-up call, then `reps` calls queued back to back on the stream with an event
 // recorded after each (one synchronization at the end). best = the fastest call (its event
 // interval), mean = total / reps; rates are computed from best. Host work inside a call (the
-// cuBLASLt heuristic query in matmul_cublaslt, the host-side plan build) is part of the time
-// when the GPU waits for it.
+// host-side plan build) is part of the time when the GPU waits for it; cuBLASLt plans (descriptors
+// and the heuristic's algorithm) are cached per shape by matmul.cuh, so their one-time cost falls
+// in the warm-up call.
 //
 // Rates. GB/s = bytes / best time, where bytes is the least DRAM traffic the kernel must do (each
 // input read once, each output written once; the formulas are next to each call). A re-read that
