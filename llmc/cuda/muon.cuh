@@ -41,8 +41,11 @@
 //   muon_normuon_kernel    one warp per matrix: ||X||_F from the statistics, the Muon+ scale, q,
 //                          S update, the NorMuon weights and ratio -> per-row/column factor
 //   muon_apply_kernel      elementwise: g, cautious decay, P and its bf16 copy
-// Memory-bound kernels move ~14 bytes per element for momentum and scaling and ~16 for the
-// update; the GEMMs dominate (5 x (2 q^2 (m+n) + 2 q^3) FLOPs per matrix, q = min(m, n)).
+// Bytes per element of the memory-bound kernels: momentum 12 (read M, G; write M), scaling 10 (read
+// M, G; write bf16 X), statistics 2, update 12 (read P, X; write P and its bf16 copy): ~36 in all,
+// against 5 x (4 q^2 p + 2 q^3) GEMM FLOPs per matrix (q = min(m, n), p = max(m, n)), which dominate.
+// Block size 128 for the row and elementwise kernels (full occupancy either way; it also keeps
+// the ThreadSanitizer flavor of SIM, whose cost grows with the threads per block, affordable).
 //
 // Scratch (MuonGPUScratch): two bf16 X buffers, the Gram matrix and Bm (bf16), per-row statistics
 // (double), per-row factors and per-matrix scalars (fp32): one cudaMalloc, sized by
