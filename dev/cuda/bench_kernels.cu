@@ -10,8 +10,9 @@
 // Timing: one warm-up call, then `reps` calls queued back to back on the stream with an event
 // recorded after each (one synchronization at the end). best = the fastest call (its event
 // interval), mean = total / reps; rates are computed from best. Host work inside a call (the
-// cuBLASLt heuristic query in matmul_cublaslt, the host-side plan build) is part of the time
-// when the GPU waits for it.
+// host-side plan build) is part of the time when the GPU waits for it; cuBLASLt plans (descriptors
+// and the heuristic's algorithm) are cached per shape by matmul.cuh, so their one-time cost falls
+// in the warm-up call.
 //
 // Rates. GB/s = bytes / best time, where bytes is the least DRAM traffic the kernel must do (each
 // input read once, each output written once; the formulas are next to each call). A re-read that
@@ -41,6 +42,7 @@
 #include "llmc/cuda/embedding.cuh"
 #include "llmc/cuda/global_norm.cuh"
 #include "llmc/cuda/matmul.cuh"
+#include "llmc/cuda/muon.cuh"
 #include "llmc/cuda/relu2.cuh"
 #include "llmc/cuda/residual.cuh"
 #include "llmc/cuda/rmsnorm.cuh"
@@ -84,6 +86,23 @@ __global__ void fill_uniform_kernel(floatX* p, size_t n, uint64_t seed, float sc
 void fill_uniform(floatX* p, size_t n, uint64_t seed, float scale, cudaStream_t stream) {
     const unsigned grid = (unsigned)std::min<size_t>(CEIL_DIV(n, (size_t)256), 8192);
     LAUNCH(fill_uniform_kernel, std::max(grid, 1u), 256, 0, stream, p, n, seed, scale);
+}
+
+// the same values in fp32 (gradients, optimizer state)
+__global__ void fill_uniform_f32_kernel(float* p, size_t n, uint64_t seed, float scale) {
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        uint64_t z = i + seed * 0x9E3779B97F4A7C15ull;
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+        z ^= z >> 31;
+        const float u = (float)(z >> 40) * (1.0f / 16777216.0f);
+        p[i] = scale * (2.0f * u - 1.0f);
+    }
+}
+
+void fill_uniform(float* p, size_t n, uint64_t seed, float scale, cudaStream_t stream) {
+    const unsigned grid = (unsigned)std::min<size_t>(CEIL_DIV(n, (size_t)256), 8192);
+    LAUNCH(fill_uniform_f32_kernel, std::max(grid, 1u), 256, 0, stream, p, n, seed, scale);
 }
 
 // a device copy of a few host floats (scalar parameters, gate weights)
@@ -450,6 +469,41 @@ void bench_matmul(Bench& B, int N, int IC, int OC, const char* what) {
     dfree(inp); dfree(weight); dfree(out); dfree(dinp); dfree(dweight);
 }
 
+// One Muon step over every matrix of the model (docs/model.md#param-groups: one group per shape, each one
+// muon_update on its stack): c_q, c_k, c_v, attn c_proj (4L of C x C when Hkv = H), c_fc (L of 4C x C),
+// mlp c_proj (L of C x 4C), ve_gate ((L+1)/2 VE layers of Hkv x 12). Time for the whole step (all
+// groups, one after another on the stream); the rate is the Polar Express GEMMs' FLOPs per matrix,
+// 5 x (4 q^2 p + 2 q^3) with q = min(m, n), p = max(m, n) (Gram matrix, its square, the product with
+// X), over that time, so the elementwise kernels count as overhead.
+void bench_muon(Bench& B, int L, int C, int Hkv) {
+    struct Group { int K, m, n; float* P; floatX* Pb; float* M; float* S; float* G; };
+    std::vector<Group> groups = {{4 * L, C, C}, {L, 4 * C, C}, {L, C, 4 * C}, {(L + 1) / 2, Hkv, 12}};
+    MuonGPUScratch scr;
+    double flops = 0.0;
+    uint64_t seed = 20;
+    for (Group& g : groups) {
+        const size_t n = (size_t)g.K * g.m * g.n, ns = (size_t)g.K * llmc::muon_second_moment_size(g.m, g.n);
+        g.P = dalloc<float>(n); g.Pb = dalloc<floatX>(n); g.M = dalloc<float>(n); g.S = dalloc<float>(ns);
+        g.G = dalloc<float>(n);
+        fill_uniform(g.P, n, seed++, 0.02f, B.stream);
+        fill_uniform(g.G, n, seed++, 1e-3f, B.stream);
+        cudaCheck(cudaMemsetAsync(g.M, 0, n * sizeof(float), B.stream));
+        cudaCheck(cudaMemsetAsync(g.S, 0, ns * sizeof(float), B.stream));
+        muon_scratch_reserve(scr, g.K, g.m, g.n);
+        const double q = std::min(g.m, g.n), p = std::max(g.m, g.n);
+        flops += (double)g.K * llmc::MUON_NS_STEPS * (4.0 * q * q * p + 2.0 * q * q * q);
+    }
+    muon_scratch_alloc(scr);
+    const std::string shape = fmt("L=%ld C=%ld Hkv=%ld", L, C, Hkv) + fmt(" (scratch %ld MiB)", (long)(muon_scratch_bytes(scr) >> 20));
+    Timing t = time_it([&] {
+        for (Group& g : groups)
+            muon_update(g.P, g.Pb, g.M, g.S, g.G, g.K, g.m, g.n, 0.02f, 0.95f, 0.1f, scr, B.stream);
+    }, B.reps, B.stream);
+    B.add_flops("muon step (all matrices, 4 groups)", shape, t, flops);
+    for (Group& g : groups) { dfree(g.P); dfree(g.Pb); dfree(g.M); dfree(g.S); dfree(g.G); }
+    muon_scratch_free(scr);
+}
+
 void print_device(Bench& B) {
     int dev = 0;
     cudaCheck(cudaGetDevice(&dev));
@@ -533,6 +587,9 @@ int run(int argc, char** argv) {
     bench_matmul(B, mm_rows, C, H, "(c_fc)");
     bench_matmul(B, mm_rows, H, C, "(c_proj)");
     bench_matmul(B, mm_rows, C, (V + 63) / 64 * 64, "(lm_head)");  // OC = Vp, as in the model
+    // d20: 20 layers, C = 1280, Hkv = 10 (small: 2 layers of C = 64, Hkv = 2)
+    if (small) bench_muon(B, 2, 64, 2);
+    else bench_muon(B, 20, C, NH);
 
     matmul_destroy();
     cudaCheck(cudaDeviceSynchronize());

@@ -1,5 +1,5 @@
 // attention.cuh: causal sliding-window attention with GQA, flash-attention style on tensor cores,
-// forward and backward (model.md §3.3 step 5; CPU twin: llmc/cpu/attention.h, same semantics,
+// forward and backward (docs/model.md#attention; CPU twin: llmc/cpu/attention.h, same semantics,
 // names and argument order, plus scratch for the backward and the stream).
 //
 //   q, out: (B, T, H, D) bf16; k, v: (B, T, Hkv, D) bf16; lse: (B, H, T) fp32.

@@ -9,6 +9,12 @@
 //    used is K * 2^-22 * S (4x).
 //  - outputs rounded to bf16 (out, dinp): plus 2^-8 * |ref| (one rounding, relative).
 //  - accumulating outputs: the old value enters the fp32 sum, so S includes |old|.
+//  - the general product D = alpha A·B + beta C: S = |alpha| sum_k |a_k b_k| + |beta C|, with K + 2
+//    roundings (the products' sum, alpha·, beta·C and the add).
+// Overwrite (beta = 0) is checked on outputs poisoned with NaN: any read of the old value shows.
+// Batched products are checked against the double reference per entry and against a loop of single
+// calls (bitwise under SIM, where both run the same CPU GEMM per entry; within both bounds on a GPU,
+// where cuBLASLt may pick another algorithm for the batched shape).
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 #include "llmc/cuda/matmul.cuh"
@@ -102,4 +108,250 @@ TEST_CASE("matmul launchers reject bad shapes") {
     matmul_init();
     CHECK_THROWS_AS(matmul_forward(nullptr, nullptr, nullptr, 4, 0, 8, 0), llmc::Error);
     CHECK_THROWS_AS(matmul_backward(nullptr, nullptr, nullptr, nullptr, nullptr, -1, 8, 8, 0), llmc::Error);
+}
+
+// ---------------------------------------------------------------------------------------------
+// overwrite vs accumulate
+
+TEST_CASE("matmul_backward: MM_OVERWRITE replaces the output without reading it, MM_ACCUMULATE adds") {
+    const int N = 33, IC = 40, OC = 24;
+    llmc::Rng rng(11);
+    const std::vector<float> x = bf16_round(randn((size_t)N * IC, rng, 1.0));
+    const std::vector<float> w = bf16_round(randn((size_t)OC * IC, rng, 0.2));
+    const std::vector<float> g = bf16_round(randn((size_t)N * OC, rng, 1.0));
+    const std::vector<double> xd = to_double(x), wd = to_double(w), gd = to_double(g);
+    const std::vector<double> xa = abs_v(x), wa = abs_v(w), ga = abs_v(g);
+    // references of the bare products (zero start)
+    std::vector<double> dx_ref((size_t)N * IC, 0.0), dw_ref((size_t)OC * IC, 0.0), dx_mag = dx_ref, dw_mag = dw_ref;
+    matmul_backward<double>(dx_ref.data(), dw_ref.data(), gd.data(), xd.data(), wd.data(), N, IC, OC);
+    matmul_backward<double>(dx_mag.data(), dw_mag.data(), ga.data(), xa.data(), wa.data(), N, IC, OC);
+    const double k_dx = (OC + 1) * std::ldexp(1.0, -22), k_dw = (N + 1) * std::ldexp(1.0, -22);
+
+    matmul_init();
+    DeviceBuffer<floatX> d_x(to_bf16(x)), d_w(to_bf16(w)), d_g(to_bf16(g)), d_dx((size_t)N * IC);
+    DeviceBuffer<float> d_dw((size_t)OC * IC);
+    d_dx.poison();  // NaN: an overwrite that reads the old value gives NaN
+    d_dw.poison();
+    matmul_backward(d_dx.ptr, d_dw.ptr, d_g.ptr, d_x.ptr, d_w.ptr, N, IC, OC, 0, MM_OVERWRITE, MM_OVERWRITE);
+    const std::vector<float> dx1 = to_f32(d_dx.download()), dw1 = d_dw.download();
+    CHECK(count_mismatches("dinp (overwrite)", dx1, dx_ref,
+                           [&](size_t i) { return BF16_ROUND * std::fabs(dx_ref[i]) + k_dx * dx_mag[i]; }) == 0);
+    CHECK(count_mismatches("dweight (overwrite)", dw1, dw_ref, [&](size_t i) { return k_dw * dw_mag[i]; }) == 0);
+
+    // a second contributor accumulates onto the first: 2x the product (plus one bf16 rounding of dinp)
+    matmul_backward(d_dx.ptr, d_dw.ptr, d_g.ptr, d_x.ptr, d_w.ptr, N, IC, OC, 0, MM_ACCUMULATE, MM_ACCUMULATE);
+    std::vector<double> dx2(dx1.begin(), dx1.end()), dw2(dw1.begin(), dw1.end());
+    for (size_t i = 0; i < dx2.size(); i++) dx2[i] += dx_ref[i];
+    for (size_t i = 0; i < dw2.size(); i++) dw2[i] += dw_ref[i];
+    CHECK(count_mismatches("dinp (accumulate)", to_f32(d_dx.download()), dx2, [&](size_t i) {
+              return BF16_ROUND * std::fabs(dx2[i]) + k_dx * (dx_mag[i] + std::fabs(dx1[i]));
+          }) == 0);
+    CHECK(count_mismatches("dweight (accumulate)", d_dw.download(), dw2,
+                           [&](size_t i) { return k_dw * (dw_mag[i] + std::fabs(dw1[i])); }) == 0);
+
+    // overwrite again: back to the bare product (the old 2x value is not read)
+    matmul_backward(d_dx.ptr, d_dw.ptr, d_g.ptr, d_x.ptr, d_w.ptr, N, IC, OC, 0, MM_OVERWRITE, MM_OVERWRITE);
+    CHECK(count_mismatches("dinp (overwrite again)", to_f32(d_dx.download()), dx_ref,
+                           [&](size_t i) { return BF16_ROUND * std::fabs(dx_ref[i]) + k_dx * dx_mag[i]; }) == 0);
+    CHECK(count_mismatches("dweight (overwrite again)", d_dw.download(), dw_ref,
+                           [&](size_t i) { return k_dw * dw_mag[i]; }) == 0);
+
+    // the modes are per output: dinp accumulates while dweight is overwritten
+    const std::vector<float> dx3 = to_f32(d_dx.download());
+    d_dw.poison();
+    matmul_backward(d_dx.ptr, d_dw.ptr, d_g.ptr, d_x.ptr, d_w.ptr, N, IC, OC, 0, MM_ACCUMULATE, MM_OVERWRITE);
+    std::vector<double> dx4(dx3.begin(), dx3.end());
+    for (size_t i = 0; i < dx4.size(); i++) dx4[i] += dx_ref[i];
+    CHECK(count_mismatches("dinp (accumulate, dweight overwritten)", to_f32(d_dx.download()), dx4, [&](size_t i) {
+              return BF16_ROUND * std::fabs(dx4[i]) + k_dx * (dx_mag[i] + std::fabs(dx3[i]));
+          }) == 0);
+    CHECK(count_mismatches("dweight (overwrite, dinp accumulated)", d_dw.download(), dw_ref,
+                           [&](size_t i) { return k_dw * dw_mag[i]; }) == 0);
+
+    // no tokens: an overwritten dweight is the empty sum (zeros), an accumulated one is unchanged
+    d_dw.poison();
+    matmul_backward(nullptr, d_dw.ptr, d_g.ptr, d_x.ptr, d_w.ptr, 0, IC, OC, 0, MM_ACCUMULATE, MM_OVERWRITE);
+    CHECK(bits_equal(d_dw.download(), std::vector<float>((size_t)OC * IC, 0.0f)));
+    d_dw.upload(dw1);
+    matmul_backward(nullptr, d_dw.ptr, d_g.ptr, d_x.ptr, d_w.ptr, 0, IC, OC, 0);
+    CHECK(bits_equal(d_dw.download(), dw1));
+}
+
+// ---------------------------------------------------------------------------------------------
+// the general strided-batched product
+
+namespace {
+
+// D = alpha op(A) op(B) + beta C in double, row-major, and its magnitude sum S for the tolerance
+void ref_gemm(std::vector<double>& D, std::vector<double>& S, const float* A, bool ta, const float* B, bool tb,
+              const float* C, int M, int N, int K, double alpha, double beta) {
+    D.assign((size_t)M * N, 0.0);
+    S.assign((size_t)M * N, 0.0);
+    for (int i = 0; i < M; i++)
+        for (int j = 0; j < N; j++) {
+            double acc = 0.0, mag = 0.0;
+            for (int k = 0; k < K; k++) {
+                const double a = ta ? A[(size_t)k * M + i] : A[(size_t)i * K + k];
+                const double b = tb ? B[(size_t)j * K + k] : B[(size_t)k * N + j];
+                acc += a * b;
+                mag += std::fabs(a * b);
+            }
+            const double c = C ? (double)C[(size_t)i * N + j] : 0.0;
+            D[(size_t)i * N + j] = alpha * acc + beta * c;
+            S[(size_t)i * N + j] = std::fabs(alpha) * mag + std::fabs(beta * c);
+        }
+}
+
+std::vector<float> slice(const std::vector<float>& v, size_t off, size_t n) {
+    return std::vector<float>(v.begin() + off, v.begin() + off + n);
+}
+
+// One configuration: `batch` entries of D (M x N, type TD) at stride sd >= M*N (gaps stay poisoned),
+// A and B at strides sa, sb (0: one matrix shared by every entry), C a separate matrix or D itself.
+template <typename TD>
+void check_batched(int M, int N, int K, bool ta, bool tb, float alpha, float beta, bool c_is_d, int batch, long long sa,
+                   long long sb, long long sd, uint64_t seed) {
+    CAPTURE(M); CAPTURE(N); CAPTURE(K); CAPTURE(ta); CAPTURE(tb); CAPTURE(alpha); CAPTURE(beta); CAPTURE(c_is_d);
+    CAPTURE(batch); CAPTURE(sa); CAPTURE(sb); CAPTURE(sd);
+    const bool bf16_out = std::is_same<TD, floatX>::value;
+    llmc::Rng rng(seed);
+    const size_t na = (size_t)(batch - 1) * sa + (size_t)M * K, nb = (size_t)(batch - 1) * sb + (size_t)K * N;
+    const size_t nd = (size_t)(batch - 1) * sd + (size_t)M * N;
+    const std::vector<float> a = bf16_round(randn(na, rng, 1.0)), b = bf16_round(randn(nb, rng, 0.3));
+    std::vector<float> c = randn(nd, rng, 1.0);
+    if (bf16_out) c = bf16_round(c);
+    auto to_dev = [](const std::vector<float>& v) {
+        if constexpr (std::is_same<TD, floatX>::value) return to_bf16(v);
+        else return v;
+    };
+    auto to_host = [](const std::vector<TD>& v) {
+        if constexpr (std::is_same<TD, floatX>::value) return to_f32(v);
+        else return v;
+    };
+    matmul_init();
+    DeviceBuffer<floatX> d_a(to_bf16(a)), d_b(to_bf16(b));
+    DeviceBuffer<TD> d_c(to_dev(c)), d_d(nd), d_loop(nd);
+    TD* dst = c_is_d ? d_c.ptr : d_d.ptr;
+    const TD* src = beta != 0.0f ? d_c.ptr : nullptr;
+    if (!c_is_d) d_d.poison();
+    // C == D in place: the gaps between entries of D hold C's values, which must survive
+    matmul_batched<TD>("test batched", dst, src, d_a.ptr, ta, d_b.ptr, tb, M, N, K, alpha, beta, batch, sa, sb, sd, 0);
+    const std::vector<float> got = to_host(c_is_d ? d_c.download() : d_d.download());
+
+    // the same entries one call at a time (into a separate output when D == C is not asked for)
+    if (c_is_d) d_c.upload(to_dev(c));
+    TD* dst1 = c_is_d ? d_c.ptr : d_loop.ptr;
+    if (!c_is_d) d_loop.poison();
+    for (int e = 0; e < batch; e++)
+        matmul_batched<TD>("test single", dst1 + e * sd, src ? src + e * sd : nullptr, d_a.ptr + e * sa, ta,
+                           d_b.ptr + e * sb, tb, M, N, K, alpha, beta, 1, 0, 0, 0, 0);
+    const std::vector<float> loop = to_host(c_is_d ? d_c.download() : d_loop.download());
+
+    const double kf = (K + 2) * std::ldexp(1.0, -22);
+    std::vector<double> R, S;
+    for (int e = 0; e < batch; e++) {
+        CAPTURE(e);
+        ref_gemm(R, S, a.data() + e * sa, ta, b.data() + e * sb, tb, beta != 0.0f ? c.data() + e * sd : nullptr, M, N, K,
+                 alpha, beta);
+        auto tol = [&](size_t i) { return (bf16_out ? BF16_ROUND * std::fabs(R[i]) : 0.0) + kf * S[i]; };
+        CHECK(count_mismatches("batched", slice(got, e * sd, (size_t)M * N), R, tol) == 0);
+        CHECK(count_mismatches("single", slice(loop, e * sd, (size_t)M * N), R, tol) == 0);
+        // the gap after entry e (stride > M*N) is not written: still poison (NaN), or C's values in place
+        for (size_t i = (size_t)e * sd + (size_t)M * N; i < (size_t)(e + 1) * sd && i < nd; i++) {
+            if (c_is_d) CHECK(got[i] == c[i]);
+            else CHECK(std::isnan(got[i]));
+        }
+    }
+#ifdef LLMC_SIM
+    // SIM runs the same CPU GEMM per entry either way: a batched call is bitwise the loop
+    CHECK(std::memcmp(got.data(), loop.data(), got.size() * sizeof(float)) == 0);
+#endif
+}
+
+}  // namespace
+
+TEST_CASE("matmul_batched: every transpose, alpha/beta, C separate or in place, bf16 and fp32 D, vs a loop of single calls") {
+    uint64_t seed = 100;
+    for (int ta = 0; ta < 2; ta++)
+        for (int tb = 0; tb < 2; tb++) {
+            // bf16 D, C separate, strides padded past the entries (gaps), odd K
+            check_batched<floatX>(24, 40, 37, ta, tb, 1.5f, -0.75f, false, 3, 24 * 37 + 8, 37 * 40 + 16, 24 * 40 + 8, seed++);
+            // fp32 D accumulating in place (C == D, beta = 1), tight strides
+            check_batched<float>(16, 24, 64, ta, tb, 1.0f, 1.0f, true, 4, 16 * 64, 64 * 24, 16 * 24, seed++);
+        }
+    // beta = 0 overwrites a poisoned D without reading it; alpha scales
+    check_batched<floatX>(32, 16, 48, false, true, -2.0f, 0.0f, false, 2, 32 * 48, 48 * 16, 32 * 16, seed++);
+    check_batched<float>(8, 8, 8, true, false, 0.5f, 0.0f, false, 5, 64, 64, 64, seed++);
+    // B shared by every entry (stride 0), as a weight applied to a stack of inputs
+    check_batched<floatX>(16, 32, 24, false, false, 1.0f, 0.0f, false, 3, 16 * 24, 0, 16 * 32, seed++);
+    // Muon's shapes: X·Xᵀ (wide), a·X + Bm·X with C a different buffer, a single entry
+    check_batched<floatX>(8, 8, 24, false, true, 1.0f, 0.0f, false, 2, 8 * 24, 8 * 24, 64, seed++);
+    check_batched<floatX>(8, 24, 8, false, false, 1.0f, 3.5f, false, 2, 64, 8 * 24, 8 * 24, seed++);
+    check_batched<floatX>(9, 7, 5, true, true, 1.0f, 0.25f, false, 1, 0, 0, 0, seed++);
+}
+
+TEST_CASE("matmul rejects misaligned operands and batch strides") {
+    matmul_init();
+    const int M = 16, N = 16, K = 16;
+    DeviceBuffer<floatX> a(4 * M * K + 8), b(4 * K * N + 8), d(4 * M * N + 8);
+    DeviceBuffer<float> f(4 * M * N + 8);
+    a.poison(); b.poison(); d.poison(); f.poison();
+    auto call = [&](floatX* dd, const floatX* cc, const floatX* aa, const floatX* bb, float beta, int batch, long long sa,
+                    long long sb, long long sd) {
+        matmul_batched<floatX>("misaligned test", dd, cc, aa, false, bb, false, M, N, K, 1.0f, beta, batch, sa, sb, sd, 0);
+    };
+    CHECK_NOTHROW(call(d.ptr, nullptr, a.ptr, b.ptr, 0.0f, 1, 0, 0, 0));
+    CHECK_NOTHROW(call(d.ptr + 8, nullptr, a.ptr + 8, b.ptr + 8, 0.0f, 1, 0, 0, 0));  // 16 bytes further: fine
+    CHECK_THROWS_AS(call(d.ptr, nullptr, a.ptr + 1, b.ptr, 0.0f, 1, 0, 0, 0), llmc::Error);  // A 2 bytes off
+    CHECK_THROWS_AS(call(d.ptr, nullptr, a.ptr, b.ptr + 4, 0.0f, 1, 0, 0, 0), llmc::Error);  // B 8 bytes off
+    CHECK_THROWS_AS(call(d.ptr + 1, nullptr, a.ptr, b.ptr, 0.0f, 1, 0, 0, 0), llmc::Error);  // D
+    CHECK_THROWS_AS(call(d.ptr, d.ptr + 2, a.ptr, b.ptr, 1.0f, 1, 0, 0, 0), llmc::Error);    // C (read: beta != 0)
+    // batch strides: 16*16 + 1 bf16 elements put entry 1 two bytes off
+    CHECK_NOTHROW(call(d.ptr, nullptr, a.ptr, b.ptr, 0.0f, 2, M * K + 8, K * N, M * N));
+    CHECK_THROWS_AS(call(d.ptr, nullptr, a.ptr, b.ptr, 0.0f, 2, M * K + 1, K * N, M * N), llmc::Error);
+    CHECK_THROWS_AS(call(d.ptr, nullptr, a.ptr, b.ptr, 0.0f, 2, M * K, K * N + 4, M * N), llmc::Error);
+    CHECK_THROWS_AS(call(d.ptr, nullptr, a.ptr, b.ptr, 0.0f, 2, M * K, K * N, M * N + 3), llmc::Error);
+    // fp32 output: 4-byte elements, a stride of M*N + 2 floats is 8 bytes off
+    CHECK_THROWS_AS(matmul_batched<float>("misaligned fp32", f.ptr + 1, nullptr, a.ptr, false, b.ptr, false, M, N, K,
+                                          1.0f, 0.0f, 1, 0, 0, 0, 0), llmc::Error);
+    CHECK_THROWS_AS(matmul_batched<float>("misaligned fp32", f.ptr, nullptr, a.ptr, false, b.ptr, false, M, N, K, 1.0f,
+                                          0.0f, 2, M * K, K * N, M * N + 2, 0), llmc::Error);
+    // overlapping D entries, bad shapes, a missing C for beta != 0
+    CHECK_THROWS_AS(call(d.ptr, nullptr, a.ptr, b.ptr, 0.0f, 2, M * K, K * N, M * N - 8), llmc::Error);
+    CHECK_THROWS_AS(call(d.ptr, nullptr, a.ptr, b.ptr, 0.0f, 0, 0, 0, 0), llmc::Error);
+    CHECK_THROWS_AS(call(d.ptr, nullptr, a.ptr, b.ptr, 1.0f, 1, 0, 0, 0), llmc::Error);
+    // the layer entry points check their operands the same way
+    DeviceBuffer<floatX> x(8 * 16 + 8), w(16 * 16 + 8), y(8 * 16 + 8);
+    CHECK_THROWS_AS(matmul_forward(y.ptr, x.ptr + 1, w.ptr, 8, 16, 16, 0), llmc::Error);
+    CHECK_THROWS_AS(matmul_backward(y.ptr + 3, nullptr, x.ptr, x.ptr, w.ptr, 8, 16, 16, 0), llmc::Error);
+#ifdef LLMC_SIM
+    // SIM also refuses an operand range past the end of its cudaMalloc'ed block (cuBLASLt would fault)
+    CHECK_THROWS_AS(call(d.ptr, nullptr, a.ptr, b.ptr, 0.0f, 5, M * K, K * N, M * N), llmc::Error);
+#endif
+}
+
+namespace {
+// a kernel that writes a value the product then reads: stream order must hold
+__global__ void fill_kernel(floatX* p, int n, float v) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) p[i] = __float2bfloat16(v);
+}
+}  // namespace
+
+TEST_CASE("matmul on a created stream runs after the kernels queued before it") {
+    // Under SIM with LLMC_SIM_STREAMS=async (the TSan flavor) work on a created stream is queued; a
+    // product that ran at once would read A before fill_kernel wrote it (a non-blocking stream: no
+    // default-stream work in between drains it).
+    matmul_init();
+    const int M = 8, N = 8, K = 16;
+    cudaStream_t st;
+    cudaCheck(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+    DeviceBuffer<floatX> a(M * K), b(to_bf16(std::vector<float>(K * N, 1.0f))), d(M * N);
+    a.poison();
+    d.poison();
+    LAUNCH(fill_kernel, 1, 128, 0, st, a.ptr, M * K, 0.5f);
+    matmul_batched<floatX>("stream test", d.ptr, nullptr, a.ptr, false, b.ptr, false, M, N, K, 1.0f, 0.0f, 1, 0, 0, 0, st);
+    cudaCheck(cudaStreamSynchronize(st));
+    CHECK(bits_equal(to_f32(d.download()), std::vector<float>(M * N, 8.0f)));  // 16 * 0.5 * 1, exact
+    cudaCheck(cudaStreamDestroy(st));
 }
