@@ -355,3 +355,29 @@ TEST_CASE("matmul on a created stream runs after the kernels queued before it") 
     CHECK(bits_equal(to_f32(d.download()), std::vector<float>(M * N, 8.0f)));  // 16 * 0.5 * 1, exact
     cudaCheck(cudaStreamDestroy(st));
 }
+
+#ifndef LLMC_SIM
+// GPU only (SIM has no plans): the plan (descriptor, layouts, algorithm) is made once per key
+TEST_CASE("cuBLASLt plans are cached per (shape, transposes, output type, batch, strides)") {
+    matmul_init();
+    const int M = 48, N = 40, K = 56;  // a shape no other test here uses
+    DeviceBuffer<floatX> a(2 * M * K), b(2 * K * N), d(2 * M * N);
+    DeviceBuffer<float> f(M * N);
+    a.poison(); b.poison(); d.poison(); f.poison();
+    const size_t before = g_matmul_plans.size();
+    for (int r = 0; r < 3; r++)
+        matmul_batched<floatX>("cache", d.ptr, nullptr, a.ptr, false, b.ptr, false, M, N, K, 1.0f, 0.0f, 1, 0, 0, 0, 0);
+    CHECK(g_matmul_plans.size() == before + 1);
+    // alpha, beta and C are call arguments, not part of the plan
+    matmul_batched<floatX>("cache", d.ptr, d.ptr, a.ptr, false, b.ptr, false, M, N, K, 2.0f, 1.0f, 1, 0, 0, 0, 0);
+    CHECK(g_matmul_plans.size() == before + 1);
+    // another transpose, output type or batch is another plan
+    matmul_batched<floatX>("cache", d.ptr, nullptr, a.ptr, true, b.ptr, false, M, N, K, 1.0f, 0.0f, 1, 0, 0, 0, 0);
+    matmul_batched<float>("cache", f.ptr, nullptr, a.ptr, false, b.ptr, false, M, N, K, 1.0f, 0.0f, 1, 0, 0, 0, 0);
+    matmul_batched<floatX>("cache", d.ptr, nullptr, a.ptr, false, b.ptr, false, M, N, K, 1.0f, 0.0f, 2, M * K, K * N, M * N, 0);
+    CHECK(g_matmul_plans.size() == before + 4);
+    matmul_batched<floatX>("cache", d.ptr, nullptr, a.ptr, false, b.ptr, false, M, N, K, 1.0f, 0.0f, 2, M * K, K * N, M * N, 0);
+    CHECK(g_matmul_plans.size() == before + 4);
+    cudaCheck(cudaDeviceSynchronize());
+}
+#endif
