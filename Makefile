@@ -98,21 +98,21 @@ $(BUILD)/dev/%: dev/%.cpp $(HEADERS)
 
 # Kernel benchmark (dev/cuda/bench_kernels.cu): nvcc for a GPU (scripts/gpu_check.sh runs it); the
 # SIM build runs tiny shapes on the CPU as a smoke test of the program itself.
-$(BUILD)/gpu/bench_kernels: dev/cuda/bench_kernels.cu $(HEADERS)
+$(BUILD)/gpu/bench_kernels: dev/cuda/bench_kernels.cu $(HEADERS) dev/cuda/bench_timing.h
 	@mkdir -p $(@D)
 	$(NVCC) $(NVCCFLAGS) $< -o $@ $(NVLDLIBS)
 
-$(BUILD)/sim/bench_kernels: dev/cuda/bench_kernels.cu $(HEADERS) $(SIM_SRCS)
+$(BUILD)/sim/bench_kernels: dev/cuda/bench_kernels.cu $(HEADERS) dev/cuda/bench_timing.h $(SIM_SRCS)
 	@mkdir -p $(@D)
 	$(CXX) $(SIMFLAGS) -x c++ $< -x none $(SIM_SRCS) -o $@ $(LDLIBS)
 
 # Tensor-core GEMM example (dev/cuda/mma_gemm.cu, on llmc/cuda/mma.cuh): the benchmark against
 # cuBLASLt on a GPU; under SIM tiny shapes as a smoke test. test_mma_gemm includes the .cu file.
-$(BUILD)/gpu/mma_gemm: dev/cuda/mma_gemm.cu $(HEADERS)
+$(BUILD)/gpu/mma_gemm: dev/cuda/mma_gemm.cu $(HEADERS) dev/cuda/bench_timing.h
 	@mkdir -p $(@D)
 	$(NVCC) $(NVCCFLAGS) $< -o $@ $(NVLDLIBS)
 
-$(BUILD)/sim/mma_gemm: dev/cuda/mma_gemm.cu $(HEADERS) $(SIM_SRCS)
+$(BUILD)/sim/mma_gemm: dev/cuda/mma_gemm.cu $(HEADERS) dev/cuda/bench_timing.h $(SIM_SRCS)
 	@mkdir -p $(@D)
 	$(CXX) $(SIMFLAGS) -x c++ $< -x none $(SIM_SRCS) -o $@ $(LDLIBS)
 
@@ -120,11 +120,11 @@ $(BUILD)/sim/test_mma_gemm $(BUILD)/sim_asan/test_mma_gemm $(BUILD)/sim_tsan/tes
 
 # Flash-attention benchmark (dev/cuda/bench_attention.cu, llmc/cuda/attention.cuh): a correctness
 # check against the CPU op, then ms and TFLOP/s on a GPU; under SIM tiny shapes as a smoke test.
-$(BUILD)/gpu/bench_attention: dev/cuda/bench_attention.cu $(HEADERS)
+$(BUILD)/gpu/bench_attention: dev/cuda/bench_attention.cu $(HEADERS) dev/cuda/bench_timing.h
 	@mkdir -p $(@D)
 	$(NVCC) $(NVCCFLAGS) $< -o $@ $(NVLDLIBS)
 
-$(BUILD)/sim/bench_attention: dev/cuda/bench_attention.cu $(HEADERS) $(SIM_SRCS)
+$(BUILD)/sim/bench_attention: dev/cuda/bench_attention.cu $(HEADERS) dev/cuda/bench_timing.h $(SIM_SRCS)
 	@mkdir -p $(@D)
 	$(CXX) $(SIMFLAGS) -x c++ $< -x none $(SIM_SRCS) -o $@ $(LDLIBS)
 

@@ -11,7 +11,7 @@
 // bf16 tensor, SMs x max clock x 4096 FLOP/clk/SM on sm_90, 2048 on sm_80) is an upper bound, as in
 // mma_gemm and bench_kernels.
 //
-// Timing as bench_kernels: one warm-up, then `reps` calls with an event after each; best = the
+// Timing (dev/cuda/bench_timing.h): one warm-up, then `reps` calls with an event after each; best = the
 // fastest interval. "fwd+bwd" times attention_forward followed by attention_backward.
 //
 // Shapes: B 4, H 32 (= Hkv), D 128, causal, T = 2K .. 32K (--max-t caps T); d20-like: B 16, T 2048,
@@ -32,6 +32,7 @@
 #include "llmc/cpu/attention.h"
 #include "llmc/rng.h"
 #include "llmc/utils.h"
+#include "dev/cuda/bench_timing.h"
 
 namespace {
 
@@ -55,26 +56,6 @@ std::vector<floatX> random_bf16(size_t n, uint64_t seed, float a) {
     return v;
 }
 
-template <typename F> double best_ms(F&& f, int reps, cudaStream_t stream) {
-    f();
-    cudaCheck(cudaDeviceSynchronize());
-    std::vector<cudaEvent_t> ev(reps + 1);
-    for (auto& e : ev) cudaCheck(cudaEventCreate(&e));
-    cudaCheck(cudaEventRecord(ev[0], stream));
-    for (int r = 0; r < reps; r++) {
-        f();
-        cudaCheck(cudaEventRecord(ev[r + 1], stream));
-    }
-    cudaCheck(cudaEventSynchronize(ev[reps]));
-    double best = 1e30;
-    for (int r = 0; r < reps; r++) {
-        float ms = 0.0f;
-        cudaCheck(cudaEventElapsedTime(&ms, ev[r], ev[r + 1]));
-        best = std::min(best, (double)ms);
-    }
-    for (auto& e : ev) cudaCheck(cudaEventDestroy(e));
-    return best;
-}
 
 double peak_tflops() {
 #ifdef LLMC_SIM
@@ -221,13 +202,13 @@ int run(int argc, char** argv) {
             cudaCheck(cudaMemcpy(g, hq.data(), nq * sizeof(floatX), cudaMemcpyHostToDevice));  // any values will do
         }
         const double flops_fwd = 4.0 * s.D * visible_pairs(s.T, s.window) * s.B * s.H, flops_all = 3.5 * flops_fwd;
-        const double t_fwd = best_ms([&] { attention_forward(o, lse, q, k, v, s.B, s.T, s.H, s.Hkv, s.D, s.window, stream); }, reps, stream);
-        const double t_all = best_ms(
+        const double t_fwd = time_it([&] { attention_forward(o, lse, q, k, v, s.B, s.T, s.H, s.Hkv, s.D, s.window, stream); }, reps, stream).best_ms;
+        const double t_all = time_it(
             [&] {
                 attention_forward(o, lse, q, k, v, s.B, s.T, s.H, s.Hkv, s.D, s.window, stream);
                 attention_backward(gq, gk, gv, g, o, lse, q, k, v, s.B, s.T, s.H, s.Hkv, s.D, s.window, scratch, stream);
             },
-            reps, stream);
+            reps, stream).best_ms;
         const double tf_fwd = flops_fwd / (t_fwd * 1e-3) / 1e12, tf_all = flops_all / (t_all * 1e-3) / 1e12;
         char pct[16] = "-", win[16] = "none";
         if (peak > 0) snprintf(pct, sizeof pct, "%.0f%%", 100.0 * tf_fwd / peak);

@@ -35,6 +35,7 @@
 #include <cstring>
 #include <string>
 #include <vector>
+#include "dev/cuda/bench_timing.h"
 #include "llmc/cuda/adamw.cuh"
 #include "llmc/cuda/backout.cuh"
 #include "llmc/cuda/common.cuh"
@@ -123,32 +124,6 @@ std::vector<int> make_ids(int N, int V, llmc::Rng& rng) {
 // ---------------------------------------------------------------------------------------------
 // timing and the results table
 
-struct Timing { double best_ms, mean_ms; };
-
-template <typename F>
-Timing time_it(F&& f, int reps, cudaStream_t stream) {
-    f();  // warm-up: first-call costs (cuBLASLt kernel selection and loading, caches)
-    cudaCheck(cudaDeviceSynchronize());
-    std::vector<cudaEvent_t> ev(reps + 1);
-    for (auto& e : ev) cudaCheck(cudaEventCreate(&e));
-    cudaCheck(cudaEventRecord(ev[0], stream));
-    for (int r = 0; r < reps; r++) {
-        f();
-        cudaCheck(cudaEventRecord(ev[r + 1], stream));
-    }
-    cudaCheck(cudaEventSynchronize(ev[reps]));
-    Timing t{1e30, 0.0};
-    for (int r = 0; r < reps; r++) {
-        float ms = 0.0f;
-        cudaCheck(cudaEventElapsedTime(&ms, ev[r], ev[r + 1]));
-        t.best_ms = std::min(t.best_ms, (double)ms);
-    }
-    float total = 0.0f;
-    cudaCheck(cudaEventElapsedTime(&total, ev[0], ev[reps]));
-    t.mean_ms = total / reps;
-    for (auto& e : ev) cudaCheck(cudaEventDestroy(e));
-    return t;
-}
 
 struct Row {
     std::string kernel, shape;

@@ -135,6 +135,7 @@ inline void mma_gemm(float* C, const floatX* A, const floatX* B, int M, int N, i
 #include <vector>
 #include "llmc/cuda/matmul.cuh"
 #include "llmc/utils.h"
+#include "dev/cuda/bench_timing.h"
 
 namespace {
 
@@ -151,27 +152,6 @@ std::vector<floatX> random_bf16(size_t n, uint64_t seed) {
     return v;
 }
 
-// one warm-up call, then `reps` calls with an event after each; the fastest call's time in ms
-template <typename F> double best_ms(F&& f, int reps, cudaStream_t stream) {
-    f();
-    cudaCheck(cudaDeviceSynchronize());
-    std::vector<cudaEvent_t> ev(reps + 1);
-    for (auto& e : ev) cudaCheck(cudaEventCreate(&e));
-    cudaCheck(cudaEventRecord(ev[0], stream));
-    for (int r = 0; r < reps; r++) {
-        f();
-        cudaCheck(cudaEventRecord(ev[r + 1], stream));
-    }
-    cudaCheck(cudaEventSynchronize(ev[reps]));
-    double best = 1e30;
-    for (int r = 0; r < reps; r++) {
-        float ms = 0.0f;
-        cudaCheck(cudaEventElapsedTime(&ms, ev[r], ev[r + 1]));
-        best = std::min(best, (double)ms);
-    }
-    for (auto& e : ev) cudaCheck(cudaEventDestroy(e));
-    return best;
-}
 
 // rows of C checked against a double reference: 16 spread over M; returns the worst |err| / tol
 double check_rows(const std::vector<float>& C, const std::vector<floatX>& A, const std::vector<floatX>& B, int M, int N, int K) {
@@ -257,13 +237,13 @@ int run(int argc, char** argv) {
         const double flops = 2.0 * s.M * s.N * s.K;
         std::vector<float> hC(nC);
 
-        const double t_mma = best_ms([&] { mma_gemm(dC, dA, dB, s.M, s.N, s.K, stream); }, reps, stream);
+        const double t_mma = time_it([&] { mma_gemm(dC, dA, dB, s.M, s.N, s.K, stream); }, reps, stream).best_ms;
         cudaCheck(cudaMemcpy(hC.data(), dC, nC * sizeof(float), cudaMemcpyDeviceToHost));
         const double err_mma = check_rows(hC, hA, hB, s.M, s.N, s.K);
         double t_lt = -1.0, err_lt = 0.0;
 #ifndef LLMC_SIM
         // row-major C (M,N) = A (M,K) · Bᵀ, B stored (N,K): cuBLASLt through matmul_batched (overwrite)
-        t_lt = best_ms([&] { matmul_batched<float>("cuBLASLt", dC2, nullptr, dA, false, dB, true, s.M, s.N, s.K, 1.0f, 0.0f, 1, 0, 0, 0, stream); }, reps, stream);
+        t_lt = time_it([&] { matmul_batched<float>("cuBLASLt", dC2, nullptr, dA, false, dB, true, s.M, s.N, s.K, 1.0f, 0.0f, 1, 0, 0, 0, stream); }, reps, stream).best_ms;
         cudaCheck(cudaMemcpy(hC.data(), dC2, nC * sizeof(float), cudaMemcpyDeviceToHost));
         err_lt = check_rows(hC, hA, hB, s.M, s.N, s.K);
 #endif
