@@ -71,6 +71,8 @@ $(BUILD)/test/%: test/%.cpp $(HEADERS)
 
 # these include train_gpt.cu itself (#define TESTING)
 $(BUILD)/test/test_model $(BUILD)/test/test_robust: train_gpt.cu
+# the end-to-end tests share their runner, corpus and log reader
+$(BUILD)/test/test_train $(BUILD)/test/test_robust: test/train_test_util.h
 
 $(BUILD)/fuzz/%: test/fuzz/%.cpp $(HEADERS)
 	@mkdir -p $(@D)

@@ -18,24 +18,10 @@
 #include <sys/resource.h>
 #include <sys/wait.h>
 
+#include "test/train_test_util.h"
+
 namespace {
-
-struct Run { int status; std::string out; };
-
-int decode_status(int st) { return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st); }
-
-// Run a shell command, collecting its stdout (redirections are the caller's).
-Run run_raw(const std::string& cmd) {
-    Run r;
-    FILE* p = popen(cmd.c_str(), "r");
-    REQUIRE(p != nullptr);
-    char buf[4096];
-    size_t n;
-    while ((n = fread(buf, 1, sizeof buf, p)) > 0) r.out.append(buf, n);
-    r.status = decode_status(pclose(p));
-    return r;
-}
-Run run(const std::string& cmd) { return run_raw(cmd + " 2>&1"); }
+using namespace traintest;
 
 // A child process with stdout and stderr on a pipe, read as it runs. fsize_limit >= 0 sets
 // RLIMIT_FSIZE in the child (with SIGXFSZ ignored, so an oversized write fails with EFBIG).
@@ -103,54 +89,10 @@ void sh(const std::string& cmd) {
     REQUIRE(system(cmd.c_str()) == 0);
 }
 
-// A bad-input run: exit status 1 (not a signal), an "error:" line containing needle.
-void expect_error(const std::string& cmd, const std::string& needle) {
-    Run r = run(cmd);
-    INFO("command: " << cmd << "\noutput:\n" << r.out);
-    CHECK(r.status == 1);
-    CHECK(r.out.find("error: ") != std::string::npos);
-    CHECK(r.out.find(needle) != std::string::npos);
-}
-
 int count(const std::string& s, const std::string& needle) {
     int n = 0;
     for (size_t p = s.find(needle); p != std::string::npos; p = s.find(needle, p + 1)) n++;
     return n;
-}
-
-// The synthetic stand-in for tinyshakespeare (as in test_train): a Markov chain over 300 words.
-std::string synthetic_corpus(const std::string& dir) {
-    llmc::Rng rng(7, 3);
-    const int W = 300;
-    std::vector<std::string> words(W);
-    for (auto& w : words) {
-        int len = 3 + (int)(rng.next_u64() % 5);
-        for (int k = 0; k < len; k++) w += (char)('a' + rng.next_u64() % 26);
-    }
-    std::vector<int> next(3 * W);
-    for (auto& x : next) x = (int)(rng.next_u64() % W);
-    std::string text;
-    int w = 0;
-    while (text.size() < 600000) {
-        for (int sent = 0; sent < 4; sent++)
-            for (int k = 0; k < 10; k++) {
-                text += words[w];
-                text += k == 9 ? ".\n" : " ";
-                w = next[3 * w + (int)(rng.next_u64() % 3)];
-            }
-        text += "\n";
-    }
-    std::string path = dir + "/synthetic.txt";
-    llmc::write_file_atomic(path, text);
-    return path;
-}
-
-std::string corpus_path(const std::string& dir) {
-    const char* force = getenv("LLMC_TEST_SYNTHETIC");
-    if (!(force && force[0] == '1'))
-        for (const char* p : {"../shared/data/tinyshakespeare.txt", "data/tinyshakespeare.txt"})
-            if (llmc::file_exists(p)) return p;
-    return synthetic_corpus(dir);
 }
 
 // One temporary directory per test process, with data prepared once (BPE vocabulary 1024); about
@@ -201,19 +143,6 @@ std::string copy_ref(const std::string& name, std::vector<int> steps = {}) {
 std::string tensor_bytes(const std::string& path) {
     llmc::SafetensorsFile f(path);
     return f.bytes.substr(f.data_start);
-}
-
-std::vector<llmc::Json> read_log(const std::string& path) {
-    std::vector<llmc::Json> v;
-    std::string s = llmc::read_file(path);
-    size_t a = 0;
-    while (a < s.size()) {
-        size_t b = s.find('\n', a);
-        if (b == std::string::npos) b = s.size();
-        if (b > a) v.push_back(llmc::json_parse(s.substr(a, b - a), path));
-        a = b + 1;
-    }
-    return v;
 }
 
 // Each training step 1..N appears exactly once in the log, and nothing past N.

@@ -17,74 +17,11 @@
 #include "llmc/safetensors.h"
 #include "llmc/utils.h"
 
+#include "test/train_test_util.h"
+
 namespace {
+using namespace traintest;
 
-struct Run { int status; std::string out; };
-
-Run run(const std::string& cmd) {
-    Run r;
-    FILE* p = popen((cmd + " 2>&1").c_str(), "r");
-    REQUIRE(p != nullptr);
-    char buf[4096];
-    size_t n;
-    while ((n = fread(buf, 1, sizeof buf, p)) > 0) r.out.append(buf, n);
-    int st = pclose(p);
-    r.status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-    return r;
-}
-
-// A bad-input run: non-zero exit (not a signal), one "error:" line naming the problem.
-void expect_error(const std::string& cmd, const std::string& needle) {
-    Run r = run(cmd);
-    INFO("command: " << cmd << "\noutput:\n" << r.out);
-    CHECK(r.status == 1);
-    CHECK(r.out.find("error: ") != std::string::npos);
-    CHECK(r.out.find(needle) != std::string::npos);
-}
-
-// A synthetic stand-in for the bundled corpus, so these tests run (and can fail) on a checkout
-// without ../shared/data: words of a 300-word vocabulary where each word is followed by one of 3
-// successors (a first-order Markov chain), ~600 KB in paragraphs. Its entropy is ~ln 3 = 1.1 nats
-// per word, so a model that learns anything gets far below ln V; one that learns nothing does not.
-std::string synthetic_corpus(const std::string& dir) {
-    llmc::Rng rng(7, 3);
-    const int W = 300;
-    std::vector<std::string> words(W);
-    for (auto& w : words) {
-        int len = 3 + (int)(rng.next_u64() % 5);
-        for (int k = 0; k < len; k++) w += (char)('a' + rng.next_u64() % 26);
-    }
-    std::vector<int> next(3 * W);
-    for (auto& x : next) x = (int)(rng.next_u64() % W);
-    std::string text;
-    int w = 0;
-    while (text.size() < 600000) {
-        for (int sent = 0; sent < 4; sent++) {
-            for (int k = 0; k < 10; k++) {
-                text += words[w];
-                text += k == 9 ? ".\n" : " ";
-                w = next[3 * w + (int)(rng.next_u64() % 3)];
-            }
-        }
-        text += "\n";
-    }
-    std::string path = dir + "/synthetic.txt";
-    llmc::write_file_atomic(path, text);
-    return path;
-}
-
-// The bundled corpus when present (../shared/data or data/), else the synthetic one in dir
-// (LLMC_TEST_SYNTHETIC=1 forces the synthetic one, to test that path).
-std::string corpus_path(const std::string& dir) {
-    const char* force = getenv("LLMC_TEST_SYNTHETIC");
-    if (!(force && force[0] == '1'))
-        for (const char* p : {"../shared/data/tinyshakespeare.txt", "data/tinyshakespeare.txt"})
-            if (llmc::file_exists(p)) return p;
-    MESSAGE("using a synthetic Markov-chain corpus (tinyshakespeare.txt not in ../shared/data or data/, or LLMC_TEST_SYNTHETIC=1)");
-    return synthetic_corpus(dir);
-}
-
-// One data directory per test process, prepared once: BPE vocab 1024 on tinyshakespeare.
 std::string data_dir() {
     static std::string dir;
     if (!dir.empty()) return dir;
@@ -100,19 +37,6 @@ std::string data_dir() {
 // tiny model: depth 2, n_embd 64, 2 heads, T 64; 512 tokens per step
 const std::string kTiny = " --depth 2 --aspect-ratio 32 --head-dim 32 --max-seq-len 64 --device-batch-size 8 --total-batch-size 512"
                           " --warmup-steps 10 --matrix-lr 0.04 --embedding-lr 0.6 --unembedding-lr 0.02 --threads 2";
-
-std::vector<llmc::Json> read_log(const std::string& path) {
-    std::vector<llmc::Json> v;
-    std::string s = llmc::read_file(path);
-    size_t a = 0;
-    while (a < s.size()) {
-        size_t b = s.find('\n', a);
-        if (b == std::string::npos) b = s.size();
-        if (b > a) v.push_back(llmc::json_parse(s.substr(a, b - a), path));
-        a = b + 1;
-    }
-    return v;
-}
 
 }  // namespace
 
