@@ -1260,7 +1260,7 @@ struct Fiber {
 // block of a slot is ordered before the next block of the same slot (they reuse its memory). Blocks
 // in different slots are not ordered at all, so a race between two blocks is reported when they
 // fall in different slots (the b-th and (b+1)-th block run always do). Without TSan there is one slot.
-constexpr int kMaxSlots = 8;
+constexpr int kMaxSlots = 2;  // the TSan build uses both (tsan_prepare_slots), the others one
 
 struct Slot {
     unsigned char* dyn = nullptr;  // this launch's dynamic shared memory for the slot's blocks
@@ -1404,7 +1404,7 @@ LLMC_SIM_NOTSAN inline void tsan_prepare_slots(Sched& s) {
     // Two slots: every pair of blocks run one after the other is unordered (in each schedule order
     // a different set of pairs), and TSan's cost stays low: its vector clocks (and so every acquire
     // and release) grow with the number of TSan threads ever created, here 2 per CUDA thread.
-    s.nslots = 2;
+    s.nslots = kMaxSlots;
     for (int k = 0; k < s.nslots; k++) {
         Slot& sl = s.slots[k];
         while ((int)sl.fibers.size() < s.nthreads) sl.fibers.push_back(__tsan_create_fiber(0));
