@@ -48,6 +48,14 @@ DEV_BINS := $(patsubst dev/%.cpp,$(BUILD)/dev/%,$(wildcard dev/*.cpp))
 
 PROGRAMS := train_gpt_cpu prepare_data
 
+# PRECISION=FP32 builds the CUDA path (train_gpt, train_gpt_sim) in fp32 instead of bf16 mixed
+# precision (llm.c's switch): every activation, weight copy and GEMM operand fp32. The output names
+# do not say the precision: after changing it, rebuild (make -B train_gpt).
+PRECISION ?= BF16
+PRECISION_FLAGS := $(if $(filter FP32,$(PRECISION)),-DLLMC_FP32,$(if $(filter BF16,$(PRECISION)),,$(error PRECISION must be BF16 or FP32)))
+# the trainer under SIM runs whole training steps: optimized (-O2), unlike the kernel tests
+TRAIN_SIMFLAGS := $(subst -O1 -g,-O2,$(SIMFLAGS))
+
 .PHONY: all test test_gpu gpu_build bench run clean programs
 all: programs
 programs: $(PROGRAMS)
@@ -60,6 +68,29 @@ train_gpt_cpu: train_gpt.cu $(HEADERS)
 OPENBLAS_INC ?= $(firstword $(wildcard /usr/include/x86_64-linux-gnu/openblas-pthread /usr/include/openblas /usr/include/x86_64-linux-gnu))
 train_gpt_cpu_openblas: train_gpt.cu $(HEADERS)
 	$(CXX) $(CXXFLAGS) -DLLMC_OPENBLAS -I$(OPENBLAS_INC) -x c++ $< -o $@ $(LDLIBS) -lopenblas
+
+# The GPU trainer: the same train_gpt.cu with nvcc (the CUDA kernels; bf16, or PRECISION=FP32).
+train_gpt: train_gpt.cu $(HEADERS)
+	$(if $(NVCC),,$(error nvcc not found: the GPU trainer needs the CUDA toolkit (train_gpt_cpu runs on the CPU)))
+	$(NVCC) $(NVCCFLAGS) $(PRECISION_FLAGS) -x cu $< -o $@ $(NVLDLIBS)
+
+# The same CUDA path compiled by g++ against SIM (llmc/sim): the GPU trainer, run on the CPU.
+train_gpt_sim: train_gpt.cu $(HEADERS) $(SIM_SRCS)
+	$(CXX) $(TRAIN_SIMFLAGS) $(PRECISION_FLAGS) -x c++ $< -x none $(SIM_SRCS) -o $@ $(LDLIBS)
+
+# what test/test_builds.cpp runs: the SIM trainer in both precisions (own names, so both exist)
+$(BUILD)/sim/train_gpt: train_gpt.cu $(HEADERS) $(SIM_SRCS)
+	@mkdir -p $(@D)
+	$(CXX) $(TRAIN_SIMFLAGS) -x c++ $< -x none $(SIM_SRCS) -o $@ $(LDLIBS)
+$(BUILD)/sim/train_gpt_fp32: train_gpt.cu $(HEADERS) $(SIM_SRCS)
+	@mkdir -p $(@D)
+	$(CXX) $(TRAIN_SIMFLAGS) -DLLMC_FP32 -x c++ $< -x none $(SIM_SRCS) -o $@ $(LDLIBS)
+$(BUILD)/gpu/train_gpt: train_gpt.cu $(HEADERS)
+	@mkdir -p $(@D)
+	$(NVCC) $(NVCCFLAGS) -x cu $< -o $@ $(NVLDLIBS)
+$(BUILD)/gpu/train_gpt_fp32: train_gpt.cu $(HEADERS)
+	@mkdir -p $(@D)
+	$(NVCC) $(NVCCFLAGS) -DLLMC_FP32 -x cu $< -o $@ $(NVLDLIBS)
 
 prepare_data: prepare_data.cpp $(HEADERS)
 	$(CXX) $(CXXFLAGS) $< -o $@ $(LDLIBS)
@@ -148,4 +179,4 @@ run: programs
 	@scripts/run_demo.sh
 
 clean:
-	rm -rf $(BUILD) $(PROGRAMS) train_gpt_cpu_openblas
+	rm -rf $(BUILD) $(PROGRAMS) train_gpt train_gpt_sim train_gpt_cpu_openblas

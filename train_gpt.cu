@@ -36,18 +36,15 @@ comments below cite its sections by anchor (docs/model.md#forward, docs/model.md
 #include "llmc/rng.h"
 #include "llmc/cli.h"
 #include "llmc/scaling.h"
-#include "llmc/cpu/embedding.h"
-#include "llmc/cpu/rmsnorm.h"
-#include "llmc/cpu/matmul.h"
-#include "llmc/cpu/rope.h"
-#include "llmc/cpu/qknorm.h"
-#include "llmc/cpu/attention.h"
-#include "llmc/cpu/relu2.h"
-#include "llmc/cpu/residual.h"
-#include "llmc/cpu/smear.h"
-#include "llmc/cpu/value_embed.h"
-#include "llmc/cpu/backout.h"
-#include "llmc/cpu/crossentropy.h"
+#include "llmc/cpu/rope.h"  // rope_table (the tables are computed on the host in every build)
+// The op set the model calls (see llmc/ops_cpu.h): the CUDA kernels when nvcc compiles this file or
+// g++ compiles it against SIM, else the CPU reference ops.
+#if defined(__CUDACC__) || defined(LLMC_SIM)
+#define LLMC_GPU_BUILD 1
+#include "llmc/ops_cuda.cuh"
+#else
+#include "llmc/ops_cpu.h"
+#endif
 
 // ------------------------------------------------------------------------------------------------
 // Config (docs/model.md#config): llmc::ModelShape from llmc/scaling.h holds nanochat's GPTConfig
@@ -76,6 +73,7 @@ struct ParamSpec {
     size_t matrix_numel() const { return (size_t)rows * cols; }
 };
 
+// *total: the buffer's length, the parameter count plus alignment gaps (see the end)
 inline void param_layout(const GPTConfig& c, ParamSpec* spec, size_t* total) {
     int L = c.n_layer, C = c.n_embd, D = c.head_dim, H = c.n_head, Hkv = c.n_kv_head;
     int Vp = c.padded_vocab_size, nve = c.n_ve_layers;
@@ -95,8 +93,10 @@ inline void param_layout(const GPTConfig& c, ParamSpec* spec, size_t* total) {
     set(P_SMEAR_GATE, c.smear ? 1 : 0, 1, 24);
     set(P_SMEAR_LAMBDA, c.smear ? 1 : 0, 1, 1);
     set(P_BACKOUT_LAMBDA, c.backout ? 1 : 0, 1, 1);
+    // each tensor starts at a multiple of 8 elements, so that its matmul copy (bf16 on a GPU) is
+    // 16-byte aligned as cuBLASLt and the vector loads require; the gaps are zeros no op reads
     size_t off = 0;
-    for (int i = 0; i < NUM_PARAM_TENSORS; i++) { spec[i].offset = off; off += spec[i].numel(); }
+    for (int i = 0; i < NUM_PARAM_TENSORS; i++) { spec[i].offset = off; off += (spec[i].numel() + 7) / 8 * 8; }
     *total = off;
 }
 
@@ -133,64 +133,137 @@ inline std::vector<int64_t> param_file_shape(int id, const ParamSpec& s) {
     }
 }
 
-// Elements of activation memory for micro-batches of B rows of T tokens: the sum of the slots that
-// GPT::build_activations allocates (it checks that the two agree). Used to say how much memory a
-// model needs before trying to allocate it.
-inline size_t activation_numel(const GPTConfig& c, int B, int T) {
+// Activation memory for micro-batches of B rows of T tokens, in elements: `act` of the activation
+// type, `stat` of the statistics type (op::Types). The sum of the slots GPT::build_activations
+// allocates (it checks that the two agree); used to say how much memory a model needs before
+// trying to allocate it. Per layer only what the backward cannot cheaply recompute is kept: the
+// norm outputs (ln1, ln2) and relu² are recomputed from their inputs in the backward.
+struct ActivationSize { size_t act = 0, stat = 0; };
+inline ActivationSize activation_numel(const GPTConfig& c, int B, int T) {
     size_t N = (size_t)B * T, C = c.n_embd, L = c.n_layer, H = c.n_head, Hkv = c.n_kv_head, D = c.head_dim;
     size_t Vp = c.padded_vocab_size, nve = c.n_ve_layers;
-    return N * C * 2 + N + N * C                                        // emb, e, rstd0, x0
-         + L * N * C * 2 + L * N                                        // xin, ln1, rstd1
-         + L * N * H * D + L * N * H + L * N * Hkv * D + L * N * Hkv    // qn, rstd_q, kn, rstd_k
-         + L * N * Hkv * D + nve * N * Hkv * D + nve * N * Hkv          // v, ve, gamma
-         + L * N * H * D + L * N * H + L * N * C                        // att, lse, xattn
-         + L * N * C + L * N + L * N * 4 * C * 2                        // ln2, rstd2, fc_pre, fc_act
-         + L * N * C + N * C * 2 + N + N * Vp + N                       // xout, xf, lnf, rstdf, logits, losses
-         + N * H * D + N * Hkv * D + N * C * 5 + N * 4 * C              // tmp_q, tmp_k, tmp_c, dx, dx0, dxmid, dln, dfc
-         + N * H * D * 2 + N * Hkv * D * 3;                             // datt, dq, dk, dv, dve
+    ActivationSize s;
+    s.act = N * C * 3                                            // emb, e, x0
+          + L * N * C                                            // xin
+          + L * N * H * D + L * N * Hkv * D * 2 + nve * N * Hkv * D  // qn, kn, v, ve
+          + L * N * H * D + L * N * C                            // att, xattn
+          + L * N * 4 * C + L * N * C                            // fc_pre, xout
+          + N * C * 2 + N * Vp                                   // xf, lnf, logits
+          + N * C + N * 4 * C                                    // ln (recomputed), fc_act (recomputed)
+          + N * H * D + N * Hkv * D + N * C * 5 + N * 4 * C      // tmp_q, tmp_k, tmp_c, dx, dx0, dxmid, dln, dfc
+          + N * H * D * 2 + N * Hkv * D * 3;                     // datt, dq, dk, dv, dve
+    s.stat = N + L * N * 2 + L * N * H + L * N * Hkv + nve * N * Hkv + L * N * H + N + N;  // rstd0, rstd1/2, rstd_q, rstd_k,
+    return s;                                                                                // gamma, lse, rstdf, losses
 }
 
 // ------------------------------------------------------------------------------------------------
-// The model
+// The model. One source for every build: the op calls below resolve to op::* of llmc/ops_cpu.h
+// (g++: the fp32 reference ops; double in the gradient tests) or llmc/ops_cuda.cuh (nvcc, or g++
+// with LLMC_SIM: the CUDA kernels). Tensors live where the ops run ("device" memory, host memory
+// on the CPU); the host reads and writes them only through host_params()/upload_params() and the
+// other host_* accessors, which on the CPU are the tensors themselves.
 
 template <typename Real>
 struct GPT {
+    typedef typename op::Types<Real>::act act_t;        // activations, matmul weights
+    typedef typename op::Types<Real>::stat stat_t;      // rstd, lse, gates, per-row losses
+    typedef typename op::Types<Real>::master master_t;  // master weights, gradients
+    typedef typename op::Types<Real>::rope rope_t;
+    typedef typename op::Types<Real>::norm norm_t;
+    // the matmuls read the master weights themselves when the types agree (CPU, GPU fp32), else a
+    // copy in the activation type (bf16) written by the optimizer
+    static constexpr bool kWeightsAreMaster = std::is_same<act_t, master_t>::value;
+
     GPTConfig config;
     int B = 0, T = 0;  // activation sizes allocated for (micro-batch rows, sequence length)
 
     ParamSpec spec[NUM_PARAM_TENSORS];
     size_t num_params = 0;
-    std::vector<Real> params, grads;  // one allocation each
+    master_t* params = nullptr;  // one allocation each
+    master_t* grads = nullptr;
+    act_t* weights = nullptr;    // == params, or its bf16 copy
+    std::vector<master_t> h_params, h_grads;  // host copies (device builds)
 
-    // RoPE tables (max_pos = 10 * sequence_len, docs/model.md#rope), fp32 in every build
+    // RoPE tables (max_pos = 10 * sequence_len, docs/model.md#rope), computed in fp32
     int rope_len = 0;
-    std::vector<float> rope_cos, rope_sin;
+    rope_t *rope_cos = nullptr, *rope_sin = nullptr;
 
-    // activations: one allocation, sliced by build_activations()
-    std::vector<Real> acts;
-    std::vector<int> act_idx, act_targets;  // copies of the current batch (needed by backward)
-    Real *emb, *e, *rstd0, *x0, *xin, *ln1, *rstd1, *qn, *rstd_q, *kn, *rstd_k, *v, *ve, *gamma, *att,
-        *lse, *xattn, *ln2, *rstd2, *fc_pre, *fc_act, *xout, *xf, *lnf, *rstdf, *logits, *losses;
-    // scratch: shared across layers (forward temporaries, backward gradients)
-    Real *tmp_q, *tmp_k, *tmp_c, *dx, *dx0, *dxmid, *dln, *dfc, *datt, *dq, *dk, *dv, *dve;
-    double last_loss = 0.0;
+    // activations: one allocation per element type, sliced by build_activations()
+    act_t* acts = nullptr;
+    stat_t* stats = nullptr;
+    act_t *emb, *e, *x0, *xin, *qn, *kn, *v, *ve, *att, *xattn, *fc_pre, *xout, *xf, *lnf, *logits;
+    stat_t *rstd0, *rstd1, *rstd2, *rstd_q, *rstd_k, *gamma, *lse, *rstdf, *losses;
+    // scratch: shared across layers (recomputed norms and relu², forward temporaries, backward gradients)
+    act_t *ln, *fc_act, *tmp_q, *tmp_k, *tmp_c, *dx, *dx0, *dxmid, *dln, *dfc, *datt, *dq, *dk, *dv, *dve;
+    // the current micro-batch's ids and targets: two slots each (the GPU uploads the next batch
+    // into one while the other is read), and the host's copy of the targets
+    int* tokens = nullptr;
+    int* idx_slot[2] = {nullptr, nullptr};
+    int* tgt_slot[2] = {nullptr, nullptr};
+    int cur = 0;
+    std::vector<int> h_targets;
     int last_valid = 0;
+    // per micro-batch summed losses (device) and their valid-target counts (host); read after a step
+    double* loss_slots = nullptr;
+    int n_loss_slots = 0;
+    std::vector<int> slot_valid;
+    norm_t* norm_buf = nullptr;
+    std::vector<stat_t> h_losses;
+    std::vector<act_t> h_row;
 
-    Real* param(int id) { return params.data() + spec[id].offset; }
-    Real* grad(int id) { return grads.data() + spec[id].offset; }
-    Real* param(int id, int j) { return param(id) + (size_t)j * spec[id].matrix_numel(); }
-    Real* grad(int id, int j) { return grad(id) + (size_t)j * spec[id].matrix_numel(); }
+    GPT() = default;
+    GPT(const GPT&) = delete;
+    GPT& operator=(const GPT&) = delete;
+    ~GPT() {
+        for (void* p : {(void*)params, (void*)grads, (void*)rope_cos, (void*)rope_sin, (void*)acts, (void*)stats, (void*)tokens,
+                        (void*)loss_slots, (void*)norm_buf})
+            op::release(p);
+        if (!kWeightsAreMaster) op::release(weights);
+    }
+
+    act_t* param(int id) { return weights + spec[id].offset; }  // what the ops read
+    act_t* param(int id, int j) { return param(id) + (size_t)j * spec[id].matrix_numel(); }
+    master_t* mparam(int id) { return params + spec[id].offset; }  // fp32 scalars the kernels read
+    master_t* mparam(int id, int j) { return mparam(id) + (size_t)j * spec[id].matrix_numel(); }
+    master_t* grad(int id) { return grads + spec[id].offset; }
+    master_t* grad(int id, int j) { return grad(id) + (size_t)j * spec[id].matrix_numel(); }
+
+    // Host access to the weights: host_params() is the master weights as the host sees them (a copy
+    // fetched from the device in device builds); after changing them, upload_params().
+    master_t* host_params() {
+        if (!op::kDevice) return params;
+        op::to_host(h_params.data(), params, num_params);
+        return h_params.data();
+    }
+    void upload_params() {
+        if (op::kDevice) op::to_device(params, h_params.data(), num_params);
+        if (!kWeightsAreMaster) op::to_weights(weights, params, num_params);
+    }
+    master_t* host_grads() {
+        if (!op::kDevice) return grads;
+        op::to_host(h_grads.data(), grads, num_params);
+        return h_grads.data();
+    }
 
     void init(const GPTConfig& cfg) {
         config = cfg;
         param_layout(config, spec, &num_params);
-        params.assign(num_params, Real(0));
-        grads.assign(num_params, Real(0));
+        params = op::alloc<master_t>(num_params);
+        grads = op::alloc<master_t>(num_params);
+        if constexpr (kWeightsAreMaster) weights = params;
+        else weights = op::alloc<act_t>(num_params);
+        if (op::kDevice) { h_params.assign(num_params, master_t(0)); h_grads.assign(num_params, master_t(0)); }
         rope_len = 10 * config.sequence_len;
         int D = config.head_dim;
-        rope_cos.assign((size_t)rope_len * D / 2, 0.0f);
-        rope_sin.assign((size_t)rope_len * D / 2, 0.0f);
-        rope_table(rope_cos.data(), rope_sin.data(), rope_len, D, 100000.0);
+        size_t n = (size_t)rope_len * D / 2;
+        std::vector<float> c(n), s(n);
+        rope_table(c.data(), s.data(), rope_len, D, 100000.0);
+        std::vector<rope_t> cr(c.begin(), c.end()), sr(s.begin(), s.end());  // rounded once when rope_t is bf16
+        rope_cos = op::alloc<rope_t>(n);
+        rope_sin = op::alloc<rope_t>(n);
+        op::to_device(rope_cos, cr.data(), n);
+        op::to_device(rope_sin, sr.data(), n);
+        norm_buf = op::alloc<norm_t>(1);
     }
 
     // Initialization (docs/model.md#init). Each (tensor, matrix) draws from its own stream keyed by
@@ -199,10 +272,11 @@ struct GPT {
         const GPTConfig& c = config;
         int L = c.n_layer;
         double s = std::sqrt(3.0) / std::sqrt((double)c.n_embd);
+        master_t* hp = host_params();
         for (int id = 0; id < NUM_PARAM_TENSORS; id++) {
             for (int j = 0; j < spec[id].count; j++) {
                 llmc::Rng rng(seed, (uint64_t)id * 1000 + j);
-                Real* p = param(id, j);
+                master_t* p = hp + spec[id].offset + (size_t)j * spec[id].matrix_numel();
                 size_t n = spec[id].matrix_numel();
                 for (size_t k = 0; k < n; k++) {
                     double val = 0.0;
@@ -218,125 +292,189 @@ struct GPT {
                         case P_RESID_LAMBDAS: val = 1.15 - 0.10 * (double)k / std::max(L - 1, 1); break;
                         case P_X0_LAMBDAS: val = 0.20 - 0.15 * (double)k / std::max(L - 1, 1); break;
                     }
-                    p[k] = (Real)(float)val;  // rounded once to fp32 (also in the double build)
+                    p[k] = (master_t)(float)val;  // rounded once to fp32 (also in the double build)
                 }
             }
         }
+        upload_params();
     }
 
     // Activation memory for micro-batches of B rows of T tokens. Called once before training
     // (and again only if the shape changes, e.g. for sampling): never inside a step.
     void build_activations(int B_, int T_) {
-        if (B_ == B && T_ == T && !acts.empty()) return;
+        if (B_ == B && T_ == T && acts) return;
         B = B_; T = T_;
         LLMC_CHECK(T <= rope_len, "sequence length %d exceeds the RoPE table (%d positions)", T, rope_len);
         const GPTConfig& c = config;
         size_t N = (size_t)B * T, C = c.n_embd, L = c.n_layer, H = c.n_head, Hkv = c.n_kv_head, D = c.head_dim;
         size_t Vp = c.padded_vocab_size, nve = c.n_ve_layers;
-        struct Slot { Real** ptr; size_t n; };
-        std::vector<Slot> slots = {
-            {&emb, N * C}, {&e, N * C}, {&rstd0, N}, {&x0, N * C},
-            {&xin, L * N * C}, {&ln1, L * N * C}, {&rstd1, L * N},
-            {&qn, L * N * H * D}, {&rstd_q, L * N * H}, {&kn, L * N * Hkv * D}, {&rstd_k, L * N * Hkv},
-            {&v, L * N * Hkv * D}, {&ve, nve * N * Hkv * D}, {&gamma, nve * N * Hkv},
-            {&att, L * N * H * D}, {&lse, L * N * H}, {&xattn, L * N * C},
-            {&ln2, L * N * C}, {&rstd2, L * N}, {&fc_pre, L * N * 4 * C}, {&fc_act, L * N * 4 * C},
-            {&xout, L * N * C}, {&xf, N * C}, {&lnf, N * C}, {&rstdf, N}, {&logits, N * Vp}, {&losses, N},
+        struct ASlot { act_t** ptr; size_t n; };
+        struct SSlot { stat_t** ptr; size_t n; };
+        std::vector<ASlot> aslots = {
+            {&emb, N * C}, {&e, N * C}, {&x0, N * C}, {&xin, L * N * C},
+            {&qn, L * N * H * D}, {&kn, L * N * Hkv * D}, {&v, L * N * Hkv * D}, {&ve, nve * N * Hkv * D},
+            {&att, L * N * H * D}, {&xattn, L * N * C}, {&fc_pre, L * N * 4 * C}, {&xout, L * N * C},
+            {&xf, N * C}, {&lnf, N * C}, {&logits, N * Vp}, {&ln, N * C}, {&fc_act, N * 4 * C},
             {&tmp_q, N * H * D}, {&tmp_k, N * Hkv * D}, {&tmp_c, N * C}, {&dx, N * C}, {&dx0, N * C},
             {&dxmid, N * C}, {&dln, N * C}, {&dfc, N * 4 * C}, {&datt, N * H * D}, {&dq, N * H * D},
             {&dk, N * Hkv * D}, {&dv, N * Hkv * D}, {&dve, N * Hkv * D},
         };
-        size_t total = 0;
-        for (auto& s : slots) total += s.n;
-        LLMC_CHECK(total == activation_numel(c, B, T), "internal: activation_numel() disagrees with build_activations()");
-        acts.assign(total, Real(0));
+        std::vector<SSlot> sslots = {
+            {&rstd0, N}, {&rstd1, L * N}, {&rstd2, L * N}, {&rstd_q, L * N * H}, {&rstd_k, L * N * Hkv},
+            {&gamma, nve * N * Hkv}, {&lse, L * N * H}, {&rstdf, N}, {&losses, N},
+        };
+        // each slot rounded up to 8 elements (16 bytes of bf16) so every slice stays aligned for
+        // the kernels' vector loads whatever the shapes
+        auto round8 = [](size_t n) { return (n + 7) / 8 * 8; };
+        size_t na = 0, ns = 0, raw_a = 0, raw_s = 0;
+        for (auto& s : aslots) { na += round8(s.n); raw_a += s.n; }
+        for (auto& s : sslots) { ns += round8(s.n); raw_s += s.n; }
+        ActivationSize want = activation_numel(c, B, T);
+        LLMC_CHECK(raw_a == want.act && raw_s == want.stat, "internal: activation_numel() disagrees with build_activations()");
+        op::release(acts); op::release(stats); op::release(tokens);
+        acts = nullptr; stats = nullptr; tokens = nullptr;
+        acts = op::alloc<act_t>(na);
+        stats = op::alloc<stat_t>(ns);
         size_t off = 0;
-        for (auto& s : slots) { *s.ptr = acts.data() + off; off += s.n; }
-        act_idx.assign(N, 0);
-        act_targets.assign(N, -1);
+        for (auto& s : aslots) { *s.ptr = acts + off; off += round8(s.n); }
+        off = 0;
+        for (auto& s : sslots) { *s.ptr = stats + off; off += round8(s.n); }
+        tokens = op::alloc<int>(4 * round8(N));
+        for (int k = 0; k < 2; k++) { idx_slot[k] = tokens + (2 * k) * round8(N); tgt_slot[k] = tokens + (2 * k + 1) * round8(N); }
+        h_targets.assign(N, -1);
+        if (op::kDevice) h_losses.assign(N, stat_t(0));
+        op::setup((int)N, c.vocab_size, c.n_embd, c.n_head, c.n_kv_head);
+        reserve_loss_slots(1);
+    }
+
+    // Room for the summed losses of n micro-batches (one optimizer step's), before training.
+    void reserve_loss_slots(int n) {
+        if (n <= n_loss_slots) return;
+        op::release(loss_slots);
+        loss_slots = nullptr;
+        loss_slots = op::alloc<double>(n);
+        n_loss_slots = n;
+        slot_valid.assign(n, 0);
     }
 
     // per-layer slices of the stacked activations
-    Real* L_(Real* base, int l, size_t per_row) { return base + (size_t)l * B * T * per_row; }
+    template <typename E> E* L_(E* base, int l, size_t per_row) { return base + (size_t)l * B * T * per_row; }
     int ve_slot(int l) const { int n = 0; for (int i = 0; i < l; i++) n += config.has_ve[i]; return n; }
 
-    // Forward (docs/model.md#forward). idx, targets: (B, T). targets may be null (no loss). Returns
-    // the mean loss over valid targets (0 with a warning when none is valid,
-    // docs/model.md#softcap-loss).
-    double forward(const int* idx, const int* targets, int B_, int T_) {
+    // Forward (docs/model.md#forward), enqueued: idx, targets (host, B x T; targets may be null, no
+    // loss). With targets, the summed loss goes to loss slot `slot` (read by slot_loss() after the
+    // step; on a GPU nothing here waits for the device).
+    void forward_async(const int* idx, const int* targets, int B_, int T_, int slot = 0) {
         build_activations(B_, T_);
         const GPTConfig& c = config;
         int N = B * T, C = c.n_embd, L = c.n_layer, H = c.n_head, Hkv = c.n_kv_head, D = c.head_dim;
         int V = c.vocab_size, Vp = c.padded_vocab_size;
+        int valid = 0;
         for (int i = 0; i < N; i++) {
             LLMC_CHECK(idx[i] >= 0 && idx[i] < V, "input token %d at position %d is outside the vocabulary [0, %d)", idx[i], i, V);
-            act_idx[i] = idx[i];
-            act_targets[i] = targets ? targets[i] : -1;
+            int y = targets ? targets[i] : -1;
+            LLMC_CHECK(y == -1 || (y >= 0 && y < V), "target %d at position %d is outside the vocabulary [0, %d) and not -1 (ignore)", y, i, V);
+            h_targets[i] = y;
+            valid += y != -1;
         }
-        const int* ix = act_idx.data();
+        last_valid = valid;
+        cur = op::set_tokens(idx_slot, tgt_slot, idx, targets, N);
+        const int* ix = idx_slot[cur];
 
         // 1. token embedding, then RMSNorm
-        embedding_forward(emb, ix, param(P_WTE), N, C);
-        rmsnorm_forward(e, rstd0, emb, N, C);
+        op::embedding_forward(emb, ix, param(P_WTE), N, C);
+        op::rmsnorm_forward(e, rstd0, emb, N, C);
         // 2. smear: mix in the previous token's (pre-smear) embedding through a learned gate
-        if (c.smear) smear_forward(x0, e, param(P_SMEAR_GATE), *param(P_SMEAR_LAMBDA), B, T, C);
-        else std::copy(e, e + (size_t)N * C, x0);
+        if (c.smear) op::smear_forward(x0, e, mparam(P_SMEAR_GATE), mparam(P_SMEAR_LAMBDA), B, T, C);
+        else op::copy(x0, e, (size_t)N * C);
         // 4. the blocks
-        const Real* x = x0;
+        const act_t* x = x0;
         for (int l = 0; l < L; l++) {
-            Real* xin_l = L_(xin, l, C);
-            Real *ln1_l = L_(ln1, l, C), *rstd1_l = L_(rstd1, l, 1);
-            Real *qn_l = L_(qn, l, H * D), *rq_l = L_(rstd_q, l, H), *kn_l = L_(kn, l, Hkv * D), *rk_l = L_(rstd_k, l, Hkv);
-            Real *v_l = L_(v, l, Hkv * D), *att_l = L_(att, l, H * D), *lse_l = L_(lse, l, H);
-            Real *xattn_l = L_(xattn, l, C), *ln2_l = L_(ln2, l, C), *rstd2_l = L_(rstd2, l, 1);
-            Real *fc_pre_l = L_(fc_pre, l, 4 * C), *fc_act_l = L_(fc_act, l, 4 * C), *xout_l = L_(xout, l, C);
+            act_t *xin_l = L_(xin, l, C), *qn_l = L_(qn, l, H * D), *kn_l = L_(kn, l, Hkv * D), *v_l = L_(v, l, Hkv * D);
+            act_t *att_l = L_(att, l, H * D), *xattn_l = L_(xattn, l, C), *fc_pre_l = L_(fc_pre, l, 4 * C), *xout_l = L_(xout, l, C);
+            stat_t *rstd1_l = L_(rstd1, l, 1), *rq_l = L_(rstd_q, l, H), *rk_l = L_(rstd_k, l, Hkv), *lse_l = L_(lse, l, H);
+            stat_t* rstd2_l = L_(rstd2, l, 1);
             // 4.1 lambdas: x <- a_l x + b_l x0
-            if (c.lambdas) lambdas_forward(xin_l, x, x0, param(P_RESID_LAMBDAS)[l], param(P_X0_LAMBDAS)[l], (long)N * C);
-            else std::copy(x, x + (size_t)N * C, xin_l);
+            if (c.lambdas) op::lambdas_forward(xin_l, x, x0, mparam(P_RESID_LAMBDAS) + l, mparam(P_X0_LAMBDAS) + l, (long)N * C);
+            else op::copy(xin_l, x, (size_t)N * C);
             // 4.2 attention (docs/model.md#attention)
-            rmsnorm_forward(ln1_l, rstd1_l, xin_l, N, C);
-            matmul_forward(tmp_q, ln1_l, param(P_CQ, l), N, C, H * D);
-            matmul_forward(tmp_k, ln1_l, param(P_CK, l), N, C, Hkv * D);
-            matmul_forward(v_l, ln1_l, param(P_CV, l), N, C, Hkv * D);
+            op::rmsnorm_forward(ln, rstd1_l, xin_l, N, C);
+            op::matmul_forward(tmp_q, ln, param(P_CQ, l), N, C, H * D);
+            op::matmul_forward(tmp_k, ln, param(P_CK, l), N, C, Hkv * D);
+            op::matmul_forward(v_l, ln, param(P_CV, l), N, C, Hkv * D);
             if (c.has_ve[l]) {
                 int s = ve_slot(l);
-                Real* ve_s = ve + (size_t)s * N * Hkv * D;
-                embedding_forward(ve_s, ix, param(P_VALUE_EMBEDS, s), N, Hkv * D);
-                ve_gate_forward(v_l, gamma + (size_t)s * N * Hkv, ln1_l, ve_s, param(P_VE_GATE, s), N, C, Hkv, D);
+                act_t* ve_s = ve + (size_t)s * N * Hkv * D;
+                op::embedding_forward(ve_s, ix, param(P_VALUE_EMBEDS, s), N, Hkv * D);
+                op::ve_gate_forward(v_l, gamma + (size_t)s * N * Hkv, ln, ve_s, mparam(P_VE_GATE, s), N, C, Hkv, D);
             }
-            rope_forward(tmp_q, tmp_q, rope_cos.data(), rope_sin.data(), B, T, H, D, 0);
-            rope_forward(tmp_k, tmp_k, rope_cos.data(), rope_sin.data(), B, T, Hkv, D, 0);
-            qknorm_forward(qn_l, rq_l, tmp_q, N * H, D);
-            qknorm_forward(kn_l, rk_l, tmp_k, N * Hkv, D);
-            attention_forward(att_l, lse_l, qn_l, kn_l, v_l, B, T, H, Hkv, D, c.window[l]);
-            matmul_forward(tmp_c, att_l, param(P_ATTN_PROJ, l), N, H * D, C);
-            residual_forward(xattn_l, xin_l, tmp_c, (long)N * C);
+            op::rope_qknorm_forward(qn_l, rq_l, kn_l, rk_l, tmp_q, tmp_k, rope_cos, rope_sin, B, T, H, Hkv, D);
+            op::attention_forward(att_l, lse_l, qn_l, kn_l, v_l, B, T, H, Hkv, D, c.window[l]);
+            op::matmul_forward(tmp_c, att_l, param(P_ATTN_PROJ, l), N, H * D, C);
+            op::residual_forward(xattn_l, xin_l, tmp_c, (long)N * C);
             // 4.3 MLP (docs/model.md#mlp)
-            rmsnorm_forward(ln2_l, rstd2_l, xattn_l, N, C);
-            matmul_forward(fc_pre_l, ln2_l, param(P_FC, l), N, C, 4 * C);
-            relu2_forward(fc_act_l, fc_pre_l, (long)N * 4 * C);
-            matmul_forward(tmp_c, fc_act_l, param(P_MLP_PROJ, l), N, 4 * C, C);
-            residual_forward(xout_l, xattn_l, tmp_c, (long)N * C);
+            op::rmsnorm_forward(ln, rstd2_l, xattn_l, N, C);
+            op::matmul_forward(fc_pre_l, ln, param(P_FC, l), N, C, 4 * C);
+            op::relu2_forward(fc_act, fc_pre_l, (long)N * 4 * C);
+            op::matmul_forward(tmp_c, fc_act, param(P_MLP_PROJ, l), N, 4 * C, C);
+            op::residual_forward(xout_l, xattn_l, tmp_c, (long)N * C);
             x = xout_l;
         }
         // 5. backout: subtract a learned fraction of the middle layer's output
-        if (c.backout) backout_forward(xf, x, L_(xout, L / 2, C), *param(P_BACKOUT_LAMBDA), (long)N * C);
-        else std::copy(x, x + (size_t)N * C, xf);
+        if (c.backout) op::backout_forward(xf, x, L_(xout, L / 2, C), mparam(P_BACKOUT_LAMBDA), (long)N * C);
+        else op::copy(xf, x, (size_t)N * C);
         // 6. final norm and unembedding (padded vocab; only the first V columns are read)
-        rmsnorm_forward(lnf, rstdf, xf, N, C);
-        matmul_forward(logits, lnf, param(P_LM_HEAD), N, C, Vp);
-        if (!targets) return 0.0;
+        op::rmsnorm_forward(lnf, rstdf, xf, N, C);
+        op::matmul_forward(logits, lnf, param(P_LM_HEAD), N, C, Vp);
+        if (!targets) return;
         // 7-8. softcap + cross-entropy (per-row losses; gradient later, in backward)
-        softcap_crossentropy_forward_backward(losses, (Real*)nullptr, logits, act_targets.data(), N, V, Vp, 15.0f, 0.0f);
-        double sum = 0.0;
-        int valid = 0;
-        for (int i = 0; i < N; i++) if (act_targets[i] != -1) { sum += (double)losses[i]; valid++; }
-        last_valid = valid;
-        last_loss = valid ? sum / valid : 0.0;
-        return last_loss;
+        LLMC_CHECK(slot >= 0 && slot < n_loss_slots, "internal: loss slot %d of %d", slot, n_loss_slots);
+        op::crossentropy(losses, (act_t*)nullptr, logits, tgt_slot[cur], N, V, Vp, 0.0f);
+        op::loss_sum(loss_slots + slot, losses, N);
+        slot_valid[slot] = valid;
     }
 
-    void zero_grad() { std::fill(grads.begin(), grads.end(), Real(0)); }
+    // The mean loss over valid targets of the micro-batch in loss slot `slot` (0 with a warning when
+    // none is valid, docs/model.md#softcap-loss). Waits for the device.
+    double slot_loss(int slot) {
+        double sum = 0.0;
+        op::to_host(&sum, loss_slots + slot, 1);
+        return slot_valid[slot] ? sum / slot_valid[slot] : 0.0;
+    }
+
+    // Forward and its mean loss (0 without targets), synchronously: for evaluation, sampling, tests.
+    double forward(const int* idx, const int* targets, int B_, int T_) {
+        forward_async(idx, targets, B_, T_, 0);
+        return targets ? slot_loss(0) : 0.0;
+    }
+
+    // Host views of the last forward's outputs (device builds copy them back first).
+    const stat_t* host_losses() {
+        if (!op::kDevice) return losses;
+        op::to_host(h_losses.data(), losses, h_losses.size());
+        return h_losses.data();
+    }
+    // logits row i (first V columns) as float
+    void logits_row(int i, float* out) {
+        int V = config.vocab_size;
+        const act_t* src = logits + (size_t)i * config.padded_vocab_size;
+        if (op::kDevice) {
+            h_row.resize(V);
+            op::to_host(h_row.data(), src, (size_t)V);
+            src = h_row.data();
+        }
+        for (int k = 0; k < V; k++) out[k] = (float)src[k];
+    }
+
+    void zero_grad() { op::zero(grads, num_params); }
+
+    // The gradient's L2 norm (logged only). Waits for the device.
+    double grad_norm() {
+        op::sum_squares(norm_buf, grads, num_params);
+        norm_t s = 0;
+        op::to_host(&s, norm_buf, 1);
+        return std::sqrt((double)s);
+    }
 
     // Backward of the last forward(). Parameter gradients ACCUMULATE into grads, scaled by
     // loss_scale (1 / grad_accum_steps), so micro-batches add up to the mean gradient.
@@ -345,72 +483,69 @@ struct GPT {
         int N = B * T, C = c.n_embd, L = c.n_layer, H = c.n_head, Hkv = c.n_kv_head, D = c.head_dim;
         int V = c.vocab_size, Vp = c.padded_vocab_size;
         size_t NC = (size_t)N * C;
-        const int* ix = act_idx.data();
+        const int* ix = idx_slot[cur];
         if (last_valid == 0) { fprintf(stderr, "warning: micro-batch with no valid targets: loss and gradient are 0\n"); return; }
         // 8-7. dlogits = scale·(p - onehot)·(1 - (z/15)^2), in place over the logits
-        Real* dlogits = logits;
-        softcap_crossentropy_forward_backward(losses, dlogits, logits, act_targets.data(), N, V, Vp, 15.0f, loss_scale / (float)last_valid);
+        act_t* dlogits = logits;
+        op::crossentropy(losses, dlogits, logits, tgt_slot[cur], N, V, Vp, loss_scale / (float)last_valid);
         // 6. unembedding and final norm
-        std::fill(dln, dln + NC, Real(0));
-        matmul_backward(dln, grad(P_LM_HEAD), dlogits, lnf, param(P_LM_HEAD), N, C, Vp);
-        std::fill(dx, dx + NC, Real(0));
-        rmsnorm_backward(dx, dln, lnf, rstdf, N, C);
+        op::matmul_backward(dln, grad(P_LM_HEAD), dlogits, lnf, param(P_LM_HEAD), N, C, Vp, false);
+        op::zero(dx, NC);
+        op::rmsnorm_backward(dx, dln, lnf, rstdf, N, C);
         // 5. backout: dx_mid collects -λ·G, added when the backward reaches layer L/2
         if (c.backout) {
-            std::fill(dxmid, dxmid + NC, Real(0));
-            backout_backward(dxmid, grad(P_BACKOUT_LAMBDA), dx, L_(xout, L / 2, C), *param(P_BACKOUT_LAMBDA), (long)NC);
+            op::zero(dxmid, NC);
+            op::backout_backward(dxmid, grad(P_BACKOUT_LAMBDA), dx, L_(xout, L / 2, C), mparam(P_BACKOUT_LAMBDA), (long)NC);
         }
-        if (c.lambdas) std::fill(dx0, dx0 + NC, Real(0));
+        if (c.lambdas) op::zero(dx0, NC);
         // 4. the blocks in reverse; dx holds the gradient of the current layer's output
         for (int l = L - 1; l >= 0; l--) {
-            Real *ln1_l = L_(ln1, l, C), *rstd1_l = L_(rstd1, l, 1);
-            Real *qn_l = L_(qn, l, H * D), *rq_l = L_(rstd_q, l, H), *kn_l = L_(kn, l, Hkv * D), *rk_l = L_(rstd_k, l, Hkv);
-            Real *v_l = L_(v, l, Hkv * D), *att_l = L_(att, l, H * D), *lse_l = L_(lse, l, H);
-            Real *ln2_l = L_(ln2, l, C), *rstd2_l = L_(rstd2, l, 1);
-            Real *fc_pre_l = L_(fc_pre, l, 4 * C), *fc_act_l = L_(fc_act, l, 4 * C);
-            if (c.backout && l == L / 2) for (size_t i = 0; i < NC; i++) dx[i] += dxmid[i];
-            // MLP: xout = xattn + proj(relu²(fc(rms(xattn))))
-            std::fill(dfc, dfc + (size_t)N * 4 * C, Real(0));
-            matmul_backward(dfc, grad(P_MLP_PROJ, l), dx, fc_act_l, param(P_MLP_PROJ, l), N, 4 * C, C);
-            relu2_backward(dfc, dfc, fc_pre_l, (long)N * 4 * C);
-            std::fill(dln, dln + NC, Real(0));
-            matmul_backward(dln, grad(P_FC, l), dfc, ln2_l, param(P_FC, l), N, C, 4 * C);
-            rmsnorm_backward(dx, dln, ln2_l, rstd2_l, N, C);  // dx += : now the gradient of xattn
-            // attention: xattn = xin + proj(attn(rms(xin)))
-            std::fill(datt, datt + (size_t)N * H * D, Real(0));
-            matmul_backward(datt, grad(P_ATTN_PROJ, l), dx, att_l, param(P_ATTN_PROJ, l), N, H * D, C);
-            attention_backward(dq, dk, dv, datt, att_l, lse_l, qn_l, kn_l, v_l, B, T, H, Hkv, D, c.window[l]);
-            qknorm_backward(dq, dq, qn_l, rq_l, N * H, D);
-            qknorm_backward(dk, dk, kn_l, rk_l, N * Hkv, D);
-            rope_backward(dq, dq, rope_cos.data(), rope_sin.data(), B, T, H, D, 0);
-            rope_backward(dk, dk, rope_cos.data(), rope_sin.data(), B, T, Hkv, D, 0);
-            std::fill(dln, dln + NC, Real(0));
+            act_t *xin_l = L_(xin, l, C), *qn_l = L_(qn, l, H * D), *kn_l = L_(kn, l, Hkv * D), *v_l = L_(v, l, Hkv * D);
+            act_t *att_l = L_(att, l, H * D), *xattn_l = L_(xattn, l, C), *fc_pre_l = L_(fc_pre, l, 4 * C);
+            stat_t *rstd1_l = L_(rstd1, l, 1), *rq_l = L_(rstd_q, l, H), *rk_l = L_(rstd_k, l, Hkv), *lse_l = L_(lse, l, H);
+            stat_t* rstd2_l = L_(rstd2, l, 1);
+            if (c.backout && l == L / 2) op::add_inplace(dx, dxmid, (long)NC);
+            // MLP: xout = xattn + proj(relu²(fc(rms(xattn)))); ln2 and relu² recomputed (the same
+            // deterministic ops on the same inputs: bitwise what the forward had)
+            op::rmsnorm_forward(ln, rstd2_l, xattn_l, N, C);
+            op::relu2_forward(fc_act, fc_pre_l, (long)N * 4 * C);
+            op::matmul_backward(dfc, grad(P_MLP_PROJ, l), dx, fc_act, param(P_MLP_PROJ, l), N, 4 * C, C, false);
+            op::relu2_backward(dfc, dfc, fc_pre_l, (long)N * 4 * C);
+            op::matmul_backward(dln, grad(P_FC, l), dfc, ln, param(P_FC, l), N, C, 4 * C, false);
+            op::rmsnorm_backward(dx, dln, ln, rstd2_l, N, C);  // dx += : now the gradient of xattn
+            // attention: xattn = xin + proj(attn(rms(xin))); ln1 recomputed
+            op::matmul_backward(datt, grad(P_ATTN_PROJ, l), dx, att_l, param(P_ATTN_PROJ, l), N, H * D, C, false);
+            op::attention_backward(dq, dk, dv, datt, att_l, lse_l, qn_l, kn_l, v_l, B, T, H, Hkv, D, c.window[l]);
+            op::rope_qknorm_backward(dq, dk, dq, dk, qn_l, kn_l, rq_l, rk_l, rope_cos, rope_sin, B, T, H, Hkv, D);
+            op::rmsnorm_forward(ln, rstd1_l, xin_l, N, C);
+            op::zero(dln, NC);
             if (c.has_ve[l]) {
                 int s = ve_slot(l);
-                const Real* ve_s = ve + (size_t)s * N * Hkv * D;
-                ve_gate_backward(dln, dve, grad(P_VE_GATE, s), dv, ln1_l, ve_s, gamma + (size_t)s * N * Hkv, param(P_VE_GATE, s), N, C, Hkv, D);
-                embedding_backward(grad(P_VALUE_EMBEDS, s), dve, ix, N, Hkv * D);
+                const act_t* ve_s = ve + (size_t)s * N * Hkv * D;
+                op::ve_gate_backward(dln, dve, grad(P_VE_GATE, s), dv, ln, ve_s, gamma + (size_t)s * N * Hkv, mparam(P_VE_GATE, s), N, C,
+                                     Hkv, D);
+                op::embedding_backward(grad(P_VALUE_EMBEDS, s), dve, ix, N, Hkv * D);
             }
-            matmul_backward(dln, grad(P_CQ, l), dq, ln1_l, param(P_CQ, l), N, C, H * D);
-            matmul_backward(dln, grad(P_CK, l), dk, ln1_l, param(P_CK, l), N, C, Hkv * D);
-            matmul_backward(dln, grad(P_CV, l), dv, ln1_l, param(P_CV, l), N, C, Hkv * D);
-            rmsnorm_backward(dx, dln, ln1_l, rstd1_l, N, C);  // dx += : now the gradient of xin
+            op::matmul_backward(dln, grad(P_CQ, l), dq, ln, param(P_CQ, l), N, C, H * D, true);
+            op::matmul_backward(dln, grad(P_CK, l), dk, ln, param(P_CK, l), N, C, Hkv * D, true);
+            op::matmul_backward(dln, grad(P_CV, l), dv, ln, param(P_CV, l), N, C, Hkv * D, true);
+            op::rmsnorm_backward(dx, dln, ln, rstd1_l, N, C);  // dx += : now the gradient of xin
             // lambdas: xin = a·x + b·x0 (x = previous layer's output, or x0 itself at layer 0)
             if (c.lambdas) {
-                const Real* xprev = l > 0 ? L_(xout, l - 1, C) : x0;
-                lambdas_backward(dx, dx0, grad(P_RESID_LAMBDAS) + l, grad(P_X0_LAMBDAS) + l, dx, xprev, x0,
-                                 param(P_RESID_LAMBDAS)[l], param(P_X0_LAMBDAS)[l], (long)NC);
+                const act_t* xprev = l > 0 ? L_(xout, l - 1, C) : x0;
+                op::lambdas_backward(dx, dx0, grad(P_RESID_LAMBDAS) + l, grad(P_X0_LAMBDAS) + l, dx, xprev, x0, mparam(P_RESID_LAMBDAS) + l,
+                                     mparam(P_X0_LAMBDAS) + l, (long)NC);
             }
         }
         // dx is now the gradient reaching x0 through layer 0's residual input; add the x0 paths
-        if (c.lambdas) for (size_t i = 0; i < NC; i++) dx[i] += dx0[i];
+        if (c.lambdas) op::add_inplace(dx, dx0, (long)NC);
         // 2. smear, then 1. embedding norm and the scatter-add into wte
-        Real* de = dx0;  // reuse: dx0 is consumed
-        if (c.smear) smear_backward(de, grad(P_SMEAR_GATE), grad(P_SMEAR_LAMBDA), dx, e, param(P_SMEAR_GATE), *param(P_SMEAR_LAMBDA), B, T, C);
-        else std::copy(dx, dx + NC, de);
-        std::fill(dln, dln + NC, Real(0));
-        rmsnorm_backward(dln, de, e, rstd0, N, C);
-        embedding_backward(grad(P_WTE), dln, ix, N, C);
+        act_t* de = dx0;  // reuse: dx0 is consumed
+        if (c.smear) op::smear_backward(de, grad(P_SMEAR_GATE), grad(P_SMEAR_LAMBDA), dx, e, mparam(P_SMEAR_GATE), mparam(P_SMEAR_LAMBDA), B, T, C);
+        else op::copy(de, dx, NC);
+        op::zero(dln, NC);
+        op::rmsnorm_backward(dln, de, e, rstd0, N, C);
+        op::embedding_backward(grad(P_WTE), dln, ix, N, C);
     }
 };
 
@@ -418,7 +553,10 @@ struct GPT {
 // Optimizer (docs/model.md#optimizer): AdamW for embeddings, unembedding and scalars; Muon for
 // every matrix under transformer.h. State is one allocation per kind: opt_m (Adam first moment, or
 // Muon momentum) and opt_v (Adam second moment) indexed like the parameters, and the NorMuon second
-// moments S.
+// moments S. On the CPU the update is llmc/adamw.h and llmc/muon.h, matrix by matrix; on the GPU
+// llmc/cuda/adamw.cuh (fused, one pass per tensor) and llmc/cuda/muon.cuh (each tensor's stack
+// of same-shape matrices at once, Polar Express as batched GEMMs), which also write the matmul copy
+// of the weights. The same order of tensors, the same scalars.
 
 #include "llmc/adamw.h"
 #include "llmc/muon.h"
@@ -438,29 +576,79 @@ inline int adam_group_of(int id) {
     }
 }
 
-struct Optimizer {
-    std::vector<float> opt_m, opt_v, opt_s;
-    std::vector<size_t> s_offset[NUM_PARAM_TENSORS];  // per matrix: offset of its S in opt_s
-    llmc::MuonScratch scratch;
+typedef GPT<float> Model;  // the trainer's model (fp32 on the CPU; on a GPU floatX activations, fp32 master)
 
-    void init(const GPT<float>& m) {
-        opt_m.assign(m.num_params, 0.0f);
-        opt_v.assign(m.num_params, 0.0f);
+struct Optimizer {
+    float *opt_m = nullptr, *opt_v = nullptr, *opt_s = nullptr;  // "device" memory (host on the CPU)
+    size_t n_mv = 0, n_s = 0;
+    std::vector<float> h_m, h_v, h_s;  // host copies (device builds)
+    std::vector<size_t> s_offset[NUM_PARAM_TENSORS];  // per matrix: offset of its S in opt_s
+#ifdef LLMC_GPU_BUILD
+    MuonGPUScratch scratch;
+#else
+    llmc::MuonScratch scratch;
+#endif
+
+    Optimizer() = default;
+    Optimizer(const Optimizer&) = delete;
+    Optimizer& operator=(const Optimizer&) = delete;
+    ~Optimizer() {
+        op::release(opt_m); op::release(opt_v); op::release(opt_s);
+#ifdef LLMC_GPU_BUILD
+        muon_scratch_free(scratch);
+#endif
+    }
+
+    void init(const Model& m) {
+        n_mv = m.num_params;
         size_t off = 0;
         for (int id = 0; id < NUM_PARAM_TENSORS; id++) {
             s_offset[id].clear();
             if (!is_muon_param(id)) continue;
-            for (int j = 0; j < m.spec[id].count; j++) {
+            const ParamSpec& sp = m.spec[id];
+#ifdef LLMC_GPU_BUILD
+            if (sp.count > 0) muon_scratch_reserve(scratch, sp.count, sp.rows, sp.cols);
+#endif
+            for (int j = 0; j < sp.count; j++) {
                 s_offset[id].push_back(off);
-                off += llmc::muon_second_moment_size(m.spec[id].rows, m.spec[id].cols);
-                scratch.reserve(m.spec[id].rows, m.spec[id].cols);  // allocate once, before training
+                off += llmc::muon_second_moment_size(sp.rows, sp.cols);
+#ifndef LLMC_GPU_BUILD
+                scratch.reserve(sp.rows, sp.cols);  // allocate once, before training
+#endif
             }
         }
-        opt_s.assign(off, 0.0f);
+        n_s = off;
+        opt_m = op::alloc<float>(n_mv);
+        opt_v = op::alloc<float>(n_mv);
+        opt_s = op::alloc<float>(n_s);
+#ifdef LLMC_GPU_BUILD
+        muon_scratch_alloc(scratch);
+#endif
+        if (op::kDevice) { h_m.assign(n_mv, 0.0f); h_v.assign(n_mv, 0.0f); h_s.assign(n_s, 0.0f); }
+    }
+    size_t scratch_bytes() const {
+#ifdef LLMC_GPU_BUILD
+        return muon_scratch_bytes(scratch);
+#else
+        return 0;
+#endif
     }
 
+    // the state as the host sees it (fetched from the device in device builds), and back
+    void download() {
+        if (!op::kDevice) return;
+        op::to_host(h_m.data(), opt_m, n_mv); op::to_host(h_v.data(), opt_v, n_mv); op::to_host(h_s.data(), opt_s, n_s);
+    }
+    void upload() {
+        if (!op::kDevice) return;
+        op::to_device(opt_m, h_m.data(), n_mv); op::to_device(opt_v, h_v.data(), n_mv); op::to_device(opt_s, h_s.data(), n_s);
+    }
+    float* host_m() { return op::kDevice ? h_m.data() : opt_m; }
+    float* host_v() { return op::kDevice ? h_v.data() : opt_v; }
+    float* host_s() { return op::kDevice ? h_s.data() : opt_s; }
+
     // one optimizer step at iteration `it` (0-based); the AdamW step count is it + 1
-    void step(GPT<float>& m, const llmc::Recipe& r, int it) {
+    void step(Model& m, const llmc::Recipe& r, int it) {
         int N = r.num_iterations;
         double lrm = llmc::lr_multiplier(it, N, r.warmup_steps, r.warmdown_ratio, r.final_lr_frac);
         float muon_lr = (float)(r.muon_lr * lrm);
@@ -469,18 +657,31 @@ struct Optimizer {
         for (int id = 0; id < NUM_PARAM_TENSORS; id++) {
             const ParamSpec& sp = m.spec[id];
             if (sp.count == 0) continue;
+            float* P = m.params + sp.offset;
+            const float* G = m.grads + sp.offset;
+#ifdef LLMC_GPU_BUILD
+            floatX* Pw = Model::kWeightsAreMaster ? nullptr : (floatX*)m.weights + sp.offset;
+            if (is_muon_param(id)) {
+                muon_update(P, Pw, opt_m + sp.offset, opt_s + s_offset[id][0], G, sp.count, sp.rows, sp.cols, muon_lr, momentum, wd, scratch,
+                            op::g_ctx.stream);
+            } else {
+                const llmc::AdamGroup& g = r.adam[adam_group_of(id)];
+                adamw_update(P, Pw, opt_m + sp.offset, opt_v + sp.offset, G, (long)sp.numel(), (float)(g.lr * lrm), (float)g.beta1,
+                             (float)g.beta2, (float)g.eps, (float)g.weight_decay, it + 1, op::g_ctx.stream);
+            }
+#else
             if (is_muon_param(id)) {
                 for (int j = 0; j < sp.count; j++) {
-                    size_t o = sp.offset + (size_t)j * sp.matrix_numel();
-                    llmc::muon_update(m.params.data() + o, opt_m.data() + o, opt_s.data() + s_offset[id][j], m.grads.data() + o,
-                                      sp.rows, sp.cols, muon_lr, momentum, wd, scratch);
+                    size_t o = (size_t)j * sp.matrix_numel();
+                    llmc::muon_update(P + o, opt_m + sp.offset + o, opt_s + s_offset[id][j], G + o, sp.rows, sp.cols, muon_lr, momentum, wd,
+                                      scratch);
                 }
             } else {
                 const llmc::AdamGroup& g = r.adam[adam_group_of(id)];
-                llmc::adamw_update(m.params.data() + sp.offset, opt_m.data() + sp.offset, opt_v.data() + sp.offset,
-                                   m.grads.data() + sp.offset, (long)sp.numel(), (float)(g.lr * lrm), (float)g.beta1,
+                llmc::adamw_update(P, opt_m + sp.offset, opt_v + sp.offset, G, (long)sp.numel(), (float)(g.lr * lrm), (float)g.beta1,
                                    (float)g.beta2, (float)g.eps, (float)g.weight_decay, it + 1);
             }
+#endif
         }
     }
 };
@@ -556,24 +757,26 @@ inline std::vector<std::pair<int, std::string>> list_checkpoints(const std::stri
 
 // Write the checkpoint of `step`; returns its meta path. On any failure every file of this step is
 // removed (AtomicFile removes its own temporary) and the error says so.
-inline std::string save_checkpoint(const std::string& dir, int step, GPT<float>& m, const Optimizer& opt, const std::string& run_id,
+inline std::string save_checkpoint(const std::string& dir, int step, Model& m, Optimizer& opt, const std::string& run_id,
                                    const llmc::Json& extra) {
     std::string model_path = ckpt_path(dir, "model", step, "safetensors"), optim_path = ckpt_path(dir, "optim", step, "safetensors");
     std::string meta_path = ckpt_path(dir, "meta", step, "json");
     llmc::SafetensorsWriter w, wo;
+    const float* hp = m.host_params();  // (device builds: fetched from the device)
+    opt.download();
     for (int id = 0; id < NUM_PARAM_TENSORS; id++) {
         const ParamSpec& sp = m.spec[id];
         for (int j = 0; j < sp.count; j++) {
             std::string name = param_name(m.config, id, j);
             size_t o = sp.offset + (size_t)j * sp.matrix_numel();
-            w.add(name, param_file_shape(id, sp), m.params.data() + o);
+            w.add(name, param_file_shape(id, sp), hp + o);
             if (is_muon_param(id)) {
-                wo.add(name + ".momentum_buffer", param_file_shape(id, sp), opt.opt_m.data() + o);
+                wo.add(name + ".momentum_buffer", param_file_shape(id, sp), opt.host_m() + o);
                 wo.add(name + ".second_momentum_buffer", {(int64_t)llmc::muon_second_moment_size(sp.rows, sp.cols)},
-                       opt.opt_s.data() + opt.s_offset[id][j]);
+                       opt.host_s() + opt.s_offset[id][j]);
             } else {
-                wo.add(name + ".exp_avg", param_file_shape(id, sp), opt.opt_m.data() + o);
-                wo.add(name + ".exp_avg_sq", param_file_shape(id, sp), opt.opt_v.data() + o);
+                wo.add(name + ".exp_avg", param_file_shape(id, sp), opt.host_m() + o);
+                wo.add(name + ".exp_avg_sq", param_file_shape(id, sp), opt.host_v() + o);
             }
         }
     }
@@ -668,7 +871,7 @@ inline Checkpoint open_checkpoint(const std::string& meta_path, bool with_optim)
 
 // Load a verified checkpoint's weights (and optimizer state when opt != null). The model flags must
 // match the checkpoint's: a mismatch is the user's to fix, not a damaged checkpoint.
-inline void load_checkpoint(const Checkpoint& ck, GPT<float>& m, Optimizer* opt) {
+inline void load_checkpoint(const Checkpoint& ck, Model& m, Optimizer* opt) {
     llmc::Json want = model_config_json(m.config);
     const llmc::Json& have = ck.meta["model_config"];
     for (auto& kv : want.as_object()) {
@@ -679,24 +882,27 @@ inline void load_checkpoint(const Checkpoint& ck, GPT<float>& m, Optimizer* opt)
     }
     LLMC_CHECK(!opt || ck.optim, "internal: checkpoint '%s' was opened without its optimizer file", ck.meta_path.c_str());
     const llmc::SafetensorsFile& f = *ck.model;
+    float* hp = m.host_params();  // every tensor is overwritten below, then uploaded
     for (int id = 0; id < NUM_PARAM_TENSORS; id++) {
         const ParamSpec& sp = m.spec[id];
         for (int j = 0; j < sp.count; j++) {
             std::string name = param_name(m.config, id, j);
             size_t o = sp.offset + (size_t)j * sp.matrix_numel();
-            f.read(name, param_file_shape(id, sp), m.params.data() + o);
+            f.read(name, param_file_shape(id, sp), hp + o);
             if (!opt) continue;
             const llmc::SafetensorsFile& fo = *ck.optim;
             if (is_muon_param(id)) {
-                fo.read(name + ".momentum_buffer", param_file_shape(id, sp), opt->opt_m.data() + o);
+                fo.read(name + ".momentum_buffer", param_file_shape(id, sp), opt->host_m() + o);
                 fo.read(name + ".second_momentum_buffer", {(int64_t)llmc::muon_second_moment_size(sp.rows, sp.cols)},
-                        opt->opt_s.data() + opt->s_offset[id][j]);
+                        opt->host_s() + opt->s_offset[id][j]);
             } else {
-                fo.read(name + ".exp_avg", param_file_shape(id, sp), opt->opt_m.data() + o);
-                fo.read(name + ".exp_avg_sq", param_file_shape(id, sp), opt->opt_v.data() + o);
+                fo.read(name + ".exp_avg", param_file_shape(id, sp), opt->host_m() + o);
+                fo.read(name + ".exp_avg_sq", param_file_shape(id, sp), opt->host_v() + o);
             }
         }
     }
+    m.upload_params();
+    if (opt) opt->upload();
 }
 
 // --resume WHERE: a meta file is used as is (and must verify); a directory gives its newest checkpoint
@@ -960,7 +1166,7 @@ inline int64_t split_tokens(const llmc::DataLoader& d) {
 
 // `stop` (may be null) is polled between batches: when it is set the evaluation is abandoned and
 // returned with complete = false (a signal should not wait for a long evaluation).
-inline EvalResult evaluate(GPT<float>& m, llmc::DataLoader& val, int B, int T, int64_t eval_tokens,
+inline EvalResult evaluate(Model& m, llmc::DataLoader& val, int B, int T, int64_t eval_tokens,
                            const std::vector<int32_t>* token_bytes, std::vector<int>& inputs, std::vector<int>& targets,
                            const volatile sig_atomic_t* stop = nullptr) {
     val.reset();
@@ -974,14 +1180,15 @@ inline EvalResult evaluate(GPT<float>& m, llmc::DataLoader& val, int B, int T, i
     for (int64_t b = 0; b < batches; b++) {
         if (stop && *stop) { r.complete = false; return r; }
         val.next_batch(inputs.data(), targets.data());
-        m.forward(inputs.data(), targets.data(), B, T);
+        m.forward_async(inputs.data(), targets.data(), B, T);
+        const auto* losses = m.host_losses();
         for (int i = 0; i < B * T; i++) {
             int y = targets[i];
             if (y < 0) continue;
-            nats += (double)m.losses[i];
+            nats += (double)losses[i];
             count++;
             int nb = token_bytes ? (*token_bytes)[y] : 0;
-            if (nb > 0) { nats_counted += (double)m.losses[i]; bytes += nb; }
+            if (nb > 0) { nats_counted += (double)losses[i]; bytes += nb; }
         }
     }
     r.tokens = count;
@@ -1005,10 +1212,10 @@ inline std::string small_val_note(const llmc::DataLoader& val, int B, int T) {
 // the padding after it, so the activation shape stays fixed at (1, T). Generation ends at a token
 // of stop_ids (not emitted; docs/model.md#sampling: <|bos|> starts a new document, so nothing after
 // it continues the prompt), after max_new tokens, or when *stop is set.
-inline std::vector<uint32_t> generate(GPT<float>& m, std::vector<uint32_t> ids, int max_new, float temperature, int top_k, llmc::Rng& rng,
+inline std::vector<uint32_t> generate(Model& m, std::vector<uint32_t> ids, int max_new, float temperature, int top_k, llmc::Rng& rng,
                                       const std::vector<int>& stop_ids = {}, bool* stopped_at_token = nullptr,
                                       const volatile sig_atomic_t* stop = nullptr) {
-    int T = m.config.sequence_len, V = m.config.vocab_size, Vp = m.config.padded_vocab_size;
+    int T = m.config.sequence_len, V = m.config.vocab_size;
     std::vector<int> window(T, 0);
     std::vector<float> z(V);
     if (stopped_at_token) *stopped_at_token = false;
@@ -1017,9 +1224,9 @@ inline std::vector<uint32_t> generate(GPT<float>& m, std::vector<uint32_t> ids, 
         int n = std::min<int>((int)ids.size(), T);
         for (int i = 0; i < T; i++) window[i] = i < n ? (int)ids[ids.size() - n + i] : 0;
         m.forward(window.data(), nullptr, 1, T);
-        const float* l = m.logits + (size_t)(n - 1) * Vp;
+        m.logits_row(n - 1, z.data());
         // the softcap (docs/model.md#softcap-loss)
-        for (int v = 0; v < V; v++) z[v] = 15.0f * std::tanh(l[v] / 15.0f);
+        for (int v = 0; v < V; v++) z[v] = 15.0f * std::tanh(z[v] / 15.0f);
         int next = llmc::sample_next_token(z.data(), V, temperature, top_k, rng);
         if (std::find(stop_ids.begin(), stop_ids.end(), next) != stop_ids.end()) {
             if (stopped_at_token) *stopped_at_token = true;
@@ -1033,6 +1240,16 @@ inline std::vector<uint32_t> generate(GPT<float>& m, std::vector<uint32_t> ids, 
 // ------------------------------------------------------------------------------------------------
 // Command line, set-up and the training loop (docs/model.md#schedules, docs/model.md#scaling,
 // docs/model.md#training-step)
+
+// The current gradient (fp32), one tensor per parameter matrix under its nanochat name.
+inline void dump_grads(const std::string& path, Model& m) {
+    const float* g = m.host_grads();
+    llmc::SafetensorsWriter w;
+    for (int id = 0; id < NUM_PARAM_TENSORS; id++)
+        for (int j = 0; j < m.spec[id].count; j++)
+            w.add(param_name(m.config, id, j), param_file_shape(id, m.spec[id]), g + m.spec[id].offset + (size_t)j * m.spec[id].matrix_numel());
+    w.write(path);
+}
 
 struct TrainerOptions {
     // model (nanochat names)
@@ -1051,7 +1268,7 @@ struct TrainerOptions {
     // evaluation, checkpoints, logging
     int eval_every = 250, save_every = -1;
     long long eval_tokens = 80LL * 524288;
-    std::string out_dir = "out", resume, log_file;
+    std::string out_dir = "out", resume, log_file, dump_grads;
     bool save_init = false, eval_only = false;
     // sampling at the end
     int num_samples = 3, sample_tokens = 128, top_k = 50;
@@ -1142,8 +1359,10 @@ inline MemoryNeed memory_need(const GPTConfig& c, int B, int T) {
     }
     MemoryNeed m;
     m.weights = 4.0 * 2 * (double)P + 4.0 * 10.0 * c.sequence_len * c.head_dim;
+    if (!Model::kWeightsAreMaster) m.weights += sizeof(Model::act_t) * (double)P;  // the matmuls' bf16 copy
     m.optimizer = 4.0 * (2 * (double)P + S) + 4.0 * (2 * mn + 3 * ss + 2 * mx) + 8.0 * mx;
-    m.activations = 4.0 * (double)activation_numel(c, B, T) + 8.0 * B * T;
+    ActivationSize a = activation_numel(c, B, T);
+    m.activations = sizeof(Model::act_t) * (double)a.act + sizeof(Model::stat_t) * (double)a.stat + 16.0 * B * T;
     m.total = m.weights + m.optimizer + m.activations;
     return m;
 }
@@ -1164,7 +1383,7 @@ inline double gib(double bytes) { return bytes / (1024.0 * 1024.0 * 1024.0); }
 
 // Everything the recipe derived (docs/model.md#scaling, docs/model.md#schedules), for the checkpoint
 // meta: how the checkpoint was trained.
-inline llmc::Json recipe_json(const llmc::Recipe& r, const GPT<float>& m) {
+inline llmc::Json recipe_json(const llmc::Recipe& r, const Model& m) {
     using llmc::Json;
     Json j = Json::object();
     j.set("horizon", r.horizon);
@@ -1316,7 +1535,7 @@ inline int truncate_log_after(const std::string& path, int step) {
 }
 
 // Print num_samples continuations of the prompt. Returns false if a signal cut it short.
-inline bool print_samples(GPT<float>& m, const TrainerOptions& o, const llmc::Tokenizer* tok, int bos) {
+inline bool print_samples(Model& m, const TrainerOptions& o, const llmc::Tokenizer* tok, int bos) {
     llmc::Rng rng((uint64_t)o.seed, 999);
     std::vector<int> stop_ids;
     if (bos >= 0) stop_ids.push_back(bos);
@@ -1347,15 +1566,25 @@ inline bool print_samples(GPT<float>& m, const TrainerOptions& o, const llmc::To
     return true;
 }
 
-// Refuse a model that cannot fit before allocating it, with what it needs and what there is.
+// Refuse a model that cannot fit before allocating it, with what it needs and what there is (the
+// machine's memory on the CPU, the GPU's free memory in the GPU build).
 inline void check_memory(const GPTConfig& cfg, const MemoryNeed& need, double total, int B, int T) {
+#if defined(LLMC_GPU_BUILD) && !defined(LLMC_SIM)
+    op::setup_device();
+    size_t free_b = 0, total_b = 0;
+    cudaCheck(cudaMemGetInfo(&free_b, &total_b));
+    double have = (double)free_b;
+    const char* where = "free on the GPU";
+#else
     double have = machine_memory_bytes();
+    const char* where = "on this machine";
+#endif
     if (have > 0 && total > have)
         LLMC_FAIL("this model (depth %d, n_embd %d, %lld parameters) needs about %.1f GiB of memory (weights and gradients %.1f GiB, "
-                  "optimizer state %.1f GiB, activations for %d x %d tokens %.1f GiB) but this machine has %.1f GiB: use a smaller --depth "
-                  "(or --device-batch-size, --max-seq-len)",
+                  "optimizer state %.1f GiB, activations for %d x %d tokens %.1f GiB) but there are %.1f GiB %s: use a smaller "
+                  "--device-batch-size (or --depth, --max-seq-len)",
                   cfg.n_layer, cfg.n_embd, (long long)cfg.params.total, gib(total), gib(need.weights), gib(need.optimizer), B, T,
-                  gib(need.activations), gib(have));
+                  gib(need.activations), gib(have), where);
 }
 
 [[noreturn]] inline void fail_out_of_memory(const GPTConfig& cfg, double total) {
@@ -1381,7 +1610,7 @@ inline int eval_only_main(TrainerOptions& o, const llmc::Cli& cli, const llmc::M
     MemoryNeed need = memory_need(cfg, B, T);
     need.optimizer = 0;
     check_memory(cfg, need, need.weights + need.activations, B, T);
-    GPT<float> model;
+    Model model;
     try {
         model.init(cfg);
         model.build_activations(B, T);
@@ -1439,7 +1668,7 @@ inline int eval_only_main(TrainerOptions& o, const llmc::Cli& cli, const llmc::M
 
 inline int train_main(int argc, char** argv) {
     TrainerOptions o;
-    llmc::Cli cli("train_gpt", "Train a nanochat-architecture GPT (CPU build: fp32 reference ops, OpenMP).");
+    llmc::Cli cli("train_gpt", llmc::strfmt("Train a nanochat-architecture GPT. This build: %s.", op::backend_name()));
     cli.add("depth", &o.depth, "model depth: every other size and hyperparameter derives from it");
     cli.add("aspect-ratio", &o.aspect_ratio, "n_embd = depth * aspect-ratio, rounded up to head-dim");
     cli.add("head-dim", &o.head_dim, "attention head dimension");
@@ -1482,6 +1711,8 @@ inline int train_main(int argc, char** argv) {
     cli.add("eval-only", &o.eval_only, "evaluate the --resume checkpoint (val loss, bits per byte; printed and logged) without training; "
                                        "model flags not given come from the checkpoint");
     cli.add("log-file", &o.log_file, "JSON Lines log; default <out-dir>/log.jsonl");
+    cli.add("dump-grads", &o.dump_grads, "write the first step's gradient (mean over its micro-batches) to this safetensors file "
+                                         "(to compare builds: test/test_builds.cpp)");
     cli.add("num-samples", &o.num_samples, "continuations sampled at the end");
     cli.add("sample-tokens", &o.sample_tokens, "tokens per sample (a sample also ends at <|bos|>)");
     cli.add("temperature", &o.temperature, "sampling temperature (0 = greedy)");
@@ -1580,12 +1811,13 @@ inline int train_main(int argc, char** argv) {
            gib(need.optimizer), gib(need.activations));
     check_memory(cfg, need, need.total, B, T);
 
-    GPT<float> model;
+    Model model;
     Optimizer opt;
     try {
         model.init(cfg);
         model.init_weights((uint64_t)o.seed);
         model.build_activations(B, T);
+        model.reserve_loss_slots(A);
         opt.init(model);
     } catch (const std::bad_alloc&) {
         fail_out_of_memory(cfg, need.total);
@@ -1694,8 +1926,9 @@ inline int train_main(int argc, char** argv) {
     };
 
     auto save = [&](int step) {
-        for (float p : model.params)  // never a checkpoint of non-finite weights
-            if (!std::isfinite(p)) diverged(llmc::strfmt("the weights after step %d/%d are not finite", step, N), step);
+        const float* hp = model.host_params();
+        for (size_t i = 0; i < model.num_params; i++)  // never a checkpoint of non-finite weights
+            if (!std::isfinite(hp[i])) diverged(llmc::strfmt("the weights after step %d/%d are not finite", step, N), step);
         llmc::Json extra = llmc::Json::object();
         extra.set("num_iterations", N);
         extra.set("total_batch_size", (long long)r.total_batch_size);
@@ -1789,29 +2022,20 @@ inline int train_main(int argc, char** argv) {
         // (docs/model.md#training-step)
         double t0 = now_seconds();
         model.zero_grad();
-        double loss = 0.0;
         for (int a = 0; a < A; a++) {
             train.next_batch(inputs.data(), targets.data());
-            loss += model.forward(inputs.data(), targets.data(), B, T) / A;
+            model.forward_async(inputs.data(), targets.data(), B, T, a);
             model.backward(1.0f / A);
         }
+        // the step's loss: the first read of anything the device computed in this step
+        double loss = 0.0;
+        for (int a = 0; a < A; a++) loss += model.slot_loss(a) / A;
         // numbered like the step lines: the forward of step k+1 runs on the weights after step k
         if (!std::isfinite(loss))
             diverged(llmc::strfmt("the training loss is %g at step %d/%d (the forward pass on the weights after step %d)", loss, step + 1, N, step),
                      step);
-        // gradient norm (logged only): deterministic parallel sum, 8 double lanes per chunk so it
-        // vectorizes (a serial double loop over every parameter was ~3% of a d4 step)
-        double gn = 0.0;
-        const float* gp = model.grads.data();
-        cpu_chunked_sum((long)model.grads.size(), 1, &gn, [gp](long a, long b, double* part) {
-            double acc[8] = {0};
-            long i = a;
-            for (; i + 8 <= b; i += 8)
-                for (int k = 0; k < 8; k++) acc[k] += (double)gp[i + k] * (double)gp[i + k];
-            for (; i < b; i++) acc[0] += (double)gp[i] * (double)gp[i];
-            for (int k = 0; k < 8; k++) part[0] += acc[k];
-        });
-        gn = std::sqrt(gn);
+        if (!o.dump_grads.empty() && step == start_step) dump_grads(o.dump_grads, model);
+        double gn = model.grad_norm();  // logged only
         opt.step(model, r, step);
         weights_ckpt.clear();
         last_train_loss = loss;

@@ -1,0 +1,179 @@
+// ops_cpu.h: the op set train_gpt.cu's model calls, bound to the CPU reference ops (llmc/cpu/*.h).
+//
+// The model (forward, backward) is written once, as calls op::name(...). This header and
+// llmc/ops_cuda.cuh each define namespace `op` with the same signatures; the build includes one:
+//   g++ (train_gpt_cpu, the tests)  -> this file: fp32 (double in the gradient tests), host memory
+//   nvcc / g++ -DLLMC_SIM           -> ops_cuda.cuh: the CUDA kernels (bf16, or fp32 with LLMC_FP32)
+// Element types come from op::Types<Real>: `act` activations and matmul weights, `stat` per-row
+// statistics (rstd, lse, gates, losses), `master` weights/gradients/optimizer state, `rope` the
+// RoPE tables. Here every one is Real (the tables fp32), so the CPU build is exactly the fp32 model.
+// Where an op below only forwards to the llmc/cpu op, the CPU op is the definition; the adapters
+// exist where the GPU kernels have a different shape (fused RoPE + QK-norm, scalars passed by
+// pointer because on a GPU they live in device memory, an overwrite flag for matmul's dinp).
+#pragma once
+#include <cstdlib>
+#include <algorithm>
+#include <cstring>
+#include <new>
+
+#include "llmc/cpu/attention.h"
+#include "llmc/cpu/backout.h"
+#include "llmc/cpu/crossentropy.h"
+#include "llmc/cpu/embedding.h"
+#include "llmc/cpu/matmul.h"
+#include "llmc/cpu/qknorm.h"
+#include "llmc/cpu/relu2.h"
+#include "llmc/cpu/residual.h"
+#include "llmc/cpu/rmsnorm.h"
+#include "llmc/cpu/rope.h"
+#include "llmc/cpu/smear.h"
+#include "llmc/cpu/value_embed.h"
+
+namespace op {
+
+template <typename Real>
+struct Types {
+    typedef Real act, stat, master;
+    typedef float rope;
+    typedef double norm;  // the gradient norm's sum of squares
+};
+constexpr bool kDevice = false;  // tensors live in host memory: host pointers may be read directly
+inline const char* backend_name() { return "CPU (fp32 reference ops, OpenMP)"; }
+
+// ---- memory: "device" memory is host memory here (64-byte aligned, zeroed) ----
+template <typename T>
+T* alloc(size_t n) {
+    size_t bytes = (n * sizeof(T) + 63) / 64 * 64;
+    void* p = bytes ? std::aligned_alloc(64, bytes) : nullptr;
+    if (bytes && !p) throw std::bad_alloc();
+    if (p) memset(p, 0, bytes);
+    return (T*)p;
+}
+inline void release(void* p) { std::free(p); }
+template <typename T> void zero(T* p, size_t n) { if (n) memset((void*)p, 0, n * sizeof(T)); }
+template <typename T> void copy(T* dst, const T* src, size_t n) { if (n && dst != src) memcpy((void*)dst, (const void*)src, n * sizeof(T)); }
+template <typename T> void to_host(T* host, const T* dev, size_t n) { copy(host, dev, n); }
+template <typename T> void to_device(T* dev, const T* host, size_t n) { copy(dev, host, n); }
+inline void synchronize() {}
+// the matmul copy of the master weights: the same buffer here (the model never calls this then)
+template <typename Real> void to_weights(Real* w, const Real* master, size_t n) { copy(w, master, n); }
+inline void setup(int max_N, int V, int C, int H, int Hkv) {}
+// a micro-batch's ids and targets (targets may be null: no loss) into slot 0 (the CPU needs no
+// double buffering: nothing runs ahead of the host); returns the slot
+inline int set_tokens(int* const idx[2], int* const tgt[2], const int* h_idx, const int* h_tgt, int N) {
+    copy(idx[0], h_idx, (size_t)N);
+    if (h_tgt) copy(tgt[0], h_tgt, (size_t)N);
+    else std::fill(tgt[0], tgt[0] + N, -1);
+    return 0;
+}
+inline double device_memory_used() { return 0.0; }
+inline double peak_allocated() { return 0.0; }
+
+// ---- the ops whose CPU definition has the model's signature ----
+using ::attention_backward;
+using ::attention_forward;
+using ::embedding_backward;
+using ::embedding_forward;
+using ::matmul_forward;
+using ::relu2_backward;
+using ::relu2_forward;
+using ::residual_forward;
+using ::rmsnorm_backward;
+using ::rmsnorm_forward;
+using ::ve_gate_backward;
+using ::ve_gate_forward;
+
+// ---- adapters ----
+// a += b
+template <typename Real>
+void add_inplace(Real* a, const Real* b, long n) {
+    #pragma omp parallel for schedule(static)
+    for (long i = 0; i < n; i++) a[i] += b[i];
+}
+
+// dinp (+)= dout·W (accumulate: add; else overwrite), dweight += doutᵀ·inp
+template <typename Real>
+void matmul_backward(Real* dinp, Real* dweight, const Real* dout, const Real* inp, const Real* weight, int N, int IC, int OC,
+                     bool accumulate_dinp) {
+    if (!accumulate_dinp) zero(dinp, (size_t)N * IC);
+    ::matmul_backward(dinp, dweight, dout, inp, weight, N, IC, OC);
+}
+
+template <typename Real>
+void smear_forward(Real* out, const Real* e, const Real* w, const Real* lambda, int B, int T, int C) {
+    ::smear_forward(out, e, w, *lambda, B, T, C);
+}
+template <typename Real>
+void smear_backward(Real* de, Real* dw, Real* dlambda, const Real* dout, const Real* e, const Real* w, const Real* lambda, int B, int T,
+                    int C) {
+    ::smear_backward(de, dw, dlambda, dout, e, w, *lambda, B, T, C);
+}
+template <typename Real>
+void lambdas_forward(Real* out, const Real* x, const Real* x0, const Real* alpha, const Real* beta, long n) {
+    ::lambdas_forward(out, x, x0, *alpha, *beta, n);
+}
+template <typename Real>
+void lambdas_backward(Real* dx, Real* dx0, Real* dalpha, Real* dbeta, const Real* dout, const Real* x, const Real* x0, const Real* alpha,
+                      const Real* beta, long n) {
+    ::lambdas_backward(dx, dx0, dalpha, dbeta, dout, x, x0, *alpha, *beta, n);
+}
+template <typename Real>
+void backout_forward(Real* out, const Real* x, const Real* xmid, const Real* lambda, long n) {
+    ::backout_forward(out, x, xmid, *lambda, n);
+}
+template <typename Real>
+void backout_backward(Real* dxmid, Real* dlambda, const Real* dout, const Real* xmid, const Real* lambda, long n) {
+    ::backout_backward(dxmid, dlambda, dout, xmid, *lambda, n);
+}
+
+// q, k (B,T,H|Hkv,D) -> qn = norm(rope(q)), kn = norm(rope(k)) (docs/model.md#attention). q and k
+// are scratch: rotated in place here (the CUDA kernel does both in one pass).
+template <typename Real>
+void rope_qknorm_forward(Real* qn, Real* rstd_q, Real* kn, Real* rstd_k, Real* q, Real* k, const float* cos, const float* sin, int B, int T,
+                         int H, int Hkv, int D) {
+    ::rope_forward(q, q, cos, sin, B, T, H, D, 0);
+    ::rope_forward(k, k, cos, sin, B, T, Hkv, D, 0);
+    ::qknorm_forward(qn, rstd_q, q, B * T * H, D);
+    ::qknorm_forward(kn, rstd_k, k, B * T * Hkv, D);
+}
+// dq, dk = gradients of q, k from dqn, dkn (overwrite; dq may alias dqn, dk may alias dkn)
+template <typename Real>
+void rope_qknorm_backward(Real* dq, Real* dk, const Real* dqn, const Real* dkn, const Real* qn, const Real* kn, const Real* rstd_q,
+                          const Real* rstd_k, const float* cos, const float* sin, int B, int T, int H, int Hkv, int D) {
+    ::qknorm_backward(dq, dqn, qn, rstd_q, B * T * H, D);
+    ::qknorm_backward(dk, dkn, kn, rstd_k, B * T * Hkv, D);
+    ::rope_backward(dq, dq, cos, sin, B, T, H, D, 0);
+    ::rope_backward(dk, dk, cos, sin, B, T, Hkv, D, 0);
+}
+
+// losses(N) =, dlogits (N,Vp) = (overwrite; may alias logits; null = forward only), softcap 15
+template <typename Real>
+void crossentropy(Real* losses, Real* dlogits, const Real* logits, const int* targets, int N, int V, int Vp, float dloss_scale) {
+    ::softcap_crossentropy_forward_backward(losses, dlogits, logits, targets, N, V, Vp, 15.0f, dloss_scale);
+}
+
+// *out = sum of losses[0..N) in double, in index order (ignored rows hold 0)
+template <typename Real>
+void loss_sum(double* out, const Real* losses, int N) {
+    double s = 0.0;
+    for (int i = 0; i < N; i++) s += (double)losses[i];
+    *out = s;
+}
+
+// *out = sum of g[0..n)^2 in double (deterministic: fixed chunks, 8 lanes each so it vectorizes;
+// a serial double loop over every parameter was ~3% of a d4 step)
+template <typename Real>
+void sum_squares(double* out, const Real* g, size_t n) {
+    double gn = 0.0;
+    cpu_chunked_sum((long)n, 1, &gn, [g](long a, long b, double* part) {
+        double acc[8] = {0};
+        long i = a;
+        for (; i + 8 <= b; i += 8)
+            for (int k = 0; k < 8; k++) acc[k] += (double)g[i + k] * (double)g[i + k];
+        for (; i < b; i++) acc[0] += (double)g[i] * (double)g[i];
+        for (int k = 0; k < 8; k++) part[0] += acc[k];
+    });
+    *out = gn;
+}
+
+}  // namespace op

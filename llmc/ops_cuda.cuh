@@ -1,0 +1,272 @@
+// ops_cuda.cuh: the op set train_gpt.cu's model calls, bound to the CUDA kernels (llmc/cuda/*.cuh).
+// The same signatures as llmc/ops_cpu.h (read its header first); this is the GPU build (nvcc) and
+// the SIM build (g++ -DLLMC_SIM: the same kernels on the CPU, llmc/sim/sim.h).
+//
+// Types: activations and matmul weights are floatX (bf16; fp32 with -DLLMC_FP32), statistics,
+// master weights, gradients and optimizer state fp32 (docs/model.md#training-step: mixed precision).
+// What the kernels need beyond their arguments lives in one Context, set up once for the largest
+// micro-batch (op::setup) and never reallocated in a step: the compute stream, the partial-sum
+// scratch of the deterministic reductions, the attention backward's D buffer, the embedding
+// backward plan (built on the host from each batch's ids), and the token upload machinery:
+//
+// Token upload (no idle GPU, no host sync in a step): each micro-batch's ids and targets go from a
+// pinned host buffer to a device buffer on a separate copy stream. Two slots alternate. Before the
+// copy into slot s, the copy stream waits for `consumed[s]` (recorded on the compute stream after
+// the last work that read slot s was enqueued), and the compute stream waits for `uploaded[s]`
+// before the forward reads it. The host waits only before it overwrites slot s's pinned buffer,
+// for that buffer's previous copy (two micro-batches ago) to have finished.
+#pragma once
+#include <algorithm>
+#include <vector>
+
+#include "llmc/cuda/common.cuh"
+#include "llmc/cuda/adamw.cuh"
+#include "llmc/cuda/attention.cuh"
+#include "llmc/cuda/backout.cuh"
+#include "llmc/cuda/crossentropy.cuh"
+#include "llmc/cuda/embedding.cuh"
+#include "llmc/cuda/global_norm.cuh"
+#include "llmc/cuda/loss_sum.cuh"
+#include "llmc/cuda/matmul.cuh"
+#include "llmc/cuda/muon.cuh"
+#include "llmc/cuda/reduce.cuh"
+#include "llmc/cuda/relu2.cuh"
+#include "llmc/cuda/residual.cuh"
+#include "llmc/cuda/rmsnorm.cuh"
+#include "llmc/cuda/rope.cuh"
+#include "llmc/cuda/smear.cuh"
+#include "llmc/cuda/value_embed.cuh"
+
+namespace op {
+
+template <typename Real>
+struct Types {
+    typedef floatX act, rope;
+    typedef float stat, master;
+    typedef float norm;  // the gradient norm's sum of squares (summed in double, rounded once)
+};
+constexpr bool kDevice = true;  // tensors live in device memory: the host reads them through to_host
+inline const char* backend_name() {
+#if defined(LLMC_SIM)
+    return sizeof(floatX) == 4 ? "SIM (CUDA kernels on the CPU, fp32)" : "SIM (CUDA kernels on the CPU, bf16)";
+#else
+    return sizeof(floatX) == 4 ? "GPU (CUDA, fp32)" : "GPU (CUDA, bf16 mixed precision)";
+#endif
+}
+
+struct Context {
+    bool ready = false;
+    cudaStream_t stream = nullptr, copy_stream = nullptr;
+    float* scratch = nullptr;      // partial sums of the deterministic reductions (reduce.cuh)
+    float* att_scratch = nullptr;  // attention backward: D_i per (b, h, i)
+    size_t att_scratch_floats = 0;
+    EmbeddingBackwardPlan plan;
+    int max_N = 0;
+    // token upload (see the top of the file)
+    int slot = 0;
+    int* pinned[2] = {nullptr, nullptr};  // ids then targets, 2 * max_N ints per slot
+    cudaEvent_t uploaded[2] = {nullptr, nullptr}, consumed[2] = {nullptr, nullptr};
+    bool slot_used[2] = {false, false};
+    // what alloc() handed out: the peak is the trainer's own measure of its device memory
+    std::vector<std::pair<void*, size_t>> live;
+    size_t bytes = 0, peak_bytes = 0;
+};
+inline Context g_ctx;
+
+// ---- memory ----
+template <typename T>
+T* alloc(size_t n) {
+    void* p = nullptr;
+    if (n == 0) return nullptr;
+    cudaError_t err = cudaMalloc(&p, n * sizeof(T));
+    if (err != cudaSuccess) {
+        (void)cudaGetLastError();
+        size_t free_b = 0, total_b = 0;
+        cudaMemGetInfo(&free_b, &total_b);
+        LLMC_FAIL("out of GPU memory: allocating %.3f GiB with %.3f GiB free of %.3f GiB (%s); use a smaller --device-batch-size or model",
+                  n * sizeof(T) / 1073741824.0, free_b / 1073741824.0, total_b / 1073741824.0, cudaGetErrorString(err));
+    }
+    cudaCheck(cudaMemset(p, 0, n * sizeof(T)));
+    g_ctx.live.push_back({p, n * sizeof(T)});
+    g_ctx.bytes += n * sizeof(T);
+    g_ctx.peak_bytes = std::max(g_ctx.peak_bytes, g_ctx.bytes);
+    return (T*)p;
+}
+inline void release(void* p) {
+    if (!p) return;
+    for (auto& a : g_ctx.live)
+        if (a.first == p) { g_ctx.bytes -= a.second; a = g_ctx.live.back(); g_ctx.live.pop_back(); break; }
+    cudaCheck(cudaFree(p));
+}
+inline double peak_allocated() { return (double)g_ctx.peak_bytes; }
+template <typename T> void zero(T* p, size_t n) { if (n) cudaCheck(cudaMemsetAsync(p, 0, n * sizeof(T), g_ctx.stream)); }
+template <typename T> void copy(T* dst, const T* src, size_t n) {
+    if (n && dst != src) cudaCheck(cudaMemcpyAsync(dst, src, n * sizeof(T), cudaMemcpyDeviceToDevice, g_ctx.stream));
+}
+// synchronous: the host copy is complete on return (after the work before it on the stream)
+template <typename T> void to_host(T* host, const T* dev, size_t n) {
+    if (!n) return;
+    cudaCheck(cudaMemcpyAsync(host, dev, n * sizeof(T), cudaMemcpyDeviceToHost, g_ctx.stream));
+    cudaCheck(cudaStreamSynchronize(g_ctx.stream));
+}
+template <typename T> void to_device(T* dev, const T* host, size_t n) {
+    if (!n) return;
+    cudaCheck(cudaMemcpyAsync(dev, host, n * sizeof(T), cudaMemcpyHostToDevice, g_ctx.stream));
+    cudaCheck(cudaStreamSynchronize(g_ctx.stream));  // the host buffer may change after we return
+}
+inline void synchronize() { cudaCheck(cudaStreamSynchronize(g_ctx.stream)); }
+// the matmul copy of the master weights (bf16 when floatX is)
+inline void to_weights(floatX* w, const float* master, size_t n) { convert_to_floatX(w, master, n, g_ctx.stream); }
+// bytes of device memory in use (all allocations, by anyone: the allocator's own count)
+inline double device_memory_used() {
+    size_t free_b = 0, total_b = 0;
+    cudaCheck(cudaMemGetInfo(&free_b, &total_b));
+    return (double)(total_b - free_b);
+}
+
+// A clear error when there is no GPU (before the first allocation would fail obscurely).
+inline void setup_device() {
+    int ndev = 0;
+    cudaError_t err = cudaGetDeviceCount(&ndev);
+    if (err != cudaSuccess || ndev == 0) {
+        (void)cudaGetLastError();
+        LLMC_FAIL("no CUDA GPU found (%s): this is the GPU build of train_gpt; train_gpt_cpu runs on the CPU",
+                  err != cudaSuccess ? cudaGetErrorString(err) : "0 devices");
+    }
+}
+
+// One-time set-up for micro-batches of up to max_N positions (never called inside a step).
+inline void setup(int max_N, int V, int C, int H, int Hkv) {
+    Context& g = g_ctx;
+    if (g.ready && max_N <= g.max_N) return;
+    if (!g.ready) {
+        setup_device();
+        cudaCheck(cudaStreamCreate(&g.stream));
+        cudaCheck(cudaStreamCreate(&g.copy_stream));
+        for (int s = 0; s < 2; s++) {
+            cudaCheck(cudaEventCreateWithFlags(&g.uploaded[s], cudaEventDisableTiming));
+            cudaCheck(cudaEventCreateWithFlags(&g.consumed[s], cudaEventDisableTiming));
+        }
+        matmul_init();
+        int K = std::max({LAMBDAS_PARTIALS, BACKOUT_PARTIALS, SMEAR_PARTIALS, ve_gate_partials(Hkv), 2});
+        g.scratch = alloc<float>(std::max(reduce_scratch_floats(K), global_norm_scratch_floats()));
+    } else {
+        synchronize();
+        release(g.att_scratch);
+        embedding_plan_destroy(&g.plan);
+        for (int s = 0; s < 2; s++) cudaCheck(cudaFreeHost(g.pinned[s]));
+    }
+    g.max_N = max_N;
+    g.att_scratch_floats = attention_backward_scratch_floats(1, H, max_N);
+    g.att_scratch = alloc<float>(g.att_scratch_floats);
+    embedding_plan_create(&g.plan, max_N, V, C);
+    for (int s = 0; s < 2; s++) {
+        cudaCheck(cudaMallocHost(&g.pinned[s], 2 * (size_t)max_N * sizeof(int)));
+        g.slot_used[s] = false;
+    }
+    g.ready = true;
+}
+
+// Upload one micro-batch's ids and targets (targets may be null: no loss) into the device buffers
+// idx[slot], tgt[slot] (2 slots each, max_N ints), returns the slot the forward must read. Builds
+// the embedding backward's plan from the host ids.
+inline int set_tokens(int* const idx[2], int* const tgt[2], const int* h_idx, const int* h_tgt, int N) {
+    Context& g = g_ctx;
+    LLMC_CHECK(g.ready && N <= g.max_N, "internal: set_tokens with N=%d before setup (max %d)", N, g.max_N);
+    // everything that read the current slot is enqueued by now: mark it, then move to the other slot
+    cudaCheck(cudaEventRecord(g.consumed[g.slot], g.stream));
+    g.slot_used[g.slot] = true;
+    int s = g.slot ^ 1;
+    if (g.slot_used[s]) cudaCheck(cudaEventSynchronize(g.uploaded[s]));  // the pinned buffer's previous copy is done
+    int* pin = g.pinned[s];
+    memcpy(pin, h_idx, (size_t)N * sizeof(int));
+    if (h_tgt) memcpy(pin + N, h_tgt, (size_t)N * sizeof(int));
+    else std::fill(pin + N, pin + 2 * N, -1);
+    if (g.slot_used[s]) cudaCheck(cudaStreamWaitEvent(g.copy_stream, g.consumed[s], 0));
+    cudaCheck(cudaMemcpyAsync(idx[s], pin, (size_t)N * sizeof(int), cudaMemcpyHostToDevice, g.copy_stream));
+    cudaCheck(cudaMemcpyAsync(tgt[s], pin + N, (size_t)N * sizeof(int), cudaMemcpyHostToDevice, g.copy_stream));
+    cudaCheck(cudaEventRecord(g.uploaded[s], g.copy_stream));
+    cudaCheck(cudaStreamWaitEvent(g.stream, g.uploaded[s], 0));
+    g.slot = s;
+    embedding_plan_build(&g.plan, h_idx, N, g.stream);
+    return s;
+}
+
+// ---- the ops, in the signatures of llmc/ops_cpu.h ----
+inline void embedding_forward(floatX* out, const int* idx, const floatX* table, int N, int C) {
+    ::embedding_forward(out, idx, table, N, C, g_ctx.stream);
+}
+inline void embedding_backward(float* dtable, const floatX* dout, const int* idx, int N, int C) {
+    ::embedding_backward(dtable, dout, idx, N, C, g_ctx.plan, g_ctx.stream);
+}
+inline void rmsnorm_forward(floatX* out, float* rstd, const floatX* inp, int N, int C) {
+    ::rmsnorm_forward(out, rstd, inp, N, C, g_ctx.stream);
+}
+inline void rmsnorm_backward(floatX* dinp, const floatX* dout, const floatX* out, const float* rstd, int N, int C) {
+    ::rmsnorm_backward(dinp, dout, out, rstd, N, C, g_ctx.stream);
+}
+inline void smear_forward(floatX* out, const floatX* e, const float* w, const float* lambda, int B, int T, int C) {
+    ::smear_forward(out, e, w, lambda, B, T, C, g_ctx.stream);
+}
+inline void smear_backward(floatX* de, float* dw, float* dlambda, const floatX* dout, const floatX* e, const float* w, const float* lambda,
+                           int B, int T, int C) {
+    ::smear_backward(de, dw, dlambda, dout, e, w, lambda, B, T, C, g_ctx.scratch, g_ctx.stream);
+}
+inline void lambdas_forward(floatX* out, const floatX* x, const floatX* x0, const float* alpha, const float* beta, long n) {
+    ::lambdas_forward(out, x, x0, alpha, beta, n, g_ctx.stream);
+}
+inline void lambdas_backward(floatX* dx, floatX* dx0, float* dalpha, float* dbeta, const floatX* dout, const floatX* x, const floatX* x0,
+                             const float* alpha, const float* beta, long n) {
+    ::lambdas_backward(dx, dx0, dalpha, dbeta, dout, x, x0, alpha, beta, n, g_ctx.scratch, g_ctx.stream);
+}
+inline void matmul_forward(floatX* out, const floatX* inp, const floatX* weight, int N, int IC, int OC) {
+    ::matmul_forward(out, inp, weight, N, IC, OC, g_ctx.stream);
+}
+inline void matmul_backward(floatX* dinp, float* dweight, const floatX* dout, const floatX* inp, const floatX* weight, int N, int IC, int OC,
+                            bool accumulate_dinp) {
+    ::matmul_backward(dinp, dweight, dout, inp, weight, N, IC, OC, g_ctx.stream, accumulate_dinp ? MM_ACCUMULATE : MM_OVERWRITE,
+                      MM_ACCUMULATE);
+}
+inline void ve_gate_forward(floatX* v, float* gamma, const floatX* u, const floatX* ve, const float* wg, int N, int C, int Hkv, int D) {
+    ::ve_gate_forward(v, gamma, u, ve, wg, N, C, Hkv, D, g_ctx.stream);
+}
+inline void ve_gate_backward(floatX* du, floatX* dve, float* dwg, const floatX* dv, const floatX* u, const floatX* ve, const float* gamma,
+                             const float* wg, int N, int C, int Hkv, int D) {
+    ::ve_gate_backward(du, dve, dwg, dv, u, ve, gamma, wg, N, C, Hkv, D, g_ctx.scratch, g_ctx.stream);
+}
+inline void rope_qknorm_forward(floatX* qn, float* rstd_q, floatX* kn, float* rstd_k, floatX* q, floatX* k, const floatX* cos,
+                                const floatX* sin, int B, int T, int H, int Hkv, int D) {
+    ::rope_qknorm_forward(qn, rstd_q, kn, rstd_k, q, k, cos, sin, B, T, H, Hkv, D, 0, g_ctx.stream);
+}
+inline void rope_qknorm_backward(floatX* dq, floatX* dk, const floatX* dqn, const floatX* dkn, const floatX* qn, const floatX* kn,
+                                 const float* rstd_q, const float* rstd_k, const floatX* cos, const floatX* sin, int B, int T, int H, int Hkv,
+                                 int D) {
+    ::rope_qknorm_backward(dq, dk, dqn, dkn, qn, kn, rstd_q, rstd_k, cos, sin, B, T, H, Hkv, D, 0, g_ctx.stream);
+}
+inline void attention_forward(floatX* out, float* lse, const floatX* q, const floatX* k, const floatX* v, int B, int T, int H, int Hkv, int D,
+                              int window) {
+    ::attention_forward(out, lse, q, k, v, B, T, H, Hkv, D, window, g_ctx.stream);
+}
+inline void attention_backward(floatX* dq, floatX* dk, floatX* dv, const floatX* dout, const floatX* out, const float* lse, const floatX* q,
+                               const floatX* k, const floatX* v, int B, int T, int H, int Hkv, int D, int window) {
+    LLMC_CHECK(attention_backward_scratch_floats(B, H, T) <= g_ctx.att_scratch_floats, "internal: attention scratch too small");
+    ::attention_backward(dq, dk, dv, dout, out, lse, q, k, v, B, T, H, Hkv, D, window, g_ctx.att_scratch, g_ctx.stream);
+}
+inline void residual_forward(floatX* out, const floatX* a, const floatX* b, long n) { ::residual_forward(out, a, b, n, g_ctx.stream); }
+inline void add_inplace(floatX* a, const floatX* b, long n) { ::residual_forward(a, a, b, n, g_ctx.stream); }
+inline void relu2_forward(floatX* out, const floatX* inp, long n) { ::relu2_forward(out, inp, n, g_ctx.stream); }
+inline void relu2_backward(floatX* dinp, const floatX* dout, const floatX* inp, long n) { ::relu2_backward(dinp, dout, inp, n, g_ctx.stream); }
+inline void backout_forward(floatX* out, const floatX* x, const floatX* xmid, const float* lambda, long n) {
+    ::backout_forward(out, x, xmid, lambda, n, g_ctx.stream);
+}
+inline void backout_backward(floatX* dxmid, float* dlambda, const floatX* dout, const floatX* xmid, const float* lambda, long n) {
+    ::backout_backward(dxmid, dlambda, dout, xmid, lambda, n, g_ctx.scratch, g_ctx.stream);
+}
+inline void crossentropy(float* losses, floatX* dlogits, const floatX* logits, const int* targets, int N, int V, int Vp, float dloss_scale) {
+    ::softcap_crossentropy_forward_backward(losses, dlogits, logits, targets, N, V, Vp, 15.0f, dloss_scale, g_ctx.stream);
+}
+inline void loss_sum(double* out, const float* losses, int N) { ::loss_sum(out, losses, N, g_ctx.stream); }
+// *out (device fp32) = sum of g^2 (double inside, rounded once)
+inline void sum_squares(float* out, const float* g, size_t n) { global_norm_squared(out, g, n, g_ctx.scratch, g_ctx.stream); }
+
+}  // namespace op
