@@ -103,7 +103,7 @@ $(BUILD)/test/%: test/%.cpp $(HEADERS)
 # these include train_gpt.cu itself (#define TESTING)
 $(BUILD)/test/test_model $(BUILD)/test/test_robust: train_gpt.cu
 # the end-to-end tests share their runner, corpus and log reader
-$(BUILD)/test/test_train $(BUILD)/test/test_robust: test/train_test_util.h
+$(BUILD)/test/test_train $(BUILD)/test/test_robust $(BUILD)/test/test_builds: test/train_test_util.h
 
 $(BUILD)/fuzz/%: test/fuzz/%.cpp $(HEADERS)
 	@mkdir -p $(@D)
@@ -162,15 +162,19 @@ $(BUILD)/sim/bench_attention: dev/cuda/bench_attention.cu $(HEADERS) dev/cuda/be
 	$(CXX) $(SIMFLAGS) -x c++ $< -x none $(SIM_SRCS) -o $@ $(LDLIBS)
 
 # GPU targets compile whenever nvcc exists (CI catches code only one compiler accepts).
-gpu_build: $(if $(NVCC),$(GPU_TESTS) $(BUILD)/gpu/bench_kernels $(BUILD)/gpu/mma_gemm $(BUILD)/gpu/bench_attention)
-	@$(if $(NVCC),echo "GPU test binaries + bench_kernels + mma_gemm + bench_attention compiled with $(NVCC)",echo "nvcc not found: GPU build skipped")
+gpu_build: $(if $(NVCC),$(GPU_TESTS) $(BUILD)/gpu/bench_kernels $(BUILD)/gpu/mma_gemm $(BUILD)/gpu/bench_attention $(BUILD)/gpu/train_gpt $(BUILD)/gpu/train_gpt_fp32)
+	@$(if $(NVCC),echo "GPU test binaries + bench_kernels + mma_gemm + bench_attention + train_gpt (bf16, fp32) compiled with $(NVCC)",echo "nvcc not found: GPU build skipped")
 
-test: programs $(CPU_TESTS) $(SIM_TESTS) $(SIM_ASAN_TESTS) $(SIM_TSAN_TESTS) $(FUZZ_TESTS) gpu_build
+# test_builds runs the trainer's SIM builds against the CPU one
+TRAINER_BUILDS := $(BUILD)/sim/train_gpt $(BUILD)/sim/train_gpt_fp32
+test: programs $(TRAINER_BUILDS) $(CPU_TESTS) $(SIM_TESTS) $(SIM_ASAN_TESTS) $(SIM_TSAN_TESTS) $(FUZZ_TESTS) gpu_build
 	@$(if $(FUZZ_TESTS),,echo "clang++ with libFuzzer not found: fuzz targets skipped (test_tokenizer's randomized fuzz case still runs)")
 	@ASAN_OPTIONS=detect_leaks=0 scripts/run_tests.sh $(CPU_TESTS) $(SIM_TESTS) $(SIM_ASAN_TESTS) $(SIM_TSAN_TESTS) $(FUZZ_TESTS)
 
-test_gpu: $(GPU_TESTS)
+# on a GPU: every kernel test with nvcc, then the trainer tests with the nvcc trainers in place of SIM's
+test_gpu: programs $(GPU_TESTS) $(BUILD)/gpu/train_gpt $(BUILD)/gpu/train_gpt_fp32 $(BUILD)/test/test_builds
 	@scripts/run_tests.sh $(GPU_TESTS)
+	@LLMC_TRAIN_GPT=$(BUILD)/gpu/train_gpt LLMC_TRAIN_GPT_FP32=$(BUILD)/gpu/train_gpt_fp32 scripts/run_tests.sh $(BUILD)/test/test_builds
 
 bench: programs $(DEV_BINS)
 	@scripts/bench.sh

@@ -1,0 +1,232 @@
+// test_builds.cpp: the three builds of train_gpt.cu against each other (docs/model.md#builds).
+// train_gpt_cpu is the reference; build/sim/train_gpt_fp32 and build/sim/train_gpt are the CUDA
+// path (the GPU trainer's kernels, fp32 and bf16) run by SIM on the CPU. They run as a user runs
+// them, on the same data and flags, and must agree:
+//   fp32:  the losses of 5 steps to 1e-5 relative; the whole gradient of step 1, and of step 3
+//          (after a resume, when no weight is zero any more), to 1e-4 relative per tensor.
+//   bf16:  the step-1 loss and gradients, and a 20-step loss curve, within bounds derived from
+//          bf16 rounding (see the test).
+//   files: a CPU checkpoint resumes under SIM and a SIM one on the CPU; a SIM run resumed from
+//          its own checkpoint is bit-identical; two SIM runs in different schedule orders too.
+// The binaries are built by `make test` before this runs; paths are relative to the repo root.
+#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include "llmc/json.h"
+#include "llmc/safetensors.h"
+#include "llmc/utils.h"
+
+#include "test/train_test_util.h"
+
+namespace {
+using namespace traintest;
+
+// LLMC_TRAIN_GPT / LLMC_TRAIN_GPT_FP32 name other builds of the CUDA path: `make test_gpu` runs these
+// tests with the nvcc builds on a GPU (there the schedule-order case compares two GPU runs).
+std::string env_or(const char* name, const char* dflt) {
+    const char* v = getenv(name);
+    return v && *v ? v : dflt;
+}
+const std::string kCpu = "./train_gpt_cpu";
+const std::string kSim = env_or("LLMC_TRAIN_GPT", "./build/sim/train_gpt");
+const std::string kSim32 = env_or("LLMC_TRAIN_GPT_FP32", "./build/sim/train_gpt_fp32");
+
+std::string data_dir() {
+    static std::string dir;
+    if (!dir.empty()) return dir;
+    char tmpl[] = "/tmp/llmc_test_builds_XXXXXX";
+    REQUIRE(mkdtemp(tmpl) != nullptr);
+    dir = tmpl;
+    Run r = run("./prepare_data --input " + corpus_path(dir) + " --out " + dir + "/data --vocab-size 512 --prefix ts");
+    INFO(r.out);
+    REQUIRE(r.status == 0);
+    return dir;
+}
+
+// Tiny model: depth 2, n_embd 128, 2 query heads of 64 sharing 1 KV head (GQA), T 64, windows
+// 16 and 64; 2 micro-batches of 2 x 64 per step (gradient accumulation). Head dim 64: the bf16
+// attention kernel's smallest. arch: "nanochat" (every extra) or "core" (none).
+std::string flags(const std::string& arch, int steps) {
+    return " --data-dir " + data_dir() + "/data --arch " + arch +
+           " --depth 2 --aspect-ratio 64 --head-dim 64 --n-kv-head 1 --max-seq-len 64 --short-window 16"
+           " --device-batch-size 2 --total-batch-size 256 --eval-every -1 --eval-tokens 128 --num-samples 0 --threads 2"
+           " --num-iterations " + std::to_string(steps);
+}
+
+// Run a trainer; its output directory is dir/name. Returns the training losses by step (1-based).
+std::vector<double> train(const std::string& bin, const std::string& args, const std::string& name, const std::string& env = "") {
+    std::string out = data_dir() + "/" + name;
+    Run r = run(env + bin + args + " --out-dir " + out);
+    INFO("command: " << bin << args << "\n" << r.out);
+    REQUIRE(r.status == 0);
+    std::vector<double> loss(1, NAN);
+    for (auto& j : read_log(out + "/log.jsonl"))
+        if (j.has("loss")) {
+            int s = (int)j["step"].as_int();
+            if ((int)loss.size() <= s) loss.resize(s + 1, NAN);
+            loss[s] = j["loss"].as_double();
+        }
+    return loss;
+}
+
+std::string ckpt(const std::string& name, int step) {
+    char buf[32];
+    snprintf(buf, sizeof buf, "/meta_%06d.json", step);
+    return data_dir() + "/" + name + buf;
+}
+
+// Per tensor: ||a - b|| / max(||b||, rms·sqrt(n)) (b the reference, n the tensor's size, rms the
+// reference gradient's RMS element over all tensors). The floor is for tensors whose true gradient
+// is (near) zero, where a relative error means nothing: at init the projections are zero, so every
+// layer's output is a multiple of x0 and the final RMSNorm makes the loss invariant to the lambdas
+// (their fp32 gradient is ~1e-10, rounding noise). A tensor exactly zero in the reference (e.g.
+// c_q at step 1) must then be within the same floor, i.e. essentially zero, in a too.
+struct GradDiff { double worst = 0; std::string where; int tensors = 0, zero = 0; };
+GradDiff compare_grads(const std::string& a_path, const std::string& b_path) {
+    llmc::SafetensorsFile a(a_path), b(b_path);
+    REQUIRE(a.tensors.size() == b.tensors.size());
+    struct T { std::string name; std::vector<float> x, y; };
+    std::vector<T> ts;
+    double total_sq = 0, total_n = 0;
+    for (auto& kv : b.tensors) {
+        REQUIRE(a.has(kv.first));
+        size_t n = 1;
+        for (int64_t s : kv.second.shape) n *= (size_t)s;
+        T t{kv.first, std::vector<float>(n), std::vector<float>(n)};
+        a.read(kv.first, kv.second.shape, t.x.data());
+        b.read(kv.first, kv.second.shape, t.y.data());
+        for (float v : t.y) total_sq += (double)v * v;
+        total_n += (double)n;
+        ts.push_back(std::move(t));
+    }
+    const double rms = std::sqrt(total_sq / total_n);
+    GradDiff d;
+    for (auto& t : ts) {
+        double num = 0, den = 0;
+        for (size_t i = 0; i < t.y.size(); i++) {
+            num += ((double)t.x[i] - t.y[i]) * ((double)t.x[i] - t.y[i]);
+            den += (double)t.y[i] * t.y[i];
+        }
+        d.tensors++;
+        d.zero += den == 0;
+        double scale = std::max(std::sqrt(den), rms * std::sqrt((double)t.y.size()));
+        double rel = scale > 0 ? std::sqrt(num) / scale : (num == 0 ? 0 : INFINITY);
+        if (d.where.empty() || rel > d.worst) { d.worst = rel; d.where = t.name; }
+    }
+    return d;
+}
+
+double rel(double a, double b) { return std::fabs(a - b) / std::fabs(b); }
+
+void fp32_matches_cpu(const std::string& arch) {
+    const std::string c = "cpu_" + arch, s = "sim32_" + arch;
+    std::string d = data_dir();
+    std::vector<double> lc = train(kCpu, flags(arch, 5) + " --save-every 2 --dump-grads " + d + "/" + c + ".g1", c);
+    std::vector<double> ls = train(kSim32, flags(arch, 5) + " --save-every 2 --dump-grads " + d + "/" + s + ".g1", s);
+    // fp32 vs fp32: the builds differ only in summation order (GEMM blocking, the reductions'
+    // trees) and in exp/tanh implementations, each ~1e-7 relative per operation; a loss is a
+    // mean of terms each accumulating such errors over a few dozen ops, and 5 steps of training at
+    // these learning rates do not amplify them measurably. 1e-5 leaves 10-100x headroom.
+    REQUIRE(lc.size() == 6);
+    REQUIRE(ls.size() == 6);
+    for (int k = 1; k <= 5; k++) {
+        INFO("step " << k << ": cpu " << lc[k] << " sim fp32 " << ls[k]);
+        CHECK(rel(ls[k], lc[k]) <= 1e-5);
+    }
+    // The gradient: each element is a sum of products along the backward; per-tensor norm-wise
+    // relative error is ~1e-6 from the same reordering; 1e-4 (the bound) flags any term
+    // computed differently.
+    GradDiff g1 = compare_grads(d + "/" + s + ".g1", d + "/" + c + ".g1");
+    MESSAGE(arch << " step-1 gradient: worst per-tensor relative difference " << g1.worst << " (" << g1.where << "), " << g1.zero
+                 << " of " << g1.tensors << " tensors exactly zero in the reference");
+    CHECK(g1.worst <= 1e-4);
+    // Step 3, resumed from the CPU's checkpoint of step 2 in both builds (so the SIM build reads a
+    // CPU checkpoint): every weight is nonzero now, so every gradient path is compared.
+    std::vector<double> rc = train(kCpu, flags(arch, 5) + " --resume " + ckpt(c, 2) + " --dump-grads " + d + "/" + c + ".g3", c + "_r");
+    std::vector<double> rs = train(kSim32, flags(arch, 5) + " --resume " + ckpt(c, 2) + " --dump-grads " + d + "/" + s + ".g3", s + "_r");
+    GradDiff g3 = compare_grads(d + "/" + s + ".g3", d + "/" + c + ".g3");
+    MESSAGE(arch << " step-3 gradient: worst " << g3.worst << " (" << g3.where << "), " << g3.zero << " tensors exactly zero");
+    CHECK(g3.worst <= 1e-4);
+    CHECK(g3.zero == 0);
+    for (int k = 3; k <= 5; k++) {
+        INFO("step " << k << " after CPU -> SIM resume: cpu " << lc[k] << " sim " << rs[k]);
+        CHECK(rc[k] == lc[k]);  // the CPU's own resume is bit-identical
+        CHECK(rel(rs[k], lc[k]) <= 1e-5);
+    }
+    // SIM -> CPU: the CPU resumes from the SIM build's checkpoint of step 2
+    std::vector<double> rsc = train(kCpu, flags(arch, 5) + " --resume " + ckpt(s, 2), s + "_to_cpu");
+    for (int k = 3; k <= 5; k++) {
+        INFO("step " << k << " after SIM -> CPU resume: sim " << ls[k] << " cpu " << rsc[k]);
+        CHECK(rel(rsc[k], ls[k]) <= 1e-5);
+    }
+}
+
+}  // namespace
+
+TEST_CASE("SIM fp32 build = CPU build, every nanochat extra on (GQA, windows, smear, value embeddings, lambdas, backout)") {
+    fp32_matches_cpu("nanochat");
+}
+
+TEST_CASE("SIM fp32 build = CPU build, --arch core") {
+    fp32_matches_cpu("core");
+}
+
+TEST_CASE("SIM bf16 build: the step-1 loss and gradient within bf16 rounding of the CPU's, and 20 steps that track it") {
+    std::string d = data_dir();
+    std::vector<double> lc = train(kCpu, flags("nanochat", 20) + " --dump-grads " + d + "/bf_cpu.g1", "bf_cpu");
+    std::vector<double> lb = train(kSim, flags("nanochat", 20) + " --dump-grads " + d + "/bf_sim.g1", "bf_sim");
+    // bf16 keeps 8 significant bits: each rounding is a relative error of at most 2^-9 = 0.2%.
+    // At init the logits are ~1e-3 (lm_head ~ N(0, 0.001)), so the loss is ln V minus terms of
+    // 1e-3: even a 1% error in every logit moves it by ~1e-5 relative. Bound: 1e-4.
+    INFO("step 1: cpu " << lc[1] << " sim bf16 " << lb[1]);
+    CHECK(rel(lb[1], lc[1]) <= 1e-4);
+    // The gradient reaches each weight through ~10-20 bf16 roundings (activations stored in bf16,
+    // the bf16 weight copy, dlogits, the backward's activation gradients), independent errors of
+    // <= 0.2% each: ~sqrt(20) x 0.2% ~ 1% norm-wise. Bound 5%: a wrong term is an O(1) error.
+    GradDiff g = compare_grads(d + "/bf_sim.g1", d + "/bf_cpu.g1");
+    MESSAGE("bf16 step-1 gradient: worst per-tensor relative difference " << g.worst << " (" << g.where << ")");
+    CHECK(g.worst <= 0.05);
+    // The curve: the weights after each step differ by bf16 noise in the update (~1% of an update,
+    // itself ~lr x the weight scale), so the losses differ by far less than the per-step change.
+    // Bound: 1e-3 relative at every step (the loss falls by ~1e-2 relative over these 20 steps,
+    // so a build that trained differently, e.g. a wrong optimizer step, leaves the band).
+    double worst = 0;
+    for (int k = 1; k <= 20; k++) {
+        INFO("step " << k << ": cpu " << lc[k] << " sim bf16 " << lb[k]);
+        CHECK(rel(lb[k], lc[k]) <= 1e-3);
+        worst = std::max(worst, rel(lb[k], lc[k]));
+    }
+    MESSAGE("bf16 20-step curve: worst relative difference " << worst << "; loss " << lc[1] << " -> " << lc[20] << " (cpu)");
+    CHECK(lc[20] < lc[1] - 0.01);  // the curve moves, so tracking it means something
+}
+
+TEST_CASE("SIM bf16 build: --resume continues bit-identically, and schedule orders do not change a bit") {
+    std::string d = data_dir();
+    std::vector<double> a = train(kSim, flags("nanochat", 4) + " --save-every 2", "det_a", "LLMC_SIM_ORDER=forward ");
+    std::vector<double> r = train(kSim, flags("nanochat", 4) + " --resume " + ckpt("det_a", 2), "det_r", "LLMC_SIM_ORDER=forward ");
+    std::vector<double> b = train(kSim, flags("nanochat", 4), "det_b", "LLMC_SIM_ORDER=shuffle:7 ");
+    for (int k = 1; k <= 4; k++) {
+        INFO("step " << k << ": " << a[k] << " " << b[k] << (k > 2 ? " resumed " + std::to_string(r[k]) : ""));
+        CHECK(a[k] == b[k]);
+        if (k > 2) CHECK(r[k] == a[k]);
+    }
+    // the final weights too, tensor by tensor (the files' metadata hold the run ids)
+    GradDiff w = compare_grads(d + "/det_r/model_000004.safetensors", d + "/det_a/model_000004.safetensors");
+    CHECK(w.worst == 0);
+    GradDiff wb = compare_grads(d + "/det_b/model_000004.safetensors", d + "/det_a/model_000004.safetensors");
+    CHECK(wb.worst == 0);
+}
+
+TEST_CASE("SIM build: bad input gives one clear error, as the CPU build does") {
+    std::string d = data_dir();
+    expect_error(kSim + flags("nanochat", 2) + " --data-dir /nonexistent/llmc --out-dir " + d + "/bad1", "/nonexistent/llmc");
+    // more memory than there is: the error names the sizes (on a GPU build: the GPU's free memory)
+    expect_error(kSim + flags("nanochat", 2) + " --device-batch-size 4000000 --total-batch-size 256000000 --out-dir " + d + "/bad2",
+                 "GiB");
+}
