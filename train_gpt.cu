@@ -191,6 +191,7 @@ struct GPT {
     // activations: one allocation per element type, sliced by build_activations()
     act_t* acts = nullptr;
     stat_t* stats = nullptr;
+    size_t act_bytes = 0;
     act_t *emb, *e, *x0, *xin, *qn, *kn, *v, *ve, *att, *xattn, *fc_pre, *xout, *xf, *lnf, *logits;
     stat_t *rstd0, *rstd1, *rstd2, *rstd_q, *rstd_k, *gamma, *lse, *rstdf, *losses;
     // scratch: shared across layers (recomputed norms and relu², forward temporaries, backward gradients)
@@ -335,6 +336,7 @@ struct GPT {
         acts = nullptr; stats = nullptr; tokens = nullptr;
         acts = op::alloc<act_t>(na);
         stats = op::alloc<stat_t>(ns);
+        act_bytes = na * sizeof(act_t) + ns * sizeof(stat_t);
         size_t off = 0;
         for (auto& s : aslots) { *s.ptr = acts + off; off += round8(s.n); }
         off = 0;
@@ -661,6 +663,7 @@ struct Optimizer {
             const float* G = m.grads + sp.offset;
 #ifdef LLMC_GPU_BUILD
             floatX* Pw = Model::kWeightsAreMaster ? nullptr : (floatX*)m.weights + sp.offset;
+            op::OpTimer t_(is_muon_param(id) ? "muon" : "adamw");
             if (is_muon_param(id)) {
                 muon_update(P, Pw, opt_m + sp.offset, opt_s + s_offset[id][0], G, sp.count, sp.rows, sp.cols, muon_lr, momentum, wd, scratch,
                             op::g_ctx.stream);
@@ -1251,6 +1254,30 @@ inline void dump_grads(const std::string& path, Model& m) {
     w.write(path);
 }
 
+// " | MFU x%" of the card's bf16 peak when it is known (GPU builds), else ""
+inline std::string mfu_str(double flops_per_s) {
+    double peak = op::peak_flops();
+    return peak > 0 ? llmc::strfmt(" | MFU %.1f%%", 100.0 * flops_per_s / peak) : std::string();
+}
+
+// --profile: time per op per step (CUDA events around every op call), most expensive first
+inline void print_profile(int steps, double train_time) {
+    if (op::g_prof.total.empty() || steps == 0) {
+        printf("profile: no per-op times (the per-op table is the GPU build's; this is %s)\n", op::backend_name());
+        return;
+    }
+    auto rows = op::g_prof.total;
+    std::sort(rows.begin(), rows.end(), [](const auto& a, const auto& b) { return a.second.first > b.second.first; });
+    double sum = 0;
+    for (auto& r : rows) sum += r.second.first;
+    double step_ms = 1e3 * train_time / steps;
+    printf("profile: time per op, mean over %d steps (%.2f ms per step measured by the host; ops sum to %.2f ms)\n", steps, step_ms, sum / steps);
+    printf("  %-22s %10s %8s %7s\n", "op", "ms/step", "calls", "% step");
+    for (auto& r : rows)
+        printf("  %-22s %10.3f %8.1f %6.1f%%\n", r.first.c_str(), r.second.first / steps, (double)r.second.second / steps,
+               100.0 * r.second.first / steps / step_ms);
+}
+
 struct TrainerOptions {
     // model (nanochat names)
     int depth = 20, aspect_ratio = 64, head_dim = 128, n_kv_head = -1, max_seq_len = 2048, short_window = -1;
@@ -1269,6 +1296,7 @@ struct TrainerOptions {
     int eval_every = 250, save_every = -1;
     long long eval_tokens = 80LL * 524288;
     std::string out_dir = "out", resume, log_file, dump_grads;
+    int profile = 0;
     bool save_init = false, eval_only = false;
     // sampling at the end
     int num_samples = 3, sample_tokens = 128, top_k = 50;
@@ -1711,6 +1739,7 @@ inline int train_main(int argc, char** argv) {
     cli.add("eval-only", &o.eval_only, "evaluate the --resume checkpoint (val loss, bits per byte; printed and logged) without training; "
                                        "model flags not given come from the checkpoint");
     cli.add("log-file", &o.log_file, "JSON Lines log; default <out-dir>/log.jsonl");
+    cli.add("profile", &o.profile, "1: time every op of every step after the first (CUDA events; GPU build) and print a table at the end");
     cli.add("dump-grads", &o.dump_grads, "write the first step's gradient (mean over its micro-batches) to this safetensors file "
                                          "(to compare builds: test/test_builds.cpp)");
     cli.add("num-samples", &o.num_samples, "continuations sampled at the end");
@@ -1821,6 +1850,14 @@ inline int train_main(int argc, char** argv) {
         opt.init(model);
     } catch (const std::bad_alloc&) {
         fail_out_of_memory(cfg, need.total);
+    }
+    if (op::kDevice) {
+        // what was allocated, group by group (each one allocation), and the allocator's own peak
+        double w = (double)model.num_params * (8 + (Model::kWeightsAreMaster ? 0 : sizeof(Model::act_t)));
+        double st = 4.0 * (2 * opt.n_mv + opt.n_s) + (double)opt.scratch_bytes();
+        printf("device memory: weights + gradients %.2f GiB, optimizer state %.2f GiB, activations %.2f GiB; peak allocated by the "
+               "trainer %.2f GiB, %.2f GiB in use on the device\n", gib(w), gib(st), gib((double)model.act_bytes), gib(op::peak_allocated()),
+               gib(op::device_memory_used()));
     }
 
     llmc::DataLoader train, val;
@@ -1992,6 +2029,7 @@ inline int train_main(int argc, char** argv) {
         return 1;
     };
 
+    if (o.profile) op::profile_enable(A * (60 * cfg.n_layer + 64) + 64);
     std::vector<int> inputs((size_t)B * T), targets((size_t)B * T);
     double t_start = now_seconds(), train_time = 0.0;
     int timed_steps = 0;
@@ -2037,6 +2075,10 @@ inline int train_main(int argc, char** argv) {
         if (!o.dump_grads.empty() && step == start_step) dump_grads(o.dump_grads, model);
         double gn = model.grad_norm();  // logged only
         opt.step(model, r, step);
+        if (o.profile) {  // the first step (allocations, plan caches, clocks) is not representative
+            if (step > start_step) op::profile_collect();
+            else op::profile_discard();
+        }
         weights_ckpt.clear();
         last_train_loss = loss;
         double dt = now_seconds() - t0;
@@ -2045,8 +2087,9 @@ inline int train_main(int argc, char** argv) {
         double lrm = llmc::lr_multiplier(step, N, r.warmup_steps, r.warmdown_ratio, r.final_lr_frac);
         double elapsed = now_seconds() - t_start;
         double eta = timed_steps ? train_time / timed_steps * (N - step - 1) : NAN;
-        printf("step %5d/%d | loss %.6f | lrm %.3f | gnorm %.4f | %.0f ms | %.0f tok/s | %.2f GFLOP/s | elapsed %s | eta %s\n", step + 1, N,
-               loss, lrm, gn, dt * 1e3, tok_s, tok_s * (double)cfg.flops_per_token * 1e-9, fmt_duration(elapsed).c_str(), fmt_duration(eta).c_str());
+        printf("step %5d/%d | loss %.6f | lrm %.3f | gnorm %.4f | %.0f ms | %.0f tok/s | %.2f GFLOP/s%s | elapsed %s | eta %s\n", step + 1, N,
+               loss, lrm, gn, dt * 1e3, tok_s, tok_s * (double)cfg.flops_per_token * 1e-9, mfu_str(tok_s * (double)cfg.flops_per_token).c_str(),
+               fmt_duration(elapsed).c_str(), fmt_duration(eta).c_str());
         check_stdout();
         llmc::Json j = llmc::Json::object();
         j.set("step", step + 1); j.set("tokens", (long long)(step + 1) * r.total_batch_size);
@@ -2056,8 +2099,10 @@ inline int train_main(int argc, char** argv) {
     }
     if (timed_steps) {
         double tps = (double)r.total_batch_size * timed_steps / train_time;
-        printf("throughput: %.0f tokens/s, %.2f model GFLOP/s (mean over %d steps)\n", tps, tps * (double)cfg.flops_per_token * 1e-9, timed_steps);
+        printf("throughput: %.0f tokens/s, %.2f model GFLOP/s%s (mean over %d steps)\n", tps, tps * (double)cfg.flops_per_token * 1e-9,
+               mfu_str(tps * (double)cfg.flops_per_token).c_str(), timed_steps);
     }
+    if (o.profile) print_profile(timed_steps, train_time);
 
     // ---- samples ----
     if (o.num_samples > 0 && o.sample_tokens > 0 && !print_samples(model, o, tok.get(), bos)) {

@@ -13,6 +13,8 @@
 #pragma once
 #include <cstdlib>
 #include <algorithm>
+#include <string>
+#include <vector>
 #include <cstring>
 #include <new>
 
@@ -68,6 +70,18 @@ inline int set_tokens(int* const idx[2], int* const tgt[2], const int* h_idx, co
 }
 inline double device_memory_used() { return 0.0; }
 inline double peak_allocated() { return 0.0; }
+inline double peak_flops() { return 0.0; }  // MFU is a GPU figure
+
+// ---- per-op timing (--profile) is the GPU build's (llmc/ops_cuda.cuh); here it is off: the CPU
+// trainer's time per op is measured by `perf` or `make bench` instead.
+struct OpProfile {
+    bool on = false;
+    std::vector<std::pair<std::string, std::pair<double, long>>> total;
+};
+inline OpProfile g_prof;
+inline void profile_enable(int) {}
+inline void profile_collect() {}
+inline void profile_discard() {}
 
 // ---- the ops whose CPU definition has the model's signature ----
 using ::attention_backward;

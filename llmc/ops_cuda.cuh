@@ -124,6 +124,24 @@ inline double device_memory_used() {
     return (double)(total_b - free_b);
 }
 
+// The card's dense bf16 tensor-core peak in FLOP/s, for MFU; 0 = unknown (not printed). The
+// environment variable LLMC_PEAK_TFLOPS overrides it. fp32 builds: 0 (their peak is another).
+inline double peak_flops() {
+    if (const char* e = getenv("LLMC_PEAK_TFLOPS")) return atof(e) * 1e12;
+#if defined(LLMC_SIM)
+    return 0.0;
+#else
+    if (sizeof(floatX) != 2) return 0.0;
+    cudaDeviceProp p;
+    if (cudaGetDeviceProperties(&p, 0) != cudaSuccess) { (void)cudaGetLastError(); return 0.0; }
+    std::string n = p.name;
+    if (n.find("H100") != std::string::npos && n.find("PCIe") != std::string::npos) return 756e12;
+    if (n.find("H100") != std::string::npos || n.find("H200") != std::string::npos || n.find("H800") != std::string::npos) return 989.4e12;
+    if (n.find("A100") != std::string::npos) return 312e12;
+    return 0.0;
+#endif
+}
+
 // A clear error when there is no GPU (before the first allocation would fail obscurely).
 inline void setup_device() {
     int ndev = 0;
@@ -192,81 +210,145 @@ inline int set_tokens(int* const idx[2], int* const tgt[2], const int* h_idx, co
     return s;
 }
 
+// ---- per-op timing (--profile): each op call is bracketed by two CUDA events on the compute
+// stream; after a step (which ends with a synchronising read anyway) the pairs are read and summed
+// per op name. Off by default: then an OpTimer costs one branch. The event pool is made once.
+struct OpProfile {
+    bool on = false;
+    std::vector<cudaEvent_t> ev;
+    std::vector<const char*> names;  // one per recorded call
+    int used = 0;
+    std::vector<std::pair<std::string, std::pair<double, long>>> total;  // name -> (ms, calls), first-seen order
+};
+inline OpProfile g_prof;
+inline void profile_enable(int max_calls_per_step) {
+    g_prof.on = true;
+    g_prof.ev.resize(2 * (size_t)max_calls_per_step);
+    for (auto& e : g_prof.ev) cudaCheck(cudaEventCreate(&e));
+    g_prof.names.reserve(max_calls_per_step);
+}
+struct OpTimer {
+    int k = -1;
+    explicit OpTimer(const char* name) {
+        if (!g_prof.on || g_prof.used + 2 > (int)g_prof.ev.size()) return;
+        k = g_prof.used;
+        g_prof.used += 2;
+        g_prof.names.push_back(name);
+        cudaCheck(cudaEventRecord(g_prof.ev[k], g_ctx.stream));
+    }
+    ~OpTimer() { if (k >= 0) cudaCheck(cudaEventRecord(g_prof.ev[k + 1], g_ctx.stream)); }
+};
+// add the recorded calls of this step to the totals (waits for the device)
+inline void profile_collect() {
+    if (!g_prof.on || g_prof.used == 0) return;
+    cudaCheck(cudaStreamSynchronize(g_ctx.stream));
+    for (int c = 0; c < g_prof.used / 2; c++) {
+        float ms = 0;
+        cudaCheck(cudaEventElapsedTime(&ms, g_prof.ev[2 * c], g_prof.ev[2 * c + 1]));
+        auto it = std::find_if(g_prof.total.begin(), g_prof.total.end(), [&](const auto& t) { return t.first == g_prof.names[c]; });
+        if (it == g_prof.total.end()) { g_prof.total.push_back({g_prof.names[c], {0.0, 0}}); it = g_prof.total.end() - 1; }
+        it->second.first += ms;
+        it->second.second++;
+    }
+    g_prof.used = 0;
+    g_prof.names.clear();
+}
+inline void profile_discard() { g_prof.used = 0; g_prof.names.clear(); }
+
 // ---- the ops, in the signatures of llmc/ops_cpu.h ----
 inline void embedding_forward(floatX* out, const int* idx, const floatX* table, int N, int C) {
+    OpTimer t_("embedding_forward");
     ::embedding_forward(out, idx, table, N, C, g_ctx.stream);
 }
 inline void embedding_backward(float* dtable, const floatX* dout, const int* idx, int N, int C) {
+    OpTimer t_("embedding_backward");
     ::embedding_backward(dtable, dout, idx, N, C, g_ctx.plan, g_ctx.stream);
 }
 inline void rmsnorm_forward(floatX* out, float* rstd, const floatX* inp, int N, int C) {
+    OpTimer t_("rmsnorm_forward");
     ::rmsnorm_forward(out, rstd, inp, N, C, g_ctx.stream);
 }
 inline void rmsnorm_backward(floatX* dinp, const floatX* dout, const floatX* out, const float* rstd, int N, int C) {
+    OpTimer t_("rmsnorm_backward");
     ::rmsnorm_backward(dinp, dout, out, rstd, N, C, g_ctx.stream);
 }
 inline void smear_forward(floatX* out, const floatX* e, const float* w, const float* lambda, int B, int T, int C) {
+    OpTimer t_("smear_forward");
     ::smear_forward(out, e, w, lambda, B, T, C, g_ctx.stream);
 }
 inline void smear_backward(floatX* de, float* dw, float* dlambda, const floatX* dout, const floatX* e, const float* w, const float* lambda,
                            int B, int T, int C) {
+    OpTimer t_("smear_backward");
     ::smear_backward(de, dw, dlambda, dout, e, w, lambda, B, T, C, g_ctx.scratch, g_ctx.stream);
 }
 inline void lambdas_forward(floatX* out, const floatX* x, const floatX* x0, const float* alpha, const float* beta, long n) {
+    OpTimer t_("lambdas_forward");
     ::lambdas_forward(out, x, x0, alpha, beta, n, g_ctx.stream);
 }
 inline void lambdas_backward(floatX* dx, floatX* dx0, float* dalpha, float* dbeta, const floatX* dout, const floatX* x, const floatX* x0,
                              const float* alpha, const float* beta, long n) {
+    OpTimer t_("lambdas_backward");
     ::lambdas_backward(dx, dx0, dalpha, dbeta, dout, x, x0, alpha, beta, n, g_ctx.scratch, g_ctx.stream);
 }
 inline void matmul_forward(floatX* out, const floatX* inp, const floatX* weight, int N, int IC, int OC) {
+    OpTimer t_("matmul_forward");
     ::matmul_forward(out, inp, weight, N, IC, OC, g_ctx.stream);
 }
 inline void matmul_backward(floatX* dinp, float* dweight, const floatX* dout, const floatX* inp, const floatX* weight, int N, int IC, int OC,
                             bool accumulate_dinp) {
+    OpTimer t_("matmul_backward");
     ::matmul_backward(dinp, dweight, dout, inp, weight, N, IC, OC, g_ctx.stream, accumulate_dinp ? MM_ACCUMULATE : MM_OVERWRITE,
                       MM_ACCUMULATE);
 }
 inline void ve_gate_forward(floatX* v, float* gamma, const floatX* u, const floatX* ve, const float* wg, int N, int C, int Hkv, int D) {
+    OpTimer t_("ve_gate_forward");
     ::ve_gate_forward(v, gamma, u, ve, wg, N, C, Hkv, D, g_ctx.stream);
 }
 inline void ve_gate_backward(floatX* du, floatX* dve, float* dwg, const floatX* dv, const floatX* u, const floatX* ve, const float* gamma,
                              const float* wg, int N, int C, int Hkv, int D) {
+    OpTimer t_("ve_gate_backward");
     ::ve_gate_backward(du, dve, dwg, dv, u, ve, gamma, wg, N, C, Hkv, D, g_ctx.scratch, g_ctx.stream);
 }
 inline void rope_qknorm_forward(floatX* qn, float* rstd_q, floatX* kn, float* rstd_k, floatX* q, floatX* k, const floatX* cos,
                                 const floatX* sin, int B, int T, int H, int Hkv, int D) {
+    OpTimer t_("rope_qknorm_forward");
     ::rope_qknorm_forward(qn, rstd_q, kn, rstd_k, q, k, cos, sin, B, T, H, Hkv, D, 0, g_ctx.stream);
 }
 inline void rope_qknorm_backward(floatX* dq, floatX* dk, const floatX* dqn, const floatX* dkn, const floatX* qn, const floatX* kn,
                                  const float* rstd_q, const float* rstd_k, const floatX* cos, const floatX* sin, int B, int T, int H, int Hkv,
                                  int D) {
+    OpTimer t_("rope_qknorm_backward");
     ::rope_qknorm_backward(dq, dk, dqn, dkn, qn, kn, rstd_q, rstd_k, cos, sin, B, T, H, Hkv, D, 0, g_ctx.stream);
 }
 inline void attention_forward(floatX* out, float* lse, const floatX* q, const floatX* k, const floatX* v, int B, int T, int H, int Hkv, int D,
                               int window) {
+    OpTimer t_("attention_forward");
     ::attention_forward(out, lse, q, k, v, B, T, H, Hkv, D, window, g_ctx.stream);
 }
 inline void attention_backward(floatX* dq, floatX* dk, floatX* dv, const floatX* dout, const floatX* out, const float* lse, const floatX* q,
                                const floatX* k, const floatX* v, int B, int T, int H, int Hkv, int D, int window) {
+    OpTimer t_("attention_backward");
     LLMC_CHECK(attention_backward_scratch_floats(B, H, T) <= g_ctx.att_scratch_floats, "internal: attention scratch too small");
     ::attention_backward(dq, dk, dv, dout, out, lse, q, k, v, B, T, H, Hkv, D, window, g_ctx.att_scratch, g_ctx.stream);
 }
-inline void residual_forward(floatX* out, const floatX* a, const floatX* b, long n) { ::residual_forward(out, a, b, n, g_ctx.stream); }
-inline void add_inplace(floatX* a, const floatX* b, long n) { ::residual_forward(a, a, b, n, g_ctx.stream); }
-inline void relu2_forward(floatX* out, const floatX* inp, long n) { ::relu2_forward(out, inp, n, g_ctx.stream); }
-inline void relu2_backward(floatX* dinp, const floatX* dout, const floatX* inp, long n) { ::relu2_backward(dinp, dout, inp, n, g_ctx.stream); }
+inline void residual_forward(floatX* out, const floatX* a, const floatX* b, long n) { OpTimer t_("residual_forward"); ::residual_forward(out, a, b, n, g_ctx.stream); }
+inline void add_inplace(floatX* a, const floatX* b, long n) { OpTimer t_("add_inplace"); ::residual_forward(a, a, b, n, g_ctx.stream); }
+inline void relu2_forward(floatX* out, const floatX* inp, long n) { OpTimer t_("relu2_forward"); ::relu2_forward(out, inp, n, g_ctx.stream); }
+inline void relu2_backward(floatX* dinp, const floatX* dout, const floatX* inp, long n) { OpTimer t_("relu2_backward"); ::relu2_backward(dinp, dout, inp, n, g_ctx.stream); }
 inline void backout_forward(floatX* out, const floatX* x, const floatX* xmid, const float* lambda, long n) {
+    OpTimer t_("backout_forward");
     ::backout_forward(out, x, xmid, lambda, n, g_ctx.stream);
 }
 inline void backout_backward(floatX* dxmid, float* dlambda, const floatX* dout, const floatX* xmid, const float* lambda, long n) {
+    OpTimer t_("backout_backward");
     ::backout_backward(dxmid, dlambda, dout, xmid, lambda, n, g_ctx.scratch, g_ctx.stream);
 }
 inline void crossentropy(float* losses, floatX* dlogits, const floatX* logits, const int* targets, int N, int V, int Vp, float dloss_scale) {
+    OpTimer t_("crossentropy");
     ::softcap_crossentropy_forward_backward(losses, dlogits, logits, targets, N, V, Vp, 15.0f, dloss_scale, g_ctx.stream);
 }
-inline void loss_sum(double* out, const float* losses, int N) { ::loss_sum(out, losses, N, g_ctx.stream); }
+inline void loss_sum(double* out, const float* losses, int N) { OpTimer t_("loss_sum"); ::loss_sum(out, losses, N, g_ctx.stream); }
 // *out (device fp32) = sum of g^2 (double inside, rounded once)
-inline void sum_squares(float* out, const float* g, size_t n) { global_norm_squared(out, g, n, g_ctx.scratch, g_ctx.stream); }
+inline void sum_squares(float* out, const float* g, size_t n) { OpTimer t_("sum_squares"); global_norm_squared(out, g, n, g_ctx.scratch, g_ctx.stream); }
 
 }  // namespace op

@@ -1737,7 +1737,7 @@ LLMC_SIM_NOTSAN inline std::string release_barrier() {
         Fiber& f = s.fibers[(size_t)i];
         if (f.st == St::Exited) return diagnose_stuck();
         if (!first) first = &f;
-        if (f.line != first->line || strcmp(f.file, first->file) != 0 || f.bar != first->bar)
+        if (f.line != first->line || (f.file != first->file && strcmp(f.file, first->file) != 0) || f.bar != first->bar)
             return ::llmc::strfmt("divergent __syncthreads(): %s waits at %s while %s waits at %s (all threads must reach the same barrier)",
                           tid_str(*first).c_str(), where_str(*first).c_str(), tid_str(f).c_str(), where_str(f).c_str());
         count += f.pred != 0;
