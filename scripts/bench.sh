@@ -75,6 +75,13 @@ if [ "${QUICK:-0}" != 1 ]; then
   build/dev/bench_tokenizer || echo "(bench_tokenizer failed)"
 fi
 
+# On a GPU machine: the GPU trainer at nanochat's shapes (d12, d20, d24; its own table)
+if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+  echo
+  echo "== 4. GPU trainer (scripts/bench_train_gpu.sh)"
+  scripts/bench_train_gpu.sh || echo "(bench_train_gpu failed)"
+fi
+
 # Summary table. llm.c's train_gpt2.c on a 2-core machine of this kind (4-layer, 256-channel GPT-2,
 # B 4, T 256): ~309 tokens/s = ~30 model GFLOP/s (issue #2); the goal is 2x that in GFLOP/s.
 tps() { grep -o 'throughput: [0-9]* tokens/s, [0-9.]*' "$tmp/$1.log" | awk '{print $2, $4}'; }

@@ -91,6 +91,24 @@ if [ "$bench" != 0 ]; then
   fi
 fi
 
+# the trainer: test/test_builds.cpp with the nvcc builds in place of SIM's (fp32 against the CPU to
+# 1e-5, bf16 within its bounds, resume across builds, two GPU runs bitwise equal), then its benchmark
+if [ "$#" -eq 0 ]; then
+  echo "=== trainer tests (make test_gpu's test_builds)"
+  if make programs build/gpu/train_gpt build/gpu/train_gpt_fp32 build/test/test_builds && \
+     LLMC_TRAIN_GPT=build/gpu/train_gpt LLMC_TRAIN_GPT_FP32=build/gpu/train_gpt_fp32 build/test/test_builds; then
+    rows+=("$(printf '%-28s %s' test_builds ok)")
+  else
+    rows+=("$(printf '%-28s %s' test_builds FAIL)"); total_fail=$((total_fail + 1))
+  fi
+  if [ "$bench" != 0 ]; then
+    echo "=== scripts/bench_train_gpu.sh"
+    train_table=$(scripts/bench_train_gpu.sh 2>&1 | tee /dev/stderr | grep -E '^\|') || total_fail=$((total_fail + 1))
+    bench_table="$bench_table
+$train_table"
+  fi
+fi
+
 if [ "${#rows[@]}" -gt 0 ]; then
   echo
   printf '%-28s %7s %7s %8s  %s\n' "test binary" "passed" "failed" "seconds" "status"
