@@ -44,6 +44,15 @@ SIM_TESTS := $(patsubst test/sim/%.cu,$(BUILD)/sim/%,$(wildcard test/sim/test_*.
 SIM_ASAN_TESTS := $(patsubst test/sim/%.cu,$(BUILD)/sim_asan/%,$(wildcard test/sim/test_*.cu))
 SIM_TSAN_TESTS := $(patsubst test/sim/%.cu,$(BUILD)/sim_tsan/%,$(wildcard test/sim/test_*.cu))
 GPU_TESTS := $(patsubst test/sim/%.cu,$(BUILD)/gpu/%,$(wildcard test/sim/test_*.cu))
+# FP32 build (-DLLMC_FP32: floatX = float, llm.c's PRECISION=FP32). `make test` builds and runs (SIM)
+# and compiles with nvcc (gpu_build) the tests of the kernels whose code depends on floatX; the
+# others (global_norm: fp32 only; mma, mma_gemm: explicitly bf16; the SIM runtime's own tests) are
+# the same code as in the default build: they compile and pass with -DLLMC_FP32 too, built by
+# `make test_gpu` (all of them, run on a GPU) or by name (build/sim_fp32/test_mma, ...).
+FP32_KERNEL_TESTS := adamw attention backout crossentropy embedding matmul muon relu2 residual rmsnorm rope smear value_embed
+SIM_FP32_TESTS := $(patsubst %,$(BUILD)/sim_fp32/test_%,$(FP32_KERNEL_TESTS))
+GPU_FP32_KERNEL_TESTS := $(patsubst %,$(BUILD)/gpu_fp32/test_%,$(FP32_KERNEL_TESTS))
+GPU_FP32_TESTS := $(patsubst test/sim/%.cu,$(BUILD)/gpu_fp32/%,$(wildcard test/sim/test_*.cu))
 DEV_BINS := $(patsubst dev/%.cpp,$(BUILD)/dev/%,$(wildcard dev/*.cpp))
 
 PROGRAMS := train_gpt_cpu prepare_data
@@ -125,6 +134,14 @@ $(BUILD)/gpu/%: test/sim/%.cu $(HEADERS)
 	@mkdir -p $(@D)
 	$(NVCC) $(NVCCFLAGS) $< -o $@ $(NVLDLIBS)
 
+$(BUILD)/sim_fp32/%: test/sim/%.cu $(HEADERS) $(SIM_SRCS)
+	@mkdir -p $(@D)
+	$(CXX) $(SIMFLAGS) -DLLMC_FP32 -x c++ $< -x none $(SIM_SRCS) -o $@ $(LDLIBS)
+
+$(BUILD)/gpu_fp32/%: test/sim/%.cu $(HEADERS)
+	@mkdir -p $(@D)
+	$(NVCC) $(NVCCFLAGS) -DLLMC_FP32 $< -o $@ $(NVLDLIBS)
+
 $(BUILD)/dev/%: dev/%.cpp $(HEADERS)
 	@mkdir -p $(@D)
 	$(CXX) $(CXXFLAGS) $< -o $@ $(LDLIBS)
@@ -150,6 +167,7 @@ $(BUILD)/sim/mma_gemm: dev/cuda/mma_gemm.cu $(HEADERS) dev/cuda/bench_timing.h $
 	$(CXX) $(SIMFLAGS) -x c++ $< -x none $(SIM_SRCS) -o $@ $(LDLIBS)
 
 $(BUILD)/sim/test_mma_gemm $(BUILD)/sim_asan/test_mma_gemm $(BUILD)/sim_tsan/test_mma_gemm $(BUILD)/gpu/test_mma_gemm: dev/cuda/mma_gemm.cu
+$(BUILD)/sim_fp32/test_mma_gemm $(BUILD)/gpu_fp32/test_mma_gemm: dev/cuda/mma_gemm.cu
 
 # Flash-attention benchmark (dev/cuda/bench_attention.cu, llmc/cuda/attention.cuh): a correctness
 # check against the CPU op, then ms and TFLOP/s on a GPU; under SIM tiny shapes as a smoke test.
@@ -162,18 +180,19 @@ $(BUILD)/sim/bench_attention: dev/cuda/bench_attention.cu $(HEADERS) dev/cuda/be
 	$(CXX) $(SIMFLAGS) -x c++ $< -x none $(SIM_SRCS) -o $@ $(LDLIBS)
 
 # GPU targets compile whenever nvcc exists (CI catches code only one compiler accepts).
-gpu_build: $(if $(NVCC),$(GPU_TESTS) $(BUILD)/gpu/bench_kernels $(BUILD)/gpu/mma_gemm $(BUILD)/gpu/bench_attention $(BUILD)/gpu/train_gpt $(BUILD)/gpu/train_gpt_fp32)
-	@$(if $(NVCC),echo "GPU test binaries + bench_kernels + mma_gemm + bench_attention + train_gpt (bf16, fp32) compiled with $(NVCC)",echo "nvcc not found: GPU build skipped")
+gpu_build: $(if $(NVCC),$(GPU_TESTS) $(GPU_FP32_KERNEL_TESTS) $(BUILD)/gpu/bench_kernels $(BUILD)/gpu/mma_gemm $(BUILD)/gpu/bench_attention $(BUILD)/gpu/train_gpt $(BUILD)/gpu/train_gpt_fp32)
+	@$(if $(NVCC),echo "GPU test binaries (bf16 and fp32) + bench_kernels + mma_gemm + bench_attention + train_gpt (bf16, fp32) compiled with $(NVCC)",echo "nvcc not found: GPU build skipped")
 
 # test_builds runs the trainer's SIM builds against the CPU one
 TRAINER_BUILDS := $(BUILD)/sim/train_gpt $(BUILD)/sim/train_gpt_fp32
-test: programs $(TRAINER_BUILDS) $(CPU_TESTS) $(SIM_TESTS) $(SIM_ASAN_TESTS) $(SIM_TSAN_TESTS) $(FUZZ_TESTS) gpu_build
+test: programs $(TRAINER_BUILDS) $(CPU_TESTS) $(SIM_TESTS) $(SIM_ASAN_TESTS) $(SIM_TSAN_TESTS) $(SIM_FP32_TESTS) $(FUZZ_TESTS) gpu_build
 	@$(if $(FUZZ_TESTS),,echo "clang++ with libFuzzer not found: fuzz targets skipped (test_tokenizer's randomized fuzz case still runs)")
-	@ASAN_OPTIONS=detect_leaks=0 scripts/run_tests.sh $(CPU_TESTS) $(SIM_TESTS) $(SIM_ASAN_TESTS) $(SIM_TSAN_TESTS) $(FUZZ_TESTS)
+	@ASAN_OPTIONS=detect_leaks=0 scripts/run_tests.sh $(CPU_TESTS) $(SIM_TESTS) $(SIM_ASAN_TESTS) $(SIM_TSAN_TESTS) $(SIM_FP32_TESTS) $(FUZZ_TESTS)
 
-# on a GPU: every kernel test with nvcc, then the trainer tests with the nvcc trainers in place of SIM's
-test_gpu: programs $(GPU_TESTS) $(BUILD)/gpu/train_gpt $(BUILD)/gpu/train_gpt_fp32 $(BUILD)/test/test_builds
-	@scripts/run_tests.sh $(GPU_TESTS)
+# on a GPU: every kernel test with nvcc (bf16 and fp32), then the trainer tests with the nvcc trainers
+# in place of SIM's
+test_gpu: programs $(GPU_TESTS) $(GPU_FP32_TESTS) $(BUILD)/gpu/train_gpt $(BUILD)/gpu/train_gpt_fp32 $(BUILD)/test/test_builds
+	@scripts/run_tests.sh $(GPU_TESTS) $(GPU_FP32_TESTS)
 	@LLMC_TRAIN_GPT=$(BUILD)/gpu/train_gpt LLMC_TRAIN_GPT_FP32=$(BUILD)/gpu/train_gpt_fp32 scripts/run_tests.sh $(BUILD)/test/test_builds
 
 bench: programs $(DEV_BINS)

@@ -6,7 +6,9 @@
 # seconds), then the benchmark's markdown table (kernel, shape, ms, GB/s or TFLOP/s, % of peak).
 # Exit status 0 only if every test binary ran, every test case passed and the benchmark ran.
 #   usage: scripts/gpu_check.sh [name ...]     (default: all tests and the benchmark; a name is a
-#          test, e.g. test_matmul, or bench_kernels; BENCH=0 skips the benchmark)
+#          test, e.g. test_matmul, or bench_kernels; BENCH=0 skips the benchmark; each test also
+#          runs as its fp32 build, build/gpu_fp32/test_* (-DLLMC_FP32), unless FP32=0; the
+#          compute-sanitizer pass covers the default build only)
 set -u
 cd "$(dirname "$0")/.."
 
@@ -27,19 +29,22 @@ else
   names=()
   for f in test/sim/test_*.cu; do names+=("$(basename "$f" .cu)"); done
 fi
-targets=()
+targets=(); fp32_targets=()
 for n in ${names[@]+"${names[@]}"}; do targets+=("build/gpu/$n"); done
+if [ "${FP32:-1}" != 0 ]; then
+  for n in ${names[@]+"${names[@]}"}; do fp32_targets+=("build/gpu_fp32/$n"); done
+fi
 
-if [ "${#targets[@]}" -gt 0 ]; then
-  echo "== building: ${targets[*]}"
-  if ! make "${targets[@]}"; then
+if [ "$(( ${#targets[@]} + ${#fp32_targets[@]} ))" -gt 0 ]; then
+  echo "== building: ${targets[*]} ${fp32_targets[*]}"
+  if ! make "${targets[@]}" ${fp32_targets[@]+"${fp32_targets[@]}"}; then
     echo "gpu_check: build failed" >&2
     exit 1
   fi
 fi
 
 rows=(); total_fail=0
-for t in ${targets[@]+"${targets[@]}"}; do
+for t in ${targets[@]+"${targets[@]}"} ${fp32_targets[@]+"${fp32_targets[@]}"}; do
   echo "=== $t"
   start=$(date +%s.%N)
   out=$("$t" 2>&1); rc=$?
@@ -54,7 +59,8 @@ for t in ${targets[@]+"${targets[@]}"}; do
     f=$(echo "$line" | sed -E 's/.*\|[[:space:]]*([0-9]+) failed.*/\1/')
     if [ "$f" -ne 0 ] || [ "$rc" -ne 0 ]; then status="FAIL"; total_fail=$((total_fail + 1)); else status="ok"; fi
   fi
-  rows+=("$(printf '%-28s %7s %7s %8s  %s' "$(basename "$t")" "$p" "$f" "$secs" "$status")")
+  name=$(basename "$t"); case "$t" in */gpu_fp32/*) name="fp32/$name";; esac
+  rows+=("$(printf '%-28s %7s %7s %8s  %s' "$name" "$p" "$f" "$secs" "$status")")
 done
 
 # What SIM cannot model, on the real GPU: every kernel test under compute-sanitizer's racecheck

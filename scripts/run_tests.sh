@@ -28,6 +28,7 @@ for exe in "$@"; do
     */sim/test_*) flavor_env=(LLMC_SIM_ORDER=forward LLMC_SIM_DETERMINISM=1);;
     */sim_asan/test_*) flavor_env=(LLMC_SIM_ORDER=shuffle:1);;
     */sim_tsan/test_*) flavor_env=(LLMC_SIM_ORDER=reverse LLMC_SIM_STREAMS=async OMP_NUM_THREADS=1);;
+    */sim_fp32/test_*) flavor_env=(LLMC_SIM_ORDER=shuffle:2);;
   esac
   [ ${#flavor_env[@]} -gt 0 ] && echo "(${flavor_env[*]})"
   t0=$(date +%s.%N)

@@ -38,13 +38,13 @@ constexpr int MMA_GEMM_BM = 64, MMA_GEMM_BN = 64, MMA_GEMM_BK = 32;
 constexpr int MMA_GEMM_LD = MMA_GEMM_BK + 8;  // shared row stride in elements: 80 bytes (see above)
 constexpr int MMA_GEMM_THREADS = 128;
 constexpr int MMA_GEMM_STAGE = (MMA_GEMM_BM + MMA_GEMM_BN) * MMA_GEMM_LD;  // elements per stage (A then B)
-constexpr size_t MMA_GEMM_SMEM = 2 * MMA_GEMM_STAGE * sizeof(floatX);       // 20 KiB
+constexpr size_t MMA_GEMM_SMEM = 2 * MMA_GEMM_STAGE * sizeof(__nv_bfloat16);       // 20 KiB
 
 // Issue the copies of k-step kt into stage `st` and commit them as one group. Each of the 64 rows
 // of the A and B tiles is 4 chunks of 16 bytes; 128 threads take 2 chunks of each.
-__device__ __forceinline__ void mma_gemm_load_stage(floatX* st, const floatX* A, const floatX* B, int K, int kt) {
-    floatX* as = st;
-    floatX* bs = st + MMA_GEMM_BM * MMA_GEMM_LD;
+__device__ __forceinline__ void mma_gemm_load_stage(__nv_bfloat16* st, const __nv_bfloat16* A, const __nv_bfloat16* B, int K, int kt) {
+    __nv_bfloat16* as = st;
+    __nv_bfloat16* bs = st + MMA_GEMM_BM * MMA_GEMM_LD;
     for (int i = 0; i < 2; i++) {
         const int c = threadIdx.x + i * MMA_GEMM_THREADS;
         const int r = c / 4, col = (c % 4) * 8;
@@ -54,8 +54,9 @@ __device__ __forceinline__ void mma_gemm_load_stage(floatX* st, const floatX* A,
     cp_async_commit();
 }
 
-__global__ void __launch_bounds__(MMA_GEMM_THREADS) mma_gemm_kernel(float* C, const floatX* A, const floatX* B, int M, int N, int K) {
-    DYNAMIC_SMEM(floatX, smem);
+__global__ void __launch_bounds__(MMA_GEMM_THREADS)
+mma_gemm_kernel(float* C, const __nv_bfloat16* A, const __nv_bfloat16* B, int M, int N, int K) {
+    DYNAMIC_SMEM(__nv_bfloat16, smem);
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     const int wm = (warp / 2) * 32, wn = (warp % 2) * 32;  // the warp's 32x32 sub-tile in the block tile
     const int m0 = blockIdx.y * MMA_GEMM_BM, n0 = blockIdx.x * MMA_GEMM_BN;
@@ -77,8 +78,8 @@ __global__ void __launch_bounds__(MMA_GEMM_THREADS) mma_gemm_kernel(float* C, co
             cp_async_wait<0>();
         }
         __syncthreads();  // every thread's copies of step kt are visible to every warp
-        const floatX* as = smem + (kt & 1) * MMA_GEMM_STAGE;
-        const floatX* bs = as + MMA_GEMM_BM * MMA_GEMM_LD;
+        const __nv_bfloat16* as = smem + (kt & 1) * MMA_GEMM_STAGE;
+        const __nv_bfloat16* bs = as + MMA_GEMM_BM * MMA_GEMM_LD;
         for (int kk = 0; kk < MMA_GEMM_BK; kk += 16) {
             uint32_t af[2][4], bf[4][2];
             // A 16x16 tile: lanes 0-15 point at rows 0-15, column kk; lanes 16-31 at the same rows,
@@ -113,7 +114,7 @@ __global__ void __launch_bounds__(MMA_GEMM_THREADS) mma_gemm_kernel(float* C, co
 }
 
 // C(M,N) = A(M,K) · B(N,K)ᵀ, fp32 out (overwrite)
-inline void mma_gemm(float* C, const floatX* A, const floatX* B, int M, int N, int K, cudaStream_t stream) {
+inline void mma_gemm(float* C, const __nv_bfloat16* A, const __nv_bfloat16* B, int M, int N, int K, cudaStream_t stream) {
     LLMC_CHECK(M > 0 && N > 0 && K > 0 && M % MMA_GEMM_BM == 0 && N % MMA_GEMM_BN == 0 && K % MMA_GEMM_BK == 0,
                "mma_gemm: M=%d N=%d K=%d: M and N must be positive multiples of %d, K of %d", M, N, K, MMA_GEMM_BM,
                MMA_GEMM_BK);
@@ -124,6 +125,9 @@ inline void mma_gemm(float* C, const floatX* A, const floatX* B, int M, int N, i
 }
 
 #ifndef MMA_GEMM_NO_MAIN
+#if LLMC_FLOATX_FP32
+#error "mma_gemm's benchmark compares against the bf16 cuBLASLt path (matmul_batched on floatX): build it without -DLLMC_FP32"
+#endif
 // ------------------------------------------------------------------------------------------------
 // benchmark
 
@@ -140,8 +144,8 @@ inline void mma_gemm(float* C, const floatX* A, const floatX* B, int M, int N, i
 namespace {
 
 // uniform in [-1, 1) from a hash of (seed, i), rounded to bf16
-std::vector<floatX> random_bf16(size_t n, uint64_t seed) {
-    std::vector<floatX> v(n);
+std::vector<__nv_bfloat16> random_bf16(size_t n, uint64_t seed) {
+    std::vector<__nv_bfloat16> v(n);
     for (size_t i = 0; i < n; i++) {
         uint64_t z = i + seed * 0x9E3779B97F4A7C15ull;
         z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
@@ -154,7 +158,7 @@ std::vector<floatX> random_bf16(size_t n, uint64_t seed) {
 
 
 // rows of C checked against a double reference: 16 spread over M; returns the worst |err| / tol
-double check_rows(const std::vector<float>& C, const std::vector<floatX>& A, const std::vector<floatX>& B, int M, int N, int K) {
+double check_rows(const std::vector<float>& C, const std::vector<__nv_bfloat16>& A, const std::vector<__nv_bfloat16>& B, int M, int N, int K) {
     double worst = 0.0;
     for (int s = 0; s < 16; s++) {
         const int m = (int)((long)s * (M - 1) / 15);
@@ -225,15 +229,15 @@ int run(int argc, char** argv) {
     printf("|---|---:|---:|---:|---:|---:|---:|---|\n");
     for (const Shape& s : shapes) {
         const size_t nA = (size_t)s.M * s.K, nB = (size_t)s.N * s.K, nC = (size_t)s.M * s.N;
-        const std::vector<floatX> hA = random_bf16(nA, 1), hB = random_bf16(nB, 2);
-        floatX *dA = nullptr, *dB = nullptr;
+        const std::vector<__nv_bfloat16> hA = random_bf16(nA, 1), hB = random_bf16(nB, 2);
+        __nv_bfloat16 *dA = nullptr, *dB = nullptr;
         float *dC = nullptr, *dC2 = nullptr;
-        cudaCheck(cudaMalloc((void**)&dA, nA * sizeof(floatX)));
-        cudaCheck(cudaMalloc((void**)&dB, nB * sizeof(floatX)));
+        cudaCheck(cudaMalloc((void**)&dA, nA * sizeof(__nv_bfloat16)));
+        cudaCheck(cudaMalloc((void**)&dB, nB * sizeof(__nv_bfloat16)));
         cudaCheck(cudaMalloc((void**)&dC, nC * sizeof(float)));
         cudaCheck(cudaMalloc((void**)&dC2, nC * sizeof(float)));
-        cudaCheck(cudaMemcpy(dA, hA.data(), nA * sizeof(floatX), cudaMemcpyHostToDevice));
-        cudaCheck(cudaMemcpy(dB, hB.data(), nB * sizeof(floatX), cudaMemcpyHostToDevice));
+        cudaCheck(cudaMemcpy(dA, hA.data(), nA * sizeof(__nv_bfloat16), cudaMemcpyHostToDevice));
+        cudaCheck(cudaMemcpy(dB, hB.data(), nB * sizeof(__nv_bfloat16), cudaMemcpyHostToDevice));
         const double flops = 2.0 * s.M * s.N * s.K;
         std::vector<float> hC(nC);
 

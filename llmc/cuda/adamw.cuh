@@ -16,6 +16,8 @@
 // would substitute), so the kernel computes the CPU op's formula; the only difference left is that
 // nvcc may contract a multiply and an add into an FMA (one rounding fewer, <= 1 ulp per operation).
 //
+// FP32 build (-DLLMC_FP32): the copy is floatX = fp32, i.e. p itself (16-byte stores; the 4-wide
+// path then needs param_bf16 16-byte aligned).
 // Strategy: elementwise and memory-bound: one thread per 4 elements (16-byte fp32 accesses for p,
 // g, m, v; an 8-byte store for the bf16 copy), W = 1 when n % 4 != 0 or a pointer is misaligned.
 // 30 bytes moved per element (read p g m v, write p m v: 4 bytes each; 2 bytes of bf16). One call per contiguous
@@ -50,7 +52,7 @@ adamw_kernel(float* param, floatX* param_bf16, float* m, float* v, const float* 
         pp.v[k] = pn;
         pm.v[k] = mi;
         pv.v[k] = vi;
-        pb.v[k] = __float2bfloat16(pn);
+        pb.v[k] = llmc::to_floatX(pn);
     }
     store_pack_cs<float, W>(param + i * W, pp);
     store_pack_cs<float, W>(m + i * W, pm);
@@ -71,8 +73,9 @@ inline void adamw_update(float* param, floatX* param_bf16, float* m, float* v, c
     const float bias1 = 1.0f - powf(beta1, (float)t);
     const float bias2 = 1.0f - powf(beta2, (float)t);
     const float step_size = lr / bias1;
-    const bool bf16_ok = param_bf16 == nullptr || (reinterpret_cast<uintptr_t>(param_bf16) & 7u) == 0;
-    if (n % 4 == 0 && aligned16(param) && aligned16(m) && aligned16(v) && aligned16(grad) && bf16_ok) {
+    // a 4-wide floatX pack: 8-byte aligned (bf16) or 16 (fp32)
+    const bool copy_ok = param_bf16 == nullptr || reinterpret_cast<uintptr_t>(param_bf16) % alignof(PackX<4>) == 0;
+    if (n % 4 == 0 && aligned16(param) && aligned16(m) && aligned16(v) && aligned16(grad) && copy_ok) {
         const size_t np = (size_t)n / 4;
         LAUNCH(adamw_kernel<4>, (unsigned)CEIL_DIV(np, (size_t)ADAMW_BLOCK), ADAMW_BLOCK, 0, stream, param, param_bf16, m,
                v, grad, np, decay, w1, w2, bias2, step_size, eps);

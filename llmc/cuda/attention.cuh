@@ -60,6 +60,10 @@
 // shuffles, online softmax per key, fp32 FMAs, any D <= 256. Simple, slow, deterministic: for an fp32
 // build that checks the whole model against the CPU reference, not for training.
 //
+// Entry points: attention_forward / attention_backward take floatX and are the tensor-core kernels
+// (attention_forward_bf16 / attention_backward_bf16, explicitly bf16) in the default build, the fp32
+// variant in the fp32 build (-DLLMC_FP32, common.cuh), which rounds nothing to bf16.
+//
 // Limits (checked): bf16 path D = 64 or 128, all pointers 16-byte aligned; any T, H, Hkv with
 // H % Hkv == 0, H and B <= 65535. Shared memory per block (opted in with cudaFuncSetAttribute):
 // forward 45 / 85 KiB (D = 64 / 128), dk/dv 55 / 68.5 KiB, dq 54 / 102 KiB.
@@ -70,6 +74,10 @@
 #include "llmc/cuda/mma.cuh"
 #include "llmc/cuda/reduce.cuh"
 
+// The tensor-core path is bf16 by construction (mma.sync bf16 operands, P and dS rounded to bf16),
+// so it names its type explicitly rather than floatX: it is the same code in both builds.
+typedef __nv_bfloat16 att_bf16;
+
 constexpr int ATT_THREADS = 128;  // 4 warps x 16 rows
 constexpr int ATT_BQ = 64;        // query rows per block (forward, dq)
 constexpr int ATT_BK = 64;        // key rows per streamed tile (forward, dq) and per block (dk/dv)
@@ -79,11 +87,11 @@ constexpr int ATT_BK = 64;        // key rows per streamed tile (forward, dq) an
 // query rows per streamed tile of the dk/dv pass (see the register budget above)
 template <int D> __host__ __device__ constexpr int att_bq_dkdv() { return D == 128 ? 32 : 64; }
 
-template <int D> __host__ __device__ constexpr size_t att_forward_smem() { return (size_t)(ATT_BQ + 4 * ATT_BK) * (D + 8) * sizeof(floatX); }
+template <int D> __host__ __device__ constexpr size_t att_forward_smem() { return (size_t)(ATT_BQ + 4 * ATT_BK) * (D + 8) * sizeof(att_bf16); }
 template <int D> __host__ __device__ constexpr size_t att_dkdv_smem() {
-    return (size_t)(2 * ATT_BK + 4 * att_bq_dkdv<D>()) * (D + 8) * sizeof(floatX) + 4 * att_bq_dkdv<D>() * sizeof(float);
+    return (size_t)(2 * ATT_BK + 4 * att_bq_dkdv<D>()) * (D + 8) * sizeof(att_bf16) + 4 * att_bq_dkdv<D>() * sizeof(float);
 }
-template <int D> __host__ __device__ constexpr size_t att_dq_smem() { return (size_t)(2 * ATT_BQ + 4 * ATT_BK) * (D + 8) * sizeof(floatX); }
+template <int D> __host__ __device__ constexpr size_t att_dq_smem() { return (size_t)(2 * ATT_BQ + 4 * ATT_BK) * (D + 8) * sizeof(att_bf16); }
 
 // two fp32 values rounded to bf16 and packed as one 32-bit mma operand register (lo = lower element)
 __device__ __forceinline__ uint32_t att_pack(float lo, float hi) {
@@ -93,31 +101,31 @@ __device__ __forceinline__ uint32_t att_pack(float lo, float hi) {
 // Rows [r0, r0 + R) of one head's (T rows, `stride` elements apart) slice into shared memory (row
 // stride D + 8): cp.async for rows < T, zeros (plain stores) for rows past T. Not committed here.
 template <int D, int R>
-__device__ __forceinline__ void att_load_rows(floatX* dst, const floatX* src, long stride, int r0, int T) {
+__device__ __forceinline__ void att_load_rows(att_bf16* dst, const att_bf16* src, long stride, int r0, int T) {
     constexpr int CH = D / 8;  // 16-byte chunks per row
     static_assert((R * CH) % ATT_THREADS == 0, "att_load_rows: chunks must split evenly over the block");
     #pragma unroll
     for (int n = 0; n < R * CH / ATT_THREADS; n++) {
         const int c = threadIdx.x + n * ATT_THREADS;
         const int r = c / CH, col = (c % CH) * 8;
-        floatX* d = dst + r * (D + 8) + col;
+        att_bf16* d = dst + r * (D + 8) + col;
         if (r0 + r < T) cp_async_16_cg(d, src + (long)(r0 + r) * stride + col);
         else *reinterpret_cast<uint4*>(d) = make_uint4(0u, 0u, 0u, 0u);
     }
 }
 
-__device__ __forceinline__ float att_f32(floatX x) { return __bfloat162float(x); }
+__device__ __forceinline__ float att_f32(att_bf16 x) { return __bfloat162float(x); }
 __device__ __forceinline__ float att_f32(float x) { return x; }
 
 // A fragment (16 x 16, rows row0.., columns k0..) of a row-major shared tile
 template <int LD>
-__device__ __forceinline__ void att_ldm_a(uint32_t a[4], const floatX* tile, int row0, int k0) {
+__device__ __forceinline__ void att_ldm_a(uint32_t a[4], const att_bf16* tile, int row0, int k0) {
     const int lane = threadIdx.x % WARP_SIZE;
     ldmatrix_x4(a, &tile[(row0 + lane % 16) * LD + k0 + (lane / 16) * 8]);
 }
 // B fragments of two n8 tiles (n0.., n0+8..) at k0.. from a tile stored n-major, k contiguous (.col)
 template <int LD>
-__device__ __forceinline__ void att_ldm_b(uint32_t b0[2], uint32_t b1[2], const floatX* tile, int n0, int k0) {
+__device__ __forceinline__ void att_ldm_b(uint32_t b0[2], uint32_t b1[2], const att_bf16* tile, int n0, int k0) {
     const int lane = threadIdx.x % WARP_SIZE;
     uint32_t r[4];
     ldmatrix_x4(r, &tile[(n0 + lane % 8 + (lane / 16) * 8) * LD + k0 + ((lane / 8) % 2) * 8]);
@@ -125,7 +133,7 @@ __device__ __forceinline__ void att_ldm_b(uint32_t b0[2], uint32_t b1[2], const 
 }
 // B fragments of two n8 tiles (n0.., n0+8..) at k0.. from a tile stored k-major, n contiguous (row-major K x N)
 template <int LD>
-__device__ __forceinline__ void att_ldm_bt(uint32_t b0[2], uint32_t b1[2], const floatX* tile, int k0, int n0) {
+__device__ __forceinline__ void att_ldm_bt(uint32_t b0[2], uint32_t b1[2], const att_bf16* tile, int k0, int n0) {
     const int lane = threadIdx.x % WARP_SIZE;
     uint32_t r[4];
     ldmatrix_x4_trans(r, &tile[(k0 + lane % 16) * LD + n0 + (lane / 16) * 8]);
@@ -143,7 +151,7 @@ __device__ __forceinline__ void att_c_to_a(uint32_t a[4], const float c0[4], con
 // own 16 rows of a shared tile `st` (which no other warp reads), then 16-byte global stores of the
 // rows < T. dst(r) = address of row r0 + r.
 template <int D>
-__device__ __forceinline__ void att_store_rows(floatX* st, const float acc[][4], float mul0, float mul1, floatX* dst, long stride,
+__device__ __forceinline__ void att_store_rows(att_bf16* st, const float acc[][4], float mul0, float mul1, att_bf16* dst, long stride,
                                                int r0, int T) {
     constexpr int LD = D + 8;
     const int lane = threadIdx.x % WARP_SIZE, g = lane >> 2, t = lane & 3;
@@ -167,18 +175,19 @@ __device__ __forceinline__ void att_store_rows(floatX* st, const float acc[][4],
 // grid (ceil(T/64), H, B). sc = log2(e)/sqrt(D), w = min(window, T-1).
 template <int D>
 __global__ void __launch_bounds__(ATT_THREADS)
-attention_forward_kernel(floatX* out, float* lse, const floatX* q, const floatX* k, const floatX* v, int T, int H, int Hkv, int w, float sc) {
+attention_forward_kernel(att_bf16* out, float* lse, const att_bf16* q, const att_bf16* k, const att_bf16* v, int T, int H, int Hkv, int w,
+                         float sc) {
     constexpr int LD = D + 8, TILE = ATT_BK * LD;
-    DYNAMIC_SMEM(floatX, smem);
-    floatX* Qs = smem;                // ATT_BQ x LD
-    floatX* KV = smem + ATT_BQ * LD;  // stage s: K tile at KV + 2*s*TILE, V tile right after
+    DYNAMIC_SMEM(att_bf16, smem);
+    att_bf16* Qs = smem;                // ATT_BQ x LD
+    att_bf16* KV = smem + ATT_BQ * LD;  // stage s: K tile at KV + 2*s*TILE, V tile right after
     const int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE, g = lane >> 2, t = lane & 3;
     const int h = blockIdx.y, b = blockIdx.z, kvh = h / (H / Hkv);
     const int q0 = (gridDim.x - 1 - blockIdx.x) * ATT_BQ, q_last = min(q0 + ATT_BQ, T) - 1;
     const long qstride = (long)H * D, kstride = (long)Hkv * D;
-    const floatX* qh = q + (long)b * T * qstride + (long)h * D;
-    const floatX* kh = k + (long)b * T * kstride + (long)kvh * D;
-    const floatX* vh = v + (long)b * T * kstride + (long)kvh * D;
+    const att_bf16* qh = q + (long)b * T * qstride + (long)h * D;
+    const att_bf16* kh = k + (long)b * T * kstride + (long)kvh * D;
+    const att_bf16* vh = v + (long)b * T * kstride + (long)kvh * D;
     const int kt_lo = max(0, q0 - w) / ATT_BK, kt_hi = q_last / ATT_BK;
     const int i_row[2] = {q0 + warp * 16 + g, q0 + warp * 16 + g + 8};
 
@@ -196,7 +205,7 @@ attention_forward_kernel(floatX* out, float* lse, const floatX* q, const floatX*
     for (int kt = kt_lo; kt <= kt_hi; kt++) {
         const int st = (kt - kt_lo) & 1;
         if (kt < kt_hi) {
-            floatX* nxt = KV + 2 * (st ^ 1) * TILE;
+            att_bf16* nxt = KV + 2 * (st ^ 1) * TILE;
             att_load_rows<D, ATT_BK>(nxt, kh, kstride, (kt + 1) * ATT_BK, T);
             att_load_rows<D, ATT_BK>(nxt + TILE, vh, kstride, (kt + 1) * ATT_BK, T);
             cp_async_commit();
@@ -209,8 +218,8 @@ attention_forward_kernel(floatX* out, float* lse, const floatX* q, const floatX*
             #pragma unroll
             for (int kk = 0; kk < D / 16; kk++) att_ldm_a<LD>(qf[kk], Qs, warp * 16, kk * 16);
         }
-        const floatX* Ks = KV + 2 * st * TILE;
-        const floatX* Vs = Ks + TILE;
+        const att_bf16* Ks = KV + 2 * st * TILE;
+        const att_bf16* Vs = Ks + TILE;
 
         // S = Q Kᵀ for the warp's 16 queries x 64 keys
         float s[ATT_BK / 8][4];
@@ -321,13 +330,13 @@ attention_backward_prep_kernel(float* Dbuf, const Tx* dout, const Tx* out, int B
 // grid (ceil(T/64), Hkv, B): dk, dv of 64 keys of one kv head, summed over the group's query heads
 template <int D>
 __global__ void __launch_bounds__(ATT_THREADS)
-attention_backward_dkdv_kernel(floatX* dk, floatX* dv, const floatX* dout, const float* lse, const float* Dbuf, const floatX* q,
-                               const floatX* k, const floatX* v, int T, int H, int Hkv, int w, float sc, float scale) {
+attention_backward_dkdv_kernel(att_bf16* dk, att_bf16* dv, const att_bf16* dout, const float* lse, const float* Dbuf, const att_bf16* q,
+                               const att_bf16* k, const att_bf16* v, int T, int H, int Hkv, int w, float sc, float scale) {
     constexpr int LD = D + 8, BQ = att_bq_dkdv<D>(), QT = BQ * LD;
-    DYNAMIC_SMEM(floatX, smem);
-    floatX* Ks = smem;               // ATT_BK x LD, loaded once
-    floatX* Vs = Ks + ATT_BK * LD;   // ATT_BK x LD, loaded once
-    floatX* QG = Vs + ATT_BK * LD;   // stage s: Q tile at QG + 2*s*QT, dO tile right after
+    DYNAMIC_SMEM(att_bf16, smem);
+    att_bf16* Ks = smem;               // ATT_BK x LD, loaded once
+    att_bf16* Vs = Ks + ATT_BK * LD;   // ATT_BK x LD, loaded once
+    att_bf16* QG = Vs + ATT_BK * LD;   // stage s: Q tile at QG + 2*s*QT, dO tile right after
     float* LS = reinterpret_cast<float*>(QG + 4 * QT);  // stage s: lse*log2(e) at LS + 2*s*BQ, D_i right after
     const int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE, g = lane >> 2, t = lane & 3;
     const int kvh = blockIdx.y, b = blockIdx.z, group = H / Hkv;
@@ -374,8 +383,8 @@ attention_backward_dkdv_kernel(floatX* dk, floatX* dv, const floatX* dout, const
         }
         __syncthreads();
         const int q0 = (qt_lo + n % nqt) * BQ;
-        const floatX* Qs = QG + 2 * st * QT;
-        const floatX* Gs = Qs + QT;
+        const att_bf16* Qs = QG + 2 * st * QT;
+        const att_bf16* Gs = Qs + QT;
         const float* Ls = LS + 2 * st * BQ;
         const float* Ds = Ls + BQ;
 
@@ -445,13 +454,13 @@ attention_backward_dkdv_kernel(floatX* dk, floatX* dv, const floatX* dout, const
 // grid (ceil(T/64), H, B): dq of 64 queries of one head
 template <int D>
 __global__ void __launch_bounds__(ATT_THREADS)
-attention_backward_dq_kernel(floatX* dq, const floatX* dout, const float* lse, const float* Dbuf, const floatX* q, const floatX* k,
-                             const floatX* v, int T, int H, int Hkv, int w, float sc, float scale) {
+attention_backward_dq_kernel(att_bf16* dq, const att_bf16* dout, const float* lse, const float* Dbuf, const att_bf16* q, const att_bf16* k,
+                             const att_bf16* v, int T, int H, int Hkv, int w, float sc, float scale) {
     constexpr int LD = D + 8, TILE = ATT_BK * LD;
-    DYNAMIC_SMEM(floatX, smem);
-    floatX* Qs = smem;                   // ATT_BQ x LD
-    floatX* Gs = Qs + ATT_BQ * LD;       // dO, ATT_BQ x LD
-    floatX* KV = Gs + ATT_BQ * LD;       // stage s: K tile at KV + 2*s*TILE, V tile right after
+    DYNAMIC_SMEM(att_bf16, smem);
+    att_bf16* Qs = smem;                   // ATT_BQ x LD
+    att_bf16* Gs = Qs + ATT_BQ * LD;       // dO, ATT_BQ x LD
+    att_bf16* KV = Gs + ATT_BQ * LD;       // stage s: K tile at KV + 2*s*TILE, V tile right after
     const int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE, g = lane >> 2, t = lane & 3;
     const int h = blockIdx.y, b = blockIdx.z, kvh = h / (H / Hkv);
     const int q0 = (gridDim.x - 1 - blockIdx.x) * ATT_BQ, q_last = min(q0 + ATT_BQ, T) - 1;
@@ -480,7 +489,7 @@ attention_backward_dq_kernel(floatX* dq, const floatX* dout, const float* lse, c
     for (int kt = kt_lo; kt <= kt_hi; kt++) {
         const int st = (kt - kt_lo) & 1;
         if (kt < kt_hi) {
-            floatX* nxt = KV + 2 * (st ^ 1) * TILE;
+            att_bf16* nxt = KV + 2 * (st ^ 1) * TILE;
             att_load_rows<D, ATT_BK>(nxt, k + koff, kstride, (kt + 1) * ATT_BK, T);
             att_load_rows<D, ATT_BK>(nxt + TILE, v + koff, kstride, (kt + 1) * ATT_BK, T);
             cp_async_commit();
@@ -489,8 +498,8 @@ attention_backward_dq_kernel(floatX* dq, const floatX* dout, const float* lse, c
             cp_async_wait<0>();
         }
         __syncthreads();
-        const floatX* Ks = KV + 2 * st * TILE;
-        const floatX* Vs = Ks + TILE;
+        const att_bf16* Ks = KV + 2 * st * TILE;
+        const att_bf16* Vs = Ks + TILE;
 
         // S = Q Kᵀ, dP = dO Vᵀ for the warp's 16 queries x 64 keys
         float s[ATT_BK / 8][4], dp[ATT_BK / 8][4];
@@ -695,8 +704,8 @@ inline void attention_check_args_cuda_(const char* what, int B, int T, int H, in
 inline size_t attention_backward_scratch_floats(int B, int H, int T) { return (size_t)B * H * T; }
 
 template <int D>
-inline void attention_forward_d_(floatX* out, float* lse, const floatX* q, const floatX* k, const floatX* v, int B, int T, int H, int Hkv,
-                                 int w, cudaStream_t stream) {
+inline void attention_forward_d_(att_bf16* out, float* lse, const att_bf16* q, const att_bf16* k, const att_bf16* v, int B, int T, int H,
+                                 int Hkv, int w, cudaStream_t stream) {
     constexpr size_t smem = att_forward_smem<D>();
     cudaCheck(cudaFuncSetAttribute(attention_forward_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
     const float sc = (float)(1.4426950408889634 / sqrt((double)D));
@@ -704,8 +713,8 @@ inline void attention_forward_d_(floatX* out, float* lse, const floatX* q, const
 }
 
 // out (B,T,H,D) bf16 and lse (B,H,T) fp32, both overwritten. D = 64 or 128.
-inline void attention_forward(floatX* out, float* lse, const floatX* q, const floatX* k, const floatX* v, int B, int T, int H, int Hkv, int D,
-                              int window, cudaStream_t stream) {
+inline void attention_forward_bf16(att_bf16* out, float* lse, const att_bf16* q, const att_bf16* k, const att_bf16* v, int B, int T, int H,
+                                   int Hkv, int D, int window, cudaStream_t stream) {
     attention_check_args_cuda_("attention_forward", B, T, H, Hkv, D, window);
     LLMC_CHECK(D == 64 || D == 128, "attention_forward: head dim %d: the tensor-core kernel supports 64 and 128", D);
     LLMC_CHECK(aligned16(out) && aligned16(q) && aligned16(k) && aligned16(v), "attention_forward: out, q, k, v must be 16-byte aligned");
@@ -715,8 +724,9 @@ inline void attention_forward(floatX* out, float* lse, const floatX* q, const fl
 }
 
 template <int D>
-inline void attention_backward_d_(floatX* dq, floatX* dk, floatX* dv, const floatX* dout, const float* lse, const float* Dbuf, const floatX* q,
-                                  const floatX* k, const floatX* v, int B, int T, int H, int Hkv, int w, cudaStream_t stream) {
+inline void attention_backward_d_(att_bf16* dq, att_bf16* dk, att_bf16* dv, const att_bf16* dout, const float* lse, const float* Dbuf,
+                                  const att_bf16* q, const att_bf16* k, const att_bf16* v, int B, int T, int H, int Hkv, int w,
+                                  cudaStream_t stream) {
     constexpr size_t smem1 = att_dkdv_smem<D>(), smem2 = att_dq_smem<D>();
     cudaCheck(cudaFuncSetAttribute(attention_backward_dkdv_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem1));
     cudaCheck(cudaFuncSetAttribute(attention_backward_dq_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem2));
@@ -728,16 +738,16 @@ inline void attention_backward_d_(floatX* dq, floatX* dk, floatX* dv, const floa
 }
 
 // dq (B,T,H,D), dk, dv (B,T,Hkv,D) bf16, overwritten. scratch: attention_backward_scratch_floats(B, H, T).
-inline void attention_backward(floatX* dq, floatX* dk, floatX* dv, const floatX* dout, const floatX* out, const float* lse, const floatX* q,
-                               const floatX* k, const floatX* v, int B, int T, int H, int Hkv, int D, int window, float* scratch,
-                               cudaStream_t stream) {
+inline void attention_backward_bf16(att_bf16* dq, att_bf16* dk, att_bf16* dv, const att_bf16* dout, const att_bf16* out, const float* lse,
+                                    const att_bf16* q, const att_bf16* k, const att_bf16* v, int B, int T, int H, int Hkv, int D, int window,
+                                    float* scratch, cudaStream_t stream) {
     attention_check_args_cuda_("attention_backward", B, T, H, Hkv, D, window);
     LLMC_CHECK(D == 64 || D == 128, "attention_backward: head dim %d: the tensor-core kernel supports 64 and 128", D);
     LLMC_CHECK(aligned16(dq) && aligned16(dk) && aligned16(dv) && aligned16(dout) && aligned16(q) && aligned16(k) && aligned16(v),
                "attention_backward: dq, dk, dv, dout, q, k, v must be 16-byte aligned");
     const int w = window < T - 1 ? window : T - 1;
     const long rows = (long)B * T * H;
-    LAUNCH(attention_backward_prep_kernel<floatX>, (unsigned)CEIL_DIV(rows, 8), 256, 0, stream, scratch, dout, out, B, T, H, D);
+    LAUNCH(attention_backward_prep_kernel<att_bf16>, (unsigned)CEIL_DIV(rows, 8), 256, 0, stream, scratch, dout, out, B, T, H, D);
     if (D == 64) attention_backward_d_<64>(dq, dk, dv, dout, lse, scratch, q, k, v, B, T, H, Hkv, w, stream);
     else attention_backward_d_<128>(dq, dk, dv, dout, lse, scratch, q, k, v, B, T, H, Hkv, w, stream);
 }
@@ -777,4 +787,31 @@ inline void attention_backward_fp32(float* dq, float* dk, float* dv, const float
     if (D <= 64) attention_backward_fp32_nv_<2>(dq, dk, dv, dout, lse, scratch, q, k, v, B, T, H, Hkv, D, w, scale, stream);
     else if (D <= 128) attention_backward_fp32_nv_<4>(dq, dk, dv, dout, lse, scratch, q, k, v, B, T, H, Hkv, D, w, scale, stream);
     else attention_backward_fp32_nv_<8>(dq, dk, dv, dout, lse, scratch, q, k, v, B, T, H, Hkv, D, w, scale, stream);
+}
+
+// ------------------------------------------------------------------------------------------------
+// the model's entry points, on floatX: the tensor-core kernels in the bf16 build, the fp32 variant in
+// the fp32 build (-DLLMC_FP32), where nothing may be rounded to bf16 (the tensor-core path rounds P
+// and dS to bf16 by design, so it has no fp32 form).
+
+// out (B,T,H,D) floatX and lse (B,H,T) fp32, both overwritten. bf16 build: D = 64 or 128, pointers
+// 16-byte aligned; fp32 build: any D <= 256.
+inline void attention_forward(floatX* out, float* lse, const floatX* q, const floatX* k, const floatX* v, int B, int T, int H, int Hkv, int D,
+                              int window, cudaStream_t stream) {
+#if LLMC_FLOATX_FP32
+    attention_forward_fp32(out, lse, q, k, v, B, T, H, Hkv, D, window, stream);
+#else
+    attention_forward_bf16(out, lse, q, k, v, B, T, H, Hkv, D, window, stream);
+#endif
+}
+
+// dq (B,T,H,D), dk, dv (B,T,Hkv,D) floatX, overwritten. scratch: attention_backward_scratch_floats(B, H, T).
+inline void attention_backward(floatX* dq, floatX* dk, floatX* dv, const floatX* dout, const floatX* out, const float* lse, const floatX* q,
+                               const floatX* k, const floatX* v, int B, int T, int H, int Hkv, int D, int window, float* scratch,
+                               cudaStream_t stream) {
+#if LLMC_FLOATX_FP32
+    attention_backward_fp32(dq, dk, dv, dout, out, lse, q, k, v, B, T, H, Hkv, D, window, scratch, stream);
+#else
+    attention_backward_bf16(dq, dk, dv, dout, out, lse, q, k, v, B, T, H, Hkv, D, window, scratch, stream);
+#endif
 }

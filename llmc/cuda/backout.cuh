@@ -28,7 +28,7 @@ backout_forward_kernel(floatX* out, const floatX* x, const floatX* xmid, const f
     PackX<W> pm = load_pack<floatX, W>(xmid + p * W);
     PackX<W> o;
     #pragma unroll
-    for (int k = 0; k < W; k++) o.v[k] = __float2bfloat16(__bfloat162float(px.v[k]) - lam * __bfloat162float(pm.v[k]));
+    for (int k = 0; k < W; k++) o.v[k] = llmc::to_floatX(llmc::to_float(px.v[k]) - lam * llmc::to_float(pm.v[k]));
     store_pack<floatX, W>(out + p * W, o);
 }
 
@@ -46,9 +46,9 @@ backout_backward_kernel(floatX* dxmid, float* partials, const floatX* dout, cons
         PackX<W> pd = load_pack<floatX, W>(dxmid + p * W);
         #pragma unroll
         for (int k = 0; k < W; k++) {
-            const float g = __bfloat162float(pg.v[k]);
-            s += g * __bfloat162float(pm.v[k]);
-            pd.v[k] = __float2bfloat16(__bfloat162float(pd.v[k]) - lam * g);
+            const float g = llmc::to_float(pg.v[k]);
+            s += g * llmc::to_float(pm.v[k]);
+            pd.v[k] = llmc::to_floatX(llmc::to_float(pd.v[k]) - lam * g);
         }
         store_pack<floatX, W>(dxmid + p * W, pd);
     }
@@ -61,9 +61,9 @@ inline void backout_forward(floatX* out, const floatX* x, const floatX* xmid, co
                             cudaStream_t stream) {
     LLMC_CHECK(n >= 0, "backout_forward: bad n=%ld", n);
     if (n == 0) return;
-    if (n % 8 == 0 && aligned16(out) && aligned16(x) && aligned16(xmid)) {
-        const size_t np = (size_t)n / 8;
-        LAUNCH(backout_forward_kernel<8>, (unsigned)CEIL_DIV(np, (size_t)BACKOUT_BLOCK), BACKOUT_BLOCK, 0, stream, out, x,
+    if (n % XPACK == 0 && aligned16(out) && aligned16(x) && aligned16(xmid)) {
+        const size_t np = (size_t)n / XPACK;
+        LAUNCH(backout_forward_kernel<XPACK>, (unsigned)CEIL_DIV(np, (size_t)BACKOUT_BLOCK), BACKOUT_BLOCK, 0, stream, out, x,
                xmid, lambda, np);
     } else {
         LAUNCH(backout_forward_kernel<1>, (unsigned)CEIL_DIV((size_t)n, (size_t)BACKOUT_BLOCK), BACKOUT_BLOCK, 0, stream,
@@ -79,11 +79,11 @@ inline void backout_backward(floatX* dxmid, float* dlambda, const floatX* dout, 
                              long n, float* scratch, cudaStream_t stream) {
     LLMC_CHECK(n >= 0, "backout_backward: bad n=%ld", n);
     if (n == 0) return;
-    const bool vec = n % 8 == 0 && aligned16(dxmid) && aligned16(dout) && aligned16(xmid);
-    const size_t np = vec ? (size_t)n / 8 : (size_t)n;
+    const bool vec = n % XPACK == 0 && aligned16(dxmid) && aligned16(dout) && aligned16(xmid);
+    const size_t np = vec ? (size_t)n / XPACK : (size_t)n;
     const int P = reduce_grid(np, BACKOUT_BLOCK);
     if (vec) {
-        LAUNCH(backout_backward_kernel<8>, P, BACKOUT_BLOCK, 0, stream, dxmid, scratch, dout, xmid, lambda, np);
+        LAUNCH(backout_backward_kernel<XPACK>, P, BACKOUT_BLOCK, 0, stream, dxmid, scratch, dout, xmid, lambda, np);
     } else {
         LAUNCH(backout_backward_kernel<1>, P, BACKOUT_BLOCK, 0, stream, dxmid, scratch, dout, xmid, lambda, np);
     }

@@ -20,7 +20,11 @@
 //   __shared__ T buf[N];     also works unchanged (SIM: a function-local static, one instance for the
 //                            block), but is NOT poisoned and has no ASan bounds (g++ cannot place
 //                            template-instantiated statics where the runtime could find them).
-//   floatX                   the activation / GEMM-operand type (__nv_bfloat16)
+//   floatX                   the activation / GEMM-operand type: __nv_bfloat16, or float when built
+//                            with -DLLMC_FP32 (llm.c's PRECISION=FP32: every kernel then computes in
+//                            fp32 and rounds nothing to bf16; LLMC_FLOATX_FP32 / LLMC_PRECISION_NAME
+//                            tell which); llmc::to_float / llmc::to_floatX convert (host, device, SIM)
+//   XPACK                    floatX elements in one 16-byte pack (8 bf16 or 4 fp32)
 //   CEIL_DIV(a, b), WARP_SIZE
 // Rules SIM enforces (each is undefined behaviour in CUDA; SIM throws llmc::Error naming the kernel
 // and block instead of hanging or silently working):
@@ -53,7 +57,37 @@ namespace llmc {
 template <class T> using smem_t = T;  // lets STATIC_SMEM take an array type like float[32][33]
 }
 
+// The activation type. Kernels never convert floatX with the bf16 intrinsics: those would compile
+// in the fp32 build too (bf16 converts implicitly to and from float) and silently round to bf16.
+// The kernel files describe the default build: where they say a floatX tensor is "bf16" or is
+// "rounded to bf16", the fp32 build stores fp32 and rounds nothing (its packed paths take XPACK = 4
+// elements per 16-byte access instead of 8); only the tensor-core kernels (mma.cuh, the bf16 path of
+// attention.cuh) are bf16 in both builds, and they name __nv_bfloat16 explicitly.
+#ifdef LLMC_FP32
+typedef float floatX;
+#define LLMC_FLOATX_FP32 1
+#define LLMC_PRECISION_NAME "fp32"
+#else
 typedef __nv_bfloat16 floatX;
+#define LLMC_FLOATX_FP32 0
+#define LLMC_PRECISION_NAME "bf16"
+#endif
+
+// floatX elements per 16-byte (128-bit) vector access: the W of the packed kernel paths (reduce.cuh)
+constexpr int XPACK = 16 / (int)sizeof(floatX);
+
+namespace llmc {
+__host__ __device__ __forceinline__ float to_float(float x) { return x; }
+__host__ __device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
+// round-to-nearest to floatX (the identity in the fp32 build)
+__host__ __device__ __forceinline__ floatX to_floatX(float x) {
+#if LLMC_FLOATX_FP32
+    return x;
+#else
+    return __float2bfloat16(x);
+#endif
+}
+}  // namespace llmc
 
 namespace llmc {
 inline void cuda_check(cudaError_t err, const char* file, int line) {

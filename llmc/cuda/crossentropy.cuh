@@ -61,7 +61,7 @@ softcap_crossentropy_kernel(float* losses, floatX* dlogits, const floatX* logits
         if (dl) {
             PackX<W> zero;
             #pragma unroll
-            for (int k = 0; k < W; k++) zero.v[k] = __float2bfloat16(0.0f);
+            for (int k = 0; k < W; k++) zero.v[k] = llmc::to_floatX(0.0f);
             for (int p = threadIdx.x; p < Vp / W; p += blockDim.x) store_pack_cs<floatX, W>(dl + p * W, zero);
         }
         return;
@@ -69,7 +69,7 @@ softcap_crossentropy_kernel(float* losses, floatX* dlogits, const floatX* logits
 
     const float inv_s = 1.0f / softcap;
     // read before the barrier below: with dlogits == logits, pass 2 overwrites l[y]
-    const float ly = __bfloat162float(l[y]);
+    const float ly = llmc::to_float(l[y]);
 
     // pass 1: online softmax state over this thread's packs of the V real columns
     float m = -FLT_MAX, sum = 0.0f;  // z >= -softcap, so -FLT_MAX is below every real value
@@ -80,7 +80,7 @@ softcap_crossentropy_kernel(float* losses, floatX* dlogits, const floatX* logits
         float pm = -FLT_MAX;
         #pragma unroll
         for (int k = 0; k < W; k++) {
-            z[k] = softcap * softcap_tanh(__bfloat162float(x.v[k]) * inv_s);
+            z[k] = softcap * softcap_tanh(llmc::to_float(x.v[k]) * inv_s);
             if (p * W + k < V) pm = fmaxf(pm, z[k]);
         }
         if (pm > m) { sum *= __expf(m - pm); m = pm; }
@@ -118,12 +118,12 @@ softcap_crossentropy_kernel(float* losses, floatX* dlogits, const floatX* logits
             const int v = p * W + k;
             float g = 0.0f;
             if (v < V) {
-                float t = softcap_tanh(__bfloat162float(x.v[k]) * inv_s);
+                float t = softcap_tanh(llmc::to_float(x.v[k]) * inv_s);
                 float prob = __expf(softcap * t - lse);
                 float ind = (v == y) ? 1.0f : 0.0f;
                 g = dloss_scale * (prob - ind) * (1.0f - t * t);
             }
-            o.v[k] = __float2bfloat16(g);
+            o.v[k] = llmc::to_floatX(g);
         }
         store_pack_cs<floatX, W>(dl + p * W, o);
     }
@@ -138,8 +138,8 @@ inline void softcap_crossentropy_forward_backward(float* losses, floatX* dlogits
     LLMC_CHECK(softcap > 0.0f, "softcap_crossentropy: softcap must be > 0, got %g", (double)softcap);
     LLMC_CHECK(N >= 0, "softcap_crossentropy: bad N=%d", N);
     if (N == 0) return;
-    if (Vp % 8 == 0 && aligned16(logits) && (dlogits == nullptr || aligned16(dlogits))) {
-        LAUNCH(softcap_crossentropy_kernel<8>, N, CE_BLOCK, 0, stream, losses, dlogits, logits, targets, V, Vp,
+    if (Vp % XPACK == 0 && aligned16(logits) && (dlogits == nullptr || aligned16(dlogits))) {
+        LAUNCH(softcap_crossentropy_kernel<XPACK>, N, CE_BLOCK, 0, stream, losses, dlogits, logits, targets, V, Vp,
                softcap, dloss_scale);
     } else {
         LAUNCH(softcap_crossentropy_kernel<1>, N, CE_BLOCK, 0, stream, losses, dlogits, logits, targets, V, Vp,

@@ -60,9 +60,9 @@ embedding_forward_kernel(floatX* out, const int* idx, const floatX* table, int N
 inline void embedding_forward(floatX* out, const int* idx, const floatX* table, int N, int C, cudaStream_t stream) {
     LLMC_CHECK(N >= 0 && C > 0, "embedding_forward: bad shape N=%d C=%d", N, C);
     if (N == 0) return;
-    if (C % 8 == 0 && aligned16(out) && aligned16(table)) {
-        const size_t total = (size_t)N * (C / 8);
-        LAUNCH(embedding_forward_kernel<8>, (unsigned)CEIL_DIV(total, (size_t)EMBEDDING_BLOCK), EMBEDDING_BLOCK, 0,
+    if (C % XPACK == 0 && aligned16(out) && aligned16(table)) {
+        const size_t total = (size_t)N * (C / XPACK);
+        LAUNCH(embedding_forward_kernel<XPACK>, (unsigned)CEIL_DIV(total, (size_t)EMBEDDING_BLOCK), EMBEDDING_BLOCK, 0,
                stream, out, idx, table, N, C);
     } else {
         const size_t total = (size_t)N * C;
@@ -211,7 +211,7 @@ embedding_backward_segments_kernel(float* dtable, float* partials, const floatX*
     for (int j = start; j < end; j++) {
         PackX<W> g = load_pack<floatX, W>(dout + (size_t)order[j] * C + c);
         #pragma unroll
-        for (int k = 0; k < W; k++) acc.v[k] += __bfloat162float(g.v[k]);
+        for (int k = 0; k < W; k++) acc.v[k] += llmc::to_float(g.v[k]);
     }
     store_pack<float, W>(dst, acc);
 }
@@ -247,18 +247,18 @@ inline void embedding_backward(float* dtable, const floatX* dout, const int* idx
     const int* order = plan.d_buf;
     const int* seg_start = order + N;
     const int* multi_seg = seg_start + plan.n_segs + 1;
-    const bool vec = C % 8 == 0 && aligned16(dtable) && aligned16(dout);
-    const int W = vec ? 8 : 1;
+    const bool vec = C % XPACK == 0 && aligned16(dtable) && aligned16(dout);
+    const int W = vec ? XPACK : 1;
     // threads per block: enough to cover a row's packs (rounded to whole warps), at most 256
     const int packs = C / W;
     const int threads = std::min(EMBEDDING_BLOCK, CEIL_DIV(packs, WARP_SIZE) * WARP_SIZE);
     const int chunks = CEIL_DIV(packs, threads);
     const dim3 grid1(plan.n_segs, chunks), grid2(plan.n_multi, chunks);
     if (vec) {
-        LAUNCH(embedding_backward_segments_kernel<8>, grid1, threads, 0, stream, dtable, plan.d_scratch, dout, idx, order,
+        LAUNCH(embedding_backward_segments_kernel<XPACK>, grid1, threads, 0, stream, dtable, plan.d_scratch, dout, idx, order,
                seg_start, plan.n_split, C);
         if (plan.n_multi > 0)
-            LAUNCH(embedding_backward_combine_kernel<8>, grid2, threads, 0, stream, dtable, plan.d_scratch, idx, order,
+            LAUNCH(embedding_backward_combine_kernel<XPACK>, grid2, threads, 0, stream, dtable, plan.d_scratch, idx, order,
                    seg_start, multi_seg, C);
     } else {
         LAUNCH(embedding_backward_segments_kernel<1>, grid1, threads, 0, stream, dtable, plan.d_scratch, dout, idx, order,

@@ -13,6 +13,9 @@
 // Precision (docs/model.md#precision): operands bf16, accumulation and scaling fp32, and each output element is
 // rounded once: D = round(alpha · A·B + beta · C). An accumulating output passes C = D, beta = 1, so the
 // old value joins the fp32 sum before the single rounding to bf16.
+// FP32 build (-DLLMC_FP32, floatX = float): operands and outputs fp32, cuBLASLt types CUDA_R_32F with
+// CUBLAS_COMPUTE_32F, which is true fp32 (TF32 tensor cores only with CUBLAS_COMPUTE_32F_FAST_TF32,
+// never asked for): the products match the CPU reference to fp32 rounding, as that build promises.
 // Overwrite or accumulate: beta = 0 does not read C at all (cuBLASLt's contract, and SIM's), so the
 // first contributor to a gradient buffer overwrites it (no memset beforehand, no read of the old
 // value: N*IC*2 bytes less traffic for dinp) and the later ones accumulate. Examples: the q, k and v
@@ -38,7 +41,7 @@
 // (in both builds) instead of faulting or silently failing inside cuBLASLt.
 // Every cuBLASLt status is checked and an error names the call and the shape.
 //
-// SIM: the same contract on the CPU: the bf16 operands are converted to fp32, the product of each
+// SIM: the same contract on the CPU: the floatX operands are converted to fp32, the product of each
 // batch entry goes through the project's blocked fp32 GEMM (mm_gemm, llmc/cpu/matmul.h) into a
 // temporary, then D = round(alpha · acc + beta · C), C untouched when beta == 0. The operands must
 // lie inside cudaMalloc'ed blocks (checked) and the work honours streams: with
@@ -77,6 +80,8 @@ inline void cublas_check(cublasStatus_t status, const char* what, const char* fi
 #define cublasCheck(expr) ::llmc::cublas_check((expr), #expr, __FILE__, __LINE__)
 
 constexpr size_t MATMUL_WORKSPACE_BYTES = (size_t)32 << 20;  // cuBLAS' recommendation for Hopper
+// the cuBLASLt type of the floatX operands
+constexpr cudaDataType_t MATMUL_FLOATX_TYPE = LLMC_FLOATX_FP32 ? CUDA_R_32F : CUDA_R_16BF;
 inline cublasLtHandle_t g_cublaslt = nullptr;
 inline void* g_cublaslt_workspace = nullptr;
 
@@ -142,8 +147,8 @@ inline const MatmulPlan& matmul_plan(const char* name, int m, int n, int k, bool
     cublasCheck(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSA, &op_a, sizeof(op_a)));
     cublasCheck(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSB, &op_b, sizeof(op_b)));
     // stored shapes: A is (m,k) or, transposed, (k,m); B is (k,n) or (n,k); leading dim = stored rows
-    cublasCheck(cublasLtMatrixLayoutCreate(&p.a_layout, CUDA_R_16BF, trans_a ? k : m, trans_a ? m : k, trans_a ? k : m));
-    cublasCheck(cublasLtMatrixLayoutCreate(&p.b_layout, CUDA_R_16BF, trans_b ? n : k, trans_b ? k : n, trans_b ? n : k));
+    cublasCheck(cublasLtMatrixLayoutCreate(&p.a_layout, MATMUL_FLOATX_TYPE, trans_a ? k : m, trans_a ? m : k, trans_a ? k : m));
+    cublasCheck(cublasLtMatrixLayoutCreate(&p.b_layout, MATMUL_FLOATX_TYPE, trans_b ? n : k, trans_b ? k : n, trans_b ? n : k));
     cublasCheck(cublasLtMatrixLayoutCreate(&p.d_layout, d_type, m, n, m));
     matmul_layout_batch(p.a_layout, batch, stride_a);
     matmul_layout_batch(p.b_layout, batch, stride_b);
@@ -176,8 +181,8 @@ inline const MatmulPlan& matmul_plan(const char* name, int m, int n, int k, bool
 }
 }  // namespace llmc
 
-// D = alpha * op(A)·op(B) + beta * C, column-major (cuBLAS' view), bf16 A and B, D and C of type
-// d_type (bf16 or fp32), fp32 compute; strided batch when batch > 1. `name` identifies the caller.
+// D = alpha * op(A)·op(B) + beta * C, column-major (cuBLAS' view), floatX A and B, D and C of type
+// d_type (floatX or fp32), fp32 compute; strided batch when batch > 1. `name` identifies the caller.
 inline void matmul_cublaslt(const char* name, void* d, const void* c, cudaDataType_t d_type, const floatX* a,
                             bool trans_a, const floatX* b, bool trans_b, int m, int n, int k, float alpha, float beta,
                             int batch, long long stride_a, long long stride_b, long long stride_d, cudaStream_t stream) {
@@ -197,14 +202,15 @@ inline void matmul_init() {}
 inline void matmul_destroy() {}
 
 namespace llmc {
-inline void bf16_to_float(std::vector<float>& dst, const floatX* src, size_t n) {
+inline void matmul_to_float(std::vector<float>& dst, const floatX* src, size_t n) {
     dst.resize(n);
-    for (size_t i = 0; i < n; i++) dst[i] = __bfloat162float(src[i]);
+    for (size_t i = 0; i < n; i++) dst[i] = llmc::to_float(src[i]);
 }
-inline float matmul_load(const float* p, size_t i) { return p[i]; }
-inline float matmul_load(const floatX* p, size_t i) { return __bfloat162float(p[i]); }
-inline void matmul_store(float* p, size_t i, float v) { p[i] = v; }
-inline void matmul_store(floatX* p, size_t i, float v) { p[i] = __float2bfloat16(v); }
+// an output element of type TD (float, or bf16 in the bf16 build), rounded once from fp32
+template <typename TD> inline void matmul_store(TD* p, size_t i, float v) {
+    if constexpr (std::is_same<TD, float>::value) p[i] = v;
+    else p[i] = llmc::to_floatX(v);
+}
 
 // the operand range [p, p + bytes) must be device memory (one cudaMalloc'ed block), as for cuBLASLt
 inline void matmul_check_range(const char* name, const char* what, const void* p, size_t bytes) {
@@ -223,8 +229,8 @@ inline void matmul_sim(TD* d, const TD* c, const floatX* a, bool trans_a, const 
                        long long stride_d) {
     std::vector<float> fa, fb, acc((size_t)M * N);
     for (int e = 0; e < batch; e++) {
-        llmc::bf16_to_float(fa, a + e * stride_a, (size_t)M * K);
-        llmc::bf16_to_float(fb, b + e * stride_b, (size_t)K * N);
+        llmc::matmul_to_float(fa, a + e * stride_a, (size_t)M * K);
+        llmc::matmul_to_float(fb, b + e * stride_b, (size_t)K * N);
         // op(A)(i,k) = A[i*K + k] or, transposed (stored K x M), A[k*M + i]; op(B)(k,j) likewise
         MatmulOperands op{fa.data(), trans_a ? 1 : K, trans_a ? M : 1, fb.data(), trans_b ? 1 : N, trans_b ? K : 1,
                           acc.data(), N};
@@ -233,7 +239,7 @@ inline void matmul_sim(TD* d, const TD* c, const floatX* a, bool trans_a, const 
         const TD* ce = beta != 0.0f ? c + e * stride_d : nullptr;  // beta == 0: C is not read (may be null)
         for (size_t i = 0; i < acc.size(); i++) {
             float v = alpha * acc[i];
-            if (ce) v += beta * llmc::matmul_load(ce, i);
+            if (ce) v += beta * llmc::to_float(ce[i]);
             llmc::matmul_store(de, i, v);
         }
     }
@@ -252,7 +258,7 @@ inline void matmul_batched(const char* name, TD* d, const TD* c, const floatX* a
                            bool trans_b, int M, int N, int K, float alpha, float beta, int batch, long long stride_a,
                            long long stride_b, long long stride_d, cudaStream_t stream) {
     static_assert(std::is_same<TD, floatX>::value || std::is_same<TD, float>::value,
-                  "matmul_batched: D and C are bf16 (floatX) or fp32");
+                  "matmul_batched: D and C are floatX or fp32");
     LLMC_CHECK(M > 0 && N > 0 && K > 0 && batch >= 1, "%s: bad shape M=%d N=%d K=%d batch=%d", name, M, N, K, batch);
     LLMC_CHECK(batch == 1 || (stride_a >= 0 && stride_b >= 0 && stride_d >= (long long)M * N),
                "%s: bad batch strides a=%lld b=%lld d=%lld for M=%d N=%d (D entries must not overlap)", name, stride_a,
@@ -267,7 +273,7 @@ inline void matmul_batched(const char* name, TD* d, const TD* c, const floatX* a
     if (batch == 1) stride_a = stride_b = stride_d = 0;  // one entry: the strides mean nothing (one plan)
 #if defined(__CUDACC__)
     // column-major: Dᵀ (N x M) = op(B)ᵀ · op(A)ᵀ, cuBLAS' first operand B, its second A
-    const cudaDataType_t d_type = std::is_same<TD, float>::value ? CUDA_R_32F : CUDA_R_16BF;
+    const cudaDataType_t d_type = std::is_same<TD, float>::value ? CUDA_R_32F : MATMUL_FLOATX_TYPE;
     matmul_cublaslt(name, d, beta != 0.0f ? c : d, d_type, b, trans_b, a, trans_a, N, M, K, alpha, beta, batch,
                     stride_b, stride_a, stride_d, stream);
 #else

@@ -28,6 +28,9 @@
 // these roundings). Scalars computed once per group on the host exactly as the CPU op does (fp32:
 // 1 - mu, lr_eff from muon_shape_factor in double, lr_eff * wd); divisions and square roots in the
 // kernels are the IEEE-rounded __fdiv_rn / __fsqrt_rn (the build uses --use_fast_math).
+// FP32 build (-DLLMC_FP32): X, A, Bm and the P copy are fp32 (floatX), the GEMMs fp32 throughout
+// (matmul.cuh: CUBLAS_COMPUTE_32F, no TF32), so nothing is rounded to bf16 and Polar Express matches
+// the CPU op up to the order of fp32 roundings.
 //
 // Kernels (all deterministic: fixed reduction orders, no atomics):
 //   muon_momentum_kernel   one warp per row: M updated, sum of U^2 of the row (double) -> stat
@@ -204,12 +207,12 @@ muon_scale_kernel(floatX* X, const float* M, const float* G, const float* h, siz
     const Pack<float, W> pg = load_pack<float, W>(G + e);
     PackX<W> out;
     #pragma unroll
-    for (int t = 0; t < W; t++) out.v[t] = __float2bfloat16(muon_lerp(pg.v[t], pm.v[t], mu) * hr);
+    for (int t = 0; t < W; t++) out.v[t] = llmc::to_floatX(muon_lerp(pg.v[t], pm.v[t], mu) * hr);
     store_pack<floatX, W>(X + k * sx + r, out);
 }
 
 // one warp per row of the K*m rows of X (bf16, matrices at stride sx): stat[row] = sum_j X_j^2.
-// W = 8 (16-byte packs) when n % 8 == 0.
+// W = XPACK (16-byte packs) when n % XPACK == 0 (the buffers' stride keeps every row 16-byte aligned).
 template <int W>
 __global__ void __launch_bounds__(MUON_BLOCK)
 muon_rowsq_kernel(double* stat, const floatX* X, long rows, int m, int n, long long sx) {
@@ -223,7 +226,7 @@ muon_rowsq_kernel(double* stat, const floatX* X, long rows, int m, int n, long l
         const PackX<W> px = load_pack<floatX, W>(x + j);
         #pragma unroll
         for (int t = 0; t < W; t++) {
-            const double v = (double)__bfloat162float(px.v[t]);
+            const double v = (double)llmc::to_float(px.v[t]);
             acc += v * v;
         }
     }
@@ -241,7 +244,7 @@ muon_colsq_kernel(double* stat, const floatX* X, int m, int n, long long sx) {
     const floatX* x = X + k * sx + j;
     double acc = 0.0;
     for (int i = 0; i < m; i++) {
-        const double v = (double)__bfloat162float(x[(long)i * n]);
+        const double v = (double)llmc::to_float(x[(long)i * n]);
         acc += v * v;
     }
     stat[k * n + j] = acc;
@@ -285,7 +288,7 @@ muon_normuon_kernel(float* factor, float* S, float* mscale, const double* stat, 
 
 // elementwise over the stack: g = (X * s1[k]) * factor[row or column]; P <- P - (lr_eff g + decay),
 // decay = lrwd P where g P >= 0; P_bf16 <- bf16(P) (skipped if null). W = 4 when n % 4 == 0 and
-// P (16 bytes), P_bf16 (8 bytes) are aligned.
+// P (16 bytes), P_bf16 (a 4-wide floatX pack: 8 bytes, 16 in the fp32 build) are aligned.
 template <int W>
 __global__ void __launch_bounds__(MUON_BLOCK)
 muon_apply_kernel(float* P, floatX* Pb, const floatX* X, const float* factor, const float* mscale, size_t npacks, int m,
@@ -302,11 +305,11 @@ muon_apply_kernel(float* P, floatX* Pb, const floatX* X, const float* factor, co
     PackX<W> pb;
     #pragma unroll
     for (int t = 0; t < W; t++) {
-        const float g = (__bfloat162float(px.v[t]) * s1) * fk[per_row ? i : j + t];
+        const float g = (llmc::to_float(px.v[t]) * s1) * fk[per_row ? i : j + t];
         const float pv = pp.v[t];
         const float decay = (g * pv >= 0.0f) ? lrwd * pv : 0.0f;
         pp.v[t] = pv - (lr_eff * g + decay);
-        pb.v[t] = __float2bfloat16(pp.v[t]);
+        pb.v[t] = llmc::to_floatX(pp.v[t]);
     }
     store_pack<float, W>(P + e, pp);
     if (Pb) store_pack<floatX, W>(Pb + e, pb);
@@ -392,7 +395,7 @@ inline floatX* muon_update(float* P, floatX* P_bf16, float* M, float* S, const f
 
     // 6-8: statistics of X, Muon+ and NorMuon factors (S updated)
     if (per_row) {
-        if (n % 8 == 0) LAUNCH(muon_rowsq_kernel<8>, row_grid, MUON_BLOCK, 0, stream, s.stat, X, rows, m, n, sx);
+        if (n % XPACK == 0) LAUNCH(muon_rowsq_kernel<XPACK>, row_grid, MUON_BLOCK, 0, stream, s.stat, X, rows, m, n, sx);
         else            LAUNCH(muon_rowsq_kernel<1>, row_grid, MUON_BLOCK, 0, stream, s.stat, X, rows, m, n, sx);
     } else {
         LAUNCH(muon_colsq_kernel, dim3((unsigned)CEIL_DIV(n, MUON_BLOCK), (unsigned)K), MUON_BLOCK, 0, stream, s.stat, X, m,
@@ -402,8 +405,9 @@ inline floatX* muon_update(float* P, floatX* P_bf16, float* M, float* S, const f
            sqrtf((float)std::min(m, n)), 1.0f - llmc::MUON_BETA2);
 
     // 9: cautious weight decay, the step and the bf16 copy
-    const bool bf16_ok = P_bf16 == nullptr || (reinterpret_cast<uintptr_t>(P_bf16) & 7u) == 0;
-    if (n % 4 == 0 && aligned16(P) && bf16_ok) {
+    // a 4-wide floatX pack: 8-byte aligned (bf16) or 16 (fp32)
+    const bool copy_ok = P_bf16 == nullptr || reinterpret_cast<uintptr_t>(P_bf16) % alignof(PackX<4>) == 0;
+    if (n % 4 == 0 && aligned16(P) && copy_ok) {
         const size_t np = total / 4;
         LAUNCH(muon_apply_kernel<4>, (unsigned)CEIL_DIV(np, (size_t)MUON_BLOCK), MUON_BLOCK, 0, stream, P, P_bf16, X, s.vec,
                s.mscale, np, m, n, mn, sx, per_row, nq, lr_eff, lrwd);

@@ -38,9 +38,9 @@ relu2_forward_kernel(floatX* out, const floatX* inp, size_t npacks) {
     PackX<W> y;
     #pragma unroll
     for (int k = 0; k < W; k++) {
-        const float xf = __bfloat162float(x.v[k]);
+        const float xf = llmc::to_float(x.v[k]);
         const float r = xf > 0.0f ? xf : 0.0f;  // as the CPU op: -0 and NaN give +0
-        y.v[k] = __float2bfloat16(r * r);
+        y.v[k] = llmc::to_floatX(r * r);
     }
     store_pack<floatX, W>(out + p * W, y);
 }
@@ -57,10 +57,10 @@ relu2_backward_kernel(floatX* dinp, floatX* act, const floatX* dout, const float
     PackX<W> d, a;
     #pragma unroll
     for (int k = 0; k < W; k++) {
-        const float xf = __bfloat162float(x.v[k]);
+        const float xf = llmc::to_float(x.v[k]);
         const float r = xf > 0.0f ? xf : 0.0f;
-        d.v[k] = __float2bfloat16(2.0f * r * __bfloat162float(g.v[k]));
-        a.v[k] = __float2bfloat16(r * r);
+        d.v[k] = llmc::to_floatX(2.0f * r * llmc::to_float(g.v[k]));
+        a.v[k] = llmc::to_floatX(r * r);
     }
     store_pack<floatX, W>(dinp + p * W, d);
     if (act) store_pack<floatX, W>(act + p * W, a);
@@ -70,9 +70,9 @@ relu2_backward_kernel(floatX* dinp, floatX* act, const floatX* dout, const float
 inline void relu2_forward(floatX* out, const floatX* inp, long n, cudaStream_t stream) {
     LLMC_CHECK(n >= 0, "relu2_forward: bad n=%ld", n);
     if (n == 0) return;
-    if (n % 8 == 0 && aligned16(out) && aligned16(inp)) {
-        const size_t np = (size_t)n / 8;
-        LAUNCH(relu2_forward_kernel<8>, (unsigned)CEIL_DIV(np, (size_t)RELU2_BLOCK), RELU2_BLOCK, 0, stream, out, inp, np);
+    if (n % XPACK == 0 && aligned16(out) && aligned16(inp)) {
+        const size_t np = (size_t)n / XPACK;
+        LAUNCH(relu2_forward_kernel<XPACK>, (unsigned)CEIL_DIV(np, (size_t)RELU2_BLOCK), RELU2_BLOCK, 0, stream, out, inp, np);
     } else {
         LAUNCH(relu2_forward_kernel<1>, (unsigned)CEIL_DIV((size_t)n, (size_t)RELU2_BLOCK), RELU2_BLOCK, 0, stream, out,
                inp, (size_t)n);
@@ -83,9 +83,9 @@ namespace llmc {
 inline void relu2_backward_launch(floatX* dinp, floatX* act, const floatX* dout, const floatX* inp, long n,
                                   cudaStream_t stream) {
     if (n == 0) return;
-    if (n % 8 == 0 && aligned16(dinp) && aligned16(dout) && aligned16(inp) && (act == nullptr || aligned16(act))) {
-        const size_t np = (size_t)n / 8;
-        LAUNCH(relu2_backward_kernel<8>, (unsigned)CEIL_DIV(np, (size_t)RELU2_BLOCK), RELU2_BLOCK, 0, stream, dinp, act,
+    if (n % XPACK == 0 && aligned16(dinp) && aligned16(dout) && aligned16(inp) && (act == nullptr || aligned16(act))) {
+        const size_t np = (size_t)n / XPACK;
+        LAUNCH(relu2_backward_kernel<XPACK>, (unsigned)CEIL_DIV(np, (size_t)RELU2_BLOCK), RELU2_BLOCK, 0, stream, dinp, act,
                dout, inp, np);
     } else {
         LAUNCH(relu2_backward_kernel<1>, (unsigned)CEIL_DIV((size_t)n, (size_t)RELU2_BLOCK), RELU2_BLOCK, 0, stream, dinp,

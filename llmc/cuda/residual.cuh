@@ -33,7 +33,7 @@ residual_forward_kernel(floatX* out, const floatX* a, const floatX* b, size_t np
     PackX<W> pb = load_pack<floatX, W>(b + p * W);
     PackX<W> o;
     #pragma unroll
-    for (int k = 0; k < W; k++) o.v[k] = __float2bfloat16(__bfloat162float(pa.v[k]) + __bfloat162float(pb.v[k]));
+    for (int k = 0; k < W; k++) o.v[k] = llmc::to_floatX(llmc::to_float(pa.v[k]) + llmc::to_float(pb.v[k]));
     store_pack<floatX, W>(out + p * W, o);
 }
 
@@ -48,7 +48,7 @@ lambdas_forward_kernel(floatX* out, const floatX* x, const floatX* x0, const flo
     PackX<W> p0 = load_pack<floatX, W>(x0 + p * W);
     PackX<W> o;
     #pragma unroll
-    for (int k = 0; k < W; k++) o.v[k] = __float2bfloat16(al * __bfloat162float(px.v[k]) + be * __bfloat162float(p0.v[k]));
+    for (int k = 0; k < W; k++) o.v[k] = llmc::to_floatX(al * llmc::to_float(px.v[k]) + be * llmc::to_float(p0.v[k]));
     store_pack<floatX, W>(out + p * W, o);
 }
 
@@ -69,11 +69,11 @@ lambdas_backward_kernel(floatX* dx, floatX* dx0, float* partials, const floatX* 
         PackX<W> pd;
         #pragma unroll
         for (int k = 0; k < W; k++) {
-            const float g = __bfloat162float(pg.v[k]);
-            sa += g * __bfloat162float(px.v[k]);
-            sb += g * __bfloat162float(p0.v[k]);
-            pd0.v[k] = __float2bfloat16(__bfloat162float(pd0.v[k]) + be * g);
-            pd.v[k] = __float2bfloat16(al * g);
+            const float g = llmc::to_float(pg.v[k]);
+            sa += g * llmc::to_float(px.v[k]);
+            sb += g * llmc::to_float(p0.v[k]);
+            pd0.v[k] = llmc::to_floatX(llmc::to_float(pd0.v[k]) + be * g);
+            pd.v[k] = llmc::to_floatX(al * g);
         }
         store_pack<floatX, W>(dx0 + p * W, pd0);
         store_pack<floatX, W>(dx + p * W, pd);
@@ -90,9 +90,9 @@ lambdas_backward_kernel(floatX* dx, floatX* dx0, float* partials, const floatX* 
 inline void residual_forward(floatX* out, const floatX* a, const floatX* b, long n, cudaStream_t stream) {
     LLMC_CHECK(n >= 0, "residual_forward: bad n=%ld", n);
     if (n == 0) return;
-    if (n % 8 == 0 && aligned16(out) && aligned16(a) && aligned16(b)) {
-        const size_t np = (size_t)n / 8;
-        LAUNCH(residual_forward_kernel<8>, (unsigned)CEIL_DIV(np, (size_t)RESIDUAL_BLOCK), RESIDUAL_BLOCK, 0, stream, out,
+    if (n % XPACK == 0 && aligned16(out) && aligned16(a) && aligned16(b)) {
+        const size_t np = (size_t)n / XPACK;
+        LAUNCH(residual_forward_kernel<XPACK>, (unsigned)CEIL_DIV(np, (size_t)RESIDUAL_BLOCK), RESIDUAL_BLOCK, 0, stream, out,
                a, b, np);
     } else {
         LAUNCH(residual_forward_kernel<1>, (unsigned)CEIL_DIV((size_t)n, (size_t)RESIDUAL_BLOCK), RESIDUAL_BLOCK, 0,
@@ -105,9 +105,9 @@ inline void lambdas_forward(floatX* out, const floatX* x, const floatX* x0, cons
                             long n, cudaStream_t stream) {
     LLMC_CHECK(n >= 0, "lambdas_forward: bad n=%ld", n);
     if (n == 0) return;
-    if (n % 8 == 0 && aligned16(out) && aligned16(x) && aligned16(x0)) {
-        const size_t np = (size_t)n / 8;
-        LAUNCH(lambdas_forward_kernel<8>, (unsigned)CEIL_DIV(np, (size_t)RESIDUAL_BLOCK), RESIDUAL_BLOCK, 0, stream, out,
+    if (n % XPACK == 0 && aligned16(out) && aligned16(x) && aligned16(x0)) {
+        const size_t np = (size_t)n / XPACK;
+        LAUNCH(lambdas_forward_kernel<XPACK>, (unsigned)CEIL_DIV(np, (size_t)RESIDUAL_BLOCK), RESIDUAL_BLOCK, 0, stream, out,
                x, x0, alpha, beta, np);
     } else {
         LAUNCH(lambdas_forward_kernel<1>, (unsigned)CEIL_DIV((size_t)n, (size_t)RESIDUAL_BLOCK), RESIDUAL_BLOCK, 0,
@@ -125,11 +125,11 @@ inline void lambdas_backward(floatX* dx, floatX* dx0, float* dalpha, float* dbet
                              cudaStream_t stream) {
     LLMC_CHECK(n >= 0, "lambdas_backward: bad n=%ld", n);
     if (n == 0) return;
-    const bool vec = n % 8 == 0 && aligned16(dx) && aligned16(dx0) && aligned16(dout) && aligned16(x) && aligned16(x0);
-    const size_t np = vec ? (size_t)n / 8 : (size_t)n;
+    const bool vec = n % XPACK == 0 && aligned16(dx) && aligned16(dx0) && aligned16(dout) && aligned16(x) && aligned16(x0);
+    const size_t np = vec ? (size_t)n / XPACK : (size_t)n;
     const int P = reduce_grid(np, RESIDUAL_BLOCK);
     if (vec) {
-        LAUNCH(lambdas_backward_kernel<8>, P, RESIDUAL_BLOCK, 0, stream, dx, dx0, scratch, dout, x, x0, alpha, beta, np);
+        LAUNCH(lambdas_backward_kernel<XPACK>, P, RESIDUAL_BLOCK, 0, stream, dx, dx0, scratch, dout, x, x0, alpha, beta, np);
     } else {
         LAUNCH(lambdas_backward_kernel<1>, P, RESIDUAL_BLOCK, 0, stream, dx, dx0, scratch, dout, x, x0, alpha, beta, np);
     }

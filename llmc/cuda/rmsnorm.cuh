@@ -35,7 +35,7 @@ rmsnorm_forward_kernel(floatX* out, float* rstd, const floatX* inp, int N, int C
     for (int c = lane * W; c < C; c += WARP_SIZE * W) {
         PackX<W> p = load_pack<floatX, W>(x + c);
         #pragma unroll
-        for (int k = 0; k < W; k++) { float f = __bfloat162float(p.v[k]); ss += f * f; }
+        for (int k = 0; k < W; k++) { float f = llmc::to_float(p.v[k]); ss += f * f; }
     }
     ss = warp_reduce_sum(ss);
     const float r = rsqrtf(ss / (float)C + LLMC_RMSNORM_EPS_F);
@@ -44,7 +44,7 @@ rmsnorm_forward_kernel(floatX* out, float* rstd, const floatX* inp, int N, int C
         PackX<W> p = load_pack<floatX, W>(x + c);
         PackX<W> o;
         #pragma unroll
-        for (int k = 0; k < W; k++) o.v[k] = __float2bfloat16(__bfloat162float(p.v[k]) * r);
+        for (int k = 0; k < W; k++) o.v[k] = llmc::to_floatX(llmc::to_float(p.v[k]) * r);
         store_pack<floatX, W>(y + c, o);
     }
     if (lane == 0) rstd[row] = r;
@@ -65,7 +65,7 @@ rmsnorm_backward_kernel(floatX* dinp, const floatX* dout, const floatX* out, con
         PackX<W> pg = load_pack<floatX, W>(g + c);
         PackX<W> py = load_pack<floatX, W>(y + c);
         #pragma unroll
-        for (int k = 0; k < W; k++) dot += __bfloat162float(pg.v[k]) * __bfloat162float(py.v[k]);
+        for (int k = 0; k < W; k++) dot += llmc::to_float(pg.v[k]) * llmc::to_float(py.v[k]);
     }
     dot = warp_reduce_sum(dot);
     const float m = dot / (float)C;
@@ -77,8 +77,8 @@ rmsnorm_backward_kernel(floatX* dinp, const floatX* dout, const floatX* out, con
         PackX<W> pd = load_pack<floatX, W>(dx + c);
         #pragma unroll
         for (int k = 0; k < W; k++) {
-            float upd = r * (__bfloat162float(pg.v[k]) - __bfloat162float(py.v[k]) * m);
-            pd.v[k] = __float2bfloat16(__bfloat162float(pd.v[k]) + upd);
+            float upd = r * (llmc::to_float(pg.v[k]) - llmc::to_float(py.v[k]) * m);
+            pd.v[k] = llmc::to_floatX(llmc::to_float(pd.v[k]) + upd);
         }
         store_pack<floatX, W>(dx + c, pd);
     }
@@ -89,8 +89,8 @@ inline void rmsnorm_forward(floatX* out, float* rstd, const floatX* inp, int N, 
     LLMC_CHECK(N >= 0 && C > 0, "rmsnorm_forward: bad shape N=%d C=%d", N, C);
     if (N == 0) return;
     const int grid = CEIL_DIV(N, RMSNORM_BLOCK / WARP_SIZE);
-    if (C % 8 == 0 && aligned16(out) && aligned16(inp)) {
-        LAUNCH(rmsnorm_forward_kernel<8>, grid, RMSNORM_BLOCK, 0, stream, out, rstd, inp, N, C);
+    if (C % XPACK == 0 && aligned16(out) && aligned16(inp)) {
+        LAUNCH(rmsnorm_forward_kernel<XPACK>, grid, RMSNORM_BLOCK, 0, stream, out, rstd, inp, N, C);
     } else {
         LAUNCH(rmsnorm_forward_kernel<1>, grid, RMSNORM_BLOCK, 0, stream, out, rstd, inp, N, C);
     }
@@ -102,8 +102,8 @@ inline void rmsnorm_backward(floatX* dinp, const floatX* dout, const floatX* out
     LLMC_CHECK(N >= 0 && C > 0, "rmsnorm_backward: bad shape N=%d C=%d", N, C);
     if (N == 0) return;
     const int grid = CEIL_DIV(N, RMSNORM_BLOCK / WARP_SIZE);
-    if (C % 8 == 0 && aligned16(dinp) && aligned16(dout) && aligned16(out)) {
-        LAUNCH(rmsnorm_backward_kernel<8>, grid, RMSNORM_BLOCK, 0, stream, dinp, dout, out, rstd, N, C);
+    if (C % XPACK == 0 && aligned16(dinp) && aligned16(dout) && aligned16(out)) {
+        LAUNCH(rmsnorm_backward_kernel<XPACK>, grid, RMSNORM_BLOCK, 0, stream, dinp, dout, out, rstd, N, C);
     } else {
         LAUNCH(rmsnorm_backward_kernel<1>, grid, RMSNORM_BLOCK, 0, stream, dinp, dout, out, rstd, N, C);
     }

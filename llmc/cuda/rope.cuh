@@ -11,8 +11,9 @@
 //             dy = 1.2 r (G - n <G, n>/D) = 1.2 r (G - out <G, out> / (1.44 D))
 //             dinp = rotate(dy, +theta_t)  (dx1 = dy1 cos - dy2 sin,  dx2 = dy1 sin + dy2 cos)
 //             (overwrite; dinp == dout allowed)
-// t is the row's position in its sequence, table row pos0 + t. The tables cos, sin are bf16
-// (max_pos, D/2), as nanochat keeps them (docs/model.md#precision); the caller guarantees pos0 + T <= max_pos.
+// t is the row's position in its sequence, table row pos0 + t. The tables cos, sin are floatX
+// (max_pos, D/2): bf16 as nanochat keeps them (docs/model.md#precision), fp32 in the fp32 build; the
+// caller guarantees pos0 + T <= max_pos.
 //
 // Fusion: the rotated row never leaves registers, so the forward reads x once and writes out once
 // (rope then qknorm would write and re-read it), and it is not rounded to bf16 in between (nanochat
@@ -26,8 +27,8 @@
 // offsets lpr/2 .. 1, which stay inside the lane's aligned group; all 32 lanes execute them (lanes
 // whose row is past the end contribute 0), so the full mask is always correct. Each lane reads its
 // elements twice (reduction pass, then the output pass, an L1 hit), and only ever writes elements
-// it has already read, so in-place calls are safe. W = 8 (16-byte accesses) needs D % 16 == 0 and
-// 16-byte aligned pointers; otherwise W = 1.
+// it has already read, so in-place calls are safe. W = XPACK (16-byte accesses) needs D/2 % XPACK == 0
+// (each half row starts 16-byte aligned) and 16-byte aligned pointers; otherwise W = 1.
 #pragma once
 #include "llmc/cuda/common.cuh"
 #include "llmc/cuda/reduce.cuh"
@@ -91,8 +92,8 @@ rope_qknorm_forward_kernel(floatX* qn, float* rstd_q, floatX* kn, float* rstd_k,
             PackX<W> c = load_pack<floatX, W>(cr + j), s = load_pack<floatX, W>(sr + j);
             #pragma unroll
             for (int i = 0; i < W; i++) {
-                const float a = __bfloat162float(x1.v[i]), b = __bfloat162float(x2.v[i]);
-                const float cf = __bfloat162float(c.v[i]), sf = __bfloat162float(s.v[i]);
+                const float a = llmc::to_float(x1.v[i]), b = llmc::to_float(x2.v[i]);
+                const float cf = llmc::to_float(c.v[i]), sf = llmc::to_float(s.v[i]);
                 const float y1 = a * cf + b * sf, y2 = -a * sf + b * cf;
                 ss += y1 * y1 + y2 * y2;
             }
@@ -108,10 +109,10 @@ rope_qknorm_forward_kernel(floatX* qn, float* rstd_q, floatX* kn, float* rstd_k,
         PackX<W> o1, o2;
         #pragma unroll
         for (int i = 0; i < W; i++) {
-            const float a = __bfloat162float(x1.v[i]), b = __bfloat162float(x2.v[i]);
-            const float cf = __bfloat162float(c.v[i]), sf = __bfloat162float(s.v[i]);
-            o1.v[i] = __float2bfloat16((a * cf + b * sf) * f);
-            o2.v[i] = __float2bfloat16((-a * sf + b * cf) * f);
+            const float a = llmc::to_float(x1.v[i]), b = llmc::to_float(x2.v[i]);
+            const float cf = llmc::to_float(c.v[i]), sf = llmc::to_float(s.v[i]);
+            o1.v[i] = llmc::to_floatX((a * cf + b * sf) * f);
+            o2.v[i] = llmc::to_floatX((-a * sf + b * cf) * f);
         }
         store_pack<floatX, W>(y + j, o1);
         store_pack<floatX, W>(y + half + j, o2);
@@ -141,8 +142,8 @@ rope_qknorm_backward_kernel(floatX* dq, floatX* dk, const floatX* dqn, const flo
             PackX<W> y1 = load_pack<floatX, W>(y + j), y2 = load_pack<floatX, W>(y + half + j);
             #pragma unroll
             for (int i = 0; i < W; i++)
-                dot += __bfloat162float(g1.v[i]) * __bfloat162float(y1.v[i]) +
-                       __bfloat162float(g2.v[i]) * __bfloat162float(y2.v[i]);
+                dot += llmc::to_float(g1.v[i]) * llmc::to_float(y1.v[i]) +
+                       llmc::to_float(g2.v[i]) * llmc::to_float(y2.v[i]);
         }
     }
     dot = rope_group_sum(dot, lpr);
@@ -158,11 +159,11 @@ rope_qknorm_backward_kernel(floatX* dq, floatX* dk, const floatX* dqn, const flo
         PackX<W> o1, o2;
         #pragma unroll
         for (int i = 0; i < W; i++) {
-            const float d1 = f * (__bfloat162float(g1.v[i]) - __bfloat162float(y1.v[i]) * m);
-            const float d2 = f * (__bfloat162float(g2.v[i]) - __bfloat162float(y2.v[i]) * m);
-            const float cf = __bfloat162float(c.v[i]), sf = __bfloat162float(s.v[i]);
-            o1.v[i] = __float2bfloat16(d1 * cf - d2 * sf);
-            o2.v[i] = __float2bfloat16(d1 * sf + d2 * cf);
+            const float d1 = f * (llmc::to_float(g1.v[i]) - llmc::to_float(y1.v[i]) * m);
+            const float d2 = f * (llmc::to_float(g2.v[i]) - llmc::to_float(y2.v[i]) * m);
+            const float cf = llmc::to_float(c.v[i]), sf = llmc::to_float(s.v[i]);
+            o1.v[i] = llmc::to_floatX(d1 * cf - d2 * sf);
+            o2.v[i] = llmc::to_floatX(d1 * sf + d2 * cf);
         }
         store_pack<floatX, W>(dx + j, o1);
         store_pack<floatX, W>(dx + half + j, o2);
@@ -177,21 +178,21 @@ inline void rope_check_shape(const char* name, int B, int T, int H, int Hkv, int
 }  // namespace llmc
 
 // q (B,T,H,D), k (B,T,Hkv,D) -> qn, kn (same shapes; may alias q, k), rstd_q (B,T,H), rstd_k
-// (B,T,Hkv) (all overwritten). cos, sin: bf16 tables (max_pos, D/2), rows pos0 .. pos0+T-1 used.
+// (B,T,Hkv) (all overwritten). cos, sin: floatX tables (max_pos, D/2), rows pos0 .. pos0+T-1 used.
 inline void rope_qknorm_forward(floatX* qn, float* rstd_q, floatX* kn, float* rstd_k, const floatX* q, const floatX* k,
                                 const floatX* cos, const floatX* sin, int B, int T, int H, int Hkv, int D, int pos0,
                                 cudaStream_t stream) {
     llmc::rope_check_shape("rope_qknorm_forward", B, T, H, Hkv, D, pos0);
     const long q_rows = (long)B * T * H, total = q_rows + (long)B * T * Hkv;
     if (total == 0) return;
-    const bool vec = D % 16 == 0 && aligned16(qn) && aligned16(kn) && aligned16(q) && aligned16(k) && aligned16(cos) &&
+    const bool vec = D % (2 * XPACK) == 0 && aligned16(qn) && aligned16(kn) && aligned16(q) && aligned16(k) && aligned16(cos) &&
                      aligned16(sin);
-    const int W = vec ? 8 : 1;
+    const int W = vec ? XPACK : 1;
     const int lpr = rope_lanes_per_row(D / 2, W);
     const long rows_per_block = (long)(ROPE_BLOCK / WARP_SIZE) * (WARP_SIZE / lpr);
     const unsigned grid = (unsigned)CEIL_DIV(total, rows_per_block);
     if (vec) {
-        LAUNCH(rope_qknorm_forward_kernel<8>, grid, ROPE_BLOCK, 0, stream, qn, rstd_q, kn, rstd_k, q, k, cos, sin, T, H,
+        LAUNCH(rope_qknorm_forward_kernel<XPACK>, grid, ROPE_BLOCK, 0, stream, qn, rstd_q, kn, rstd_k, q, k, cos, sin, T, H,
                Hkv, D, pos0, q_rows, total, lpr);
     } else {
         LAUNCH(rope_qknorm_forward_kernel<1>, grid, ROPE_BLOCK, 0, stream, qn, rstd_q, kn, rstd_k, q, k, cos, sin, T, H,
@@ -207,14 +208,14 @@ inline void rope_qknorm_backward(floatX* dq, floatX* dk, const floatX* dqn, cons
     llmc::rope_check_shape("rope_qknorm_backward", B, T, H, Hkv, D, pos0);
     const long q_rows = (long)B * T * H, total = q_rows + (long)B * T * Hkv;
     if (total == 0) return;
-    const bool vec = D % 16 == 0 && aligned16(dq) && aligned16(dk) && aligned16(dqn) && aligned16(dkn) &&
+    const bool vec = D % (2 * XPACK) == 0 && aligned16(dq) && aligned16(dk) && aligned16(dqn) && aligned16(dkn) &&
                      aligned16(qn) && aligned16(kn) && aligned16(cos) && aligned16(sin);
-    const int W = vec ? 8 : 1;
+    const int W = vec ? XPACK : 1;
     const int lpr = rope_lanes_per_row(D / 2, W);
     const long rows_per_block = (long)(ROPE_BLOCK / WARP_SIZE) * (WARP_SIZE / lpr);
     const unsigned grid = (unsigned)CEIL_DIV(total, rows_per_block);
     if (vec) {
-        LAUNCH(rope_qknorm_backward_kernel<8>, grid, ROPE_BLOCK, 0, stream, dq, dk, dqn, dkn, qn, kn, rstd_q, rstd_k, cos,
+        LAUNCH(rope_qknorm_backward_kernel<XPACK>, grid, ROPE_BLOCK, 0, stream, dq, dk, dqn, dkn, qn, kn, rstd_q, rstd_k, cos,
                sin, T, H, Hkv, D, pos0, q_rows, total, lpr);
     } else {
         LAUNCH(rope_qknorm_backward_kernel<1>, grid, ROPE_BLOCK, 0, stream, dq, dk, dqn, dkn, qn, kn, rstd_q, rstd_k, cos,

@@ -33,7 +33,7 @@ __device__ __forceinline__ float smear_sigmoid(float a) { return 1.0f / (1.0f + 
 // a = sum_{c<24} row[c] w[c], every lane of the warp gets it (all 32 lanes must call). wl = w[lane]
 // for lanes < 24, unused otherwise.
 __device__ __forceinline__ float smear_gate_logit(const floatX* row, float wl, int lane) {
-    return warp_reduce_sum(lane < SMEAR_GATE_CHANNELS ? __bfloat162float(row[lane]) * wl : 0.0f);
+    return warp_reduce_sum(lane < SMEAR_GATE_CHANNELS ? llmc::to_float(row[lane]) * wl : 0.0f);
 }
 
 template <int W>
@@ -56,7 +56,7 @@ smear_forward_kernel(floatX* out, const floatX* e, const float* w, const float* 
         PackX<W> pe = load_pack<floatX, W>(et + c), pp = load_pack<floatX, W>(ep + c);
         PackX<W> o;
         #pragma unroll
-        for (int k = 0; k < W; k++) o.v[k] = __float2bfloat16(__bfloat162float(pe.v[k]) + g * __bfloat162float(pp.v[k]));
+        for (int k = 0; k < W; k++) o.v[k] = llmc::to_floatX(llmc::to_float(pe.v[k]) + g * llmc::to_float(pp.v[k]));
         store_pack<floatX, W>(xt + c, o);
     }
 }
@@ -86,11 +86,11 @@ smear_backward_kernel(floatX* de, float* partials, const floatX* dout, const flo
             for (int c = lane * W; c < C; c += WARP_SIZE * W) {
                 PackX<W> pg = load_pack<floatX, W>(gt + c), pp = load_pack<floatX, W>(ep + c);
                 #pragma unroll
-                for (int k = 0; k < W; k++) h += __bfloat162float(pg.v[k]) * __bfloat162float(pp.v[k]);
+                for (int k = 0; k < W; k++) h += llmc::to_float(pg.v[k]) * llmc::to_float(pp.v[k]);
             }
             h = warp_reduce_sum(h);
             da = h * lam * sg * (1.0f - sg);
-            if (lane < SMEAR_GATE_CHANNELS) acc += da * __bfloat162float(et[lane]);
+            if (lane < SMEAR_GATE_CHANNELS) acc += da * llmc::to_float(et[lane]);
             else if (lane == SMEAR_GATE_CHANNELS) acc += h * sg;
         }
         floatX* dt = de + row * C;
@@ -98,11 +98,11 @@ smear_backward_kernel(floatX* de, float* partials, const floatX* dout, const flo
             PackX<W> pg = load_pack<floatX, W>(gt + c);
             float v[W];
             #pragma unroll
-            for (int k = 0; k < W; k++) v[k] = __bfloat162float(pg.v[k]);
+            for (int k = 0; k < W; k++) v[k] = llmc::to_float(pg.v[k]);
             if (t + 1 < T) {
                 PackX<W> pn = load_pack<floatX, W>(gt + C + c);
                 #pragma unroll
-                for (int k = 0; k < W; k++) v[k] += gn * __bfloat162float(pn.v[k]);
+                for (int k = 0; k < W; k++) v[k] += gn * llmc::to_float(pn.v[k]);
             }
             if (c < SMEAR_GATE_CHANNELS) {  // the gate's own input channels (only when t >= 1: da = 0 else)
                 #pragma unroll
@@ -111,7 +111,7 @@ smear_backward_kernel(floatX* de, float* partials, const floatX* dout, const flo
             }
             PackX<W> o;
             #pragma unroll
-            for (int k = 0; k < W; k++) o.v[k] = __float2bfloat16(v[k]);
+            for (int k = 0; k < W; k++) o.v[k] = llmc::to_floatX(v[k]);
             store_pack<floatX, W>(dt + c, o);
         }
     }
@@ -139,8 +139,8 @@ inline void smear_forward(floatX* out, const floatX* e, const float* w, const fl
     const long rows = (long)B * T;
     if (rows == 0) return;
     const unsigned grid = (unsigned)CEIL_DIV(rows, (long)(SMEAR_BLOCK / WARP_SIZE));
-    if (C % 8 == 0 && aligned16(out) && aligned16(e)) {
-        LAUNCH(smear_forward_kernel<8>, grid, SMEAR_BLOCK, 0, stream, out, e, w, lambda, T, C, rows);
+    if (C % XPACK == 0 && aligned16(out) && aligned16(e)) {
+        LAUNCH(smear_forward_kernel<XPACK>, grid, SMEAR_BLOCK, 0, stream, out, e, w, lambda, T, C, rows);
     } else {
         LAUNCH(smear_forward_kernel<1>, grid, SMEAR_BLOCK, 0, stream, out, e, w, lambda, T, C, rows);
     }
@@ -155,8 +155,8 @@ inline void smear_backward(floatX* de, float* dw, float* dlambda, const floatX* 
     const long rows = (long)B * T;
     if (rows == 0) return;
     const int P = reduce_grid((size_t)rows, SMEAR_BLOCK / WARP_SIZE);
-    if (C % 8 == 0 && aligned16(de) && aligned16(dout) && aligned16(e)) {
-        LAUNCH(smear_backward_kernel<8>, P, SMEAR_BLOCK, 0, stream, de, scratch, dout, e, w, lambda, T, C, rows);
+    if (C % XPACK == 0 && aligned16(de) && aligned16(dout) && aligned16(e)) {
+        LAUNCH(smear_backward_kernel<XPACK>, P, SMEAR_BLOCK, 0, stream, de, scratch, dout, e, w, lambda, T, C, rows);
     } else {
         LAUNCH(smear_backward_kernel<1>, P, SMEAR_BLOCK, 0, stream, de, scratch, dout, e, w, lambda, T, C, rows);
     }

@@ -24,7 +24,8 @@
 // floats per warp; entry (h, c) is only ever touched by lane c of its warp). At the end each block
 // adds its warps' accumulators in warp order into Hkv*12 partials (after a barrier) and
 // reduce_partials sums the P blocks' partials in a fixed order: deterministic, no float atomics.
-// W = 8 needs D % 8 == 0 and 16-byte aligned v, ve (dv, dve in the backward); otherwise W = 1.
+// W = XPACK (16-byte packs) needs D % XPACK == 0 and 16-byte aligned v, ve (dv, dve in the backward);
+// otherwise W = 1.
 #pragma once
 #include "llmc/cuda/common.cuh"
 #include "llmc/cuda/reduce.cuh"
@@ -53,7 +54,7 @@ ve_gate_forward_kernel(floatX* v, float* gamma, const floatX* u, const floatX* v
     const float* wh = wg + h * VE_GATE_CHANNELS;
     float b = 0.0f;
     #pragma unroll
-    for (int c = 0; c < VE_GATE_CHANNELS; c++) b += __bfloat162float(un[c]) * wh[c];
+    for (int c = 0; c < VE_GATE_CHANNELS; c++) b += llmc::to_float(un[c]) * wh[c];
     const float gam = 3.0f / (1.0f + __expf(-b));
     if (sub == 0) gamma[row] = gam;
     floatX* vr = v + row * D;  // v is (N, Hkv*D): row n*Hkv + h starts at (n*Hkv + h)*D
@@ -61,7 +62,7 @@ ve_gate_forward_kernel(floatX* v, float* gamma, const floatX* u, const floatX* v
     for (int j = sub * W; j < D; j += lpr * W) {
         PackX<W> pv = load_pack<floatX, W>(vr + j), pe = load_pack<floatX, W>(er + j);
         #pragma unroll
-        for (int k = 0; k < W; k++) pv.v[k] = __float2bfloat16(__bfloat162float(pv.v[k]) + gam * __bfloat162float(pe.v[k]));
+        for (int k = 0; k < W; k++) pv.v[k] = llmc::to_floatX(llmc::to_float(pv.v[k]) + gam * llmc::to_float(pe.v[k]));
         store_pack<floatX, W>(vr + j, pv);
     }
 }
@@ -81,7 +82,7 @@ ve_gate_backward_kernel(floatX* du, floatX* dve, float* partials, const floatX* 
         for (int h = 0; h < Hkv; h++) acc[h * VE_GATE_CHANNELS + lane] = 0.0f;
 
     for (long n = (long)blockIdx.x * NWARPS + warp; n < N; n += (long)gridDim.x * NWARPS) {
-        const float uc = lane < VE_GATE_CHANNELS ? __bfloat162float(u[n * C + lane]) : 0.0f;
+        const float uc = lane < VE_GATE_CHANNELS ? llmc::to_float(u[n * C + lane]) : 0.0f;
         float du_acc = 0.0f;
         for (int h0 = 0; h0 < Hkv; h0 += hpw) {  // warp-uniform loop: the shuffles below see all lanes
             const int h = h0 + grp;
@@ -97,9 +98,9 @@ ve_gate_backward_kernel(floatX* du, floatX* dve, float* partials, const floatX* 
                     PackX<W> o;
                     #pragma unroll
                     for (int k = 0; k < W; k++) {
-                        const float g = __bfloat162float(pg.v[k]);
-                        dot += g * __bfloat162float(pe.v[k]);
-                        o.v[k] = __float2bfloat16(gam * g);
+                        const float g = llmc::to_float(pg.v[k]);
+                        dot += g * llmc::to_float(pe.v[k]);
+                        o.v[k] = llmc::to_floatX(gam * g);
                     }
                     store_pack<floatX, W>(dr + j, o);
                 }
@@ -117,7 +118,7 @@ ve_gate_backward_kernel(floatX* du, floatX* dve, float* partials, const floatX* 
         }
         if (lane < VE_GATE_CHANNELS) {
             floatX* p = du + n * C + lane;
-            *p = __float2bfloat16(__bfloat162float(*p) + du_acc);
+            *p = llmc::to_floatX(llmc::to_float(*p) + du_acc);
         }
     }
     __syncthreads();  // every warp's accumulators are complete
@@ -144,12 +145,12 @@ inline void ve_gate_forward(floatX* v, float* gamma, const floatX* u, const floa
     llmc::ve_gate_check_shape("ve_gate_forward", N, C, Hkv, D);
     const long rows = (long)N * Hkv;
     if (rows == 0) return;
-    const bool vec = D % 8 == 0 && aligned16(v) && aligned16(ve);
-    const int lpr = ve_gate_lanes_per_row(D, vec ? 8 : 1);
+    const bool vec = D % XPACK == 0 && aligned16(v) && aligned16(ve);
+    const int lpr = ve_gate_lanes_per_row(D, vec ? XPACK : 1);
     const long rows_per_block = (long)(VE_GATE_BLOCK / WARP_SIZE) * (WARP_SIZE / lpr);
     const unsigned grid = (unsigned)CEIL_DIV(rows, rows_per_block);
     if (vec) {
-        LAUNCH(ve_gate_forward_kernel<8>, grid, VE_GATE_BLOCK, 0, stream, v, gamma, u, ve, wg, C, Hkv, D, rows, lpr);
+        LAUNCH(ve_gate_forward_kernel<XPACK>, grid, VE_GATE_BLOCK, 0, stream, v, gamma, u, ve, wg, C, Hkv, D, rows, lpr);
     } else {
         LAUNCH(ve_gate_forward_kernel<1>, grid, VE_GATE_BLOCK, 0, stream, v, gamma, u, ve, wg, C, Hkv, D, rows, lpr);
     }
@@ -165,11 +166,11 @@ inline void ve_gate_backward(floatX* du, floatX* dve, float* dwg, const floatX* 
     const int K = ve_gate_partials(Hkv);
     const size_t smem = (size_t)(VE_GATE_BLOCK / WARP_SIZE) * K * sizeof(float);
     LLMC_CHECK(smem <= 48 * 1024, "ve_gate_backward: Hkv=%d needs %zu bytes of shared memory (max 48 KiB)", Hkv, smem);
-    const bool vec = D % 8 == 0 && aligned16(dve) && aligned16(dv) && aligned16(ve);
-    const int lpr = ve_gate_lanes_per_row(D, vec ? 8 : 1);
+    const bool vec = D % XPACK == 0 && aligned16(dve) && aligned16(dv) && aligned16(ve);
+    const int lpr = ve_gate_lanes_per_row(D, vec ? XPACK : 1);
     const int P = reduce_grid((size_t)N, VE_GATE_BLOCK / WARP_SIZE);
     if (vec) {
-        LAUNCH(ve_gate_backward_kernel<8>, P, VE_GATE_BLOCK, smem, stream, du, dve, scratch, dv, u, ve, gamma, wg, N, C,
+        LAUNCH(ve_gate_backward_kernel<XPACK>, P, VE_GATE_BLOCK, smem, stream, du, dve, scratch, dv, u, ve, gamma, wg, N, C,
                Hkv, D, lpr);
     } else {
         LAUNCH(ve_gate_backward_kernel<1>, P, VE_GATE_BLOCK, smem, stream, du, dve, scratch, dv, u, ve, gamma, wg, N, C,

@@ -9,7 +9,8 @@
 //  - p': 2^-22 |p decay| + 2^-20 U             m' is off by <= 2^-23 of the mass in U, the
 //    denominator by <= 2^-22 relative (sqrt halves v's relative error; plus the division, sqrt, add),
 //    then the quotient, product and subtraction: ~2^-21 of U; 2x margin
-//  - param_bf16: exactly bf16(p') of the kernel's own fp32 result (bitwise).
+//  - param_bf16: exactly floatX(p') of the kernel's own fp32 result (bitwise; in the fp32 build,
+//    -DLLMC_FP32, the copy is p' itself, and 16-byte stores: the 16-byte path needs it 16-byte aligned).
 // Division and sqrt are IEEE-rounded in the kernel, so without contraction (SIM) the results are
 // typically bitwise equal; the tolerances cover the GPU build.
 // Sizes: n % 4 == 0 (16-byte path, several blocks), odd n (scalar path), a misaligned pointer, a
@@ -80,7 +81,10 @@ void check(long n, int offset, bool with_copy, const Hyper& hp, uint64_t seed) {
         if (with_copy) {
             const std::vector<floatX> pb = unpad(d_pb.download(), offset);
             long bad = 0;
-            for (long i = 0; i < n; i++) bad += __bfloat16_as_ushort(pb[i]) != __bfloat16_as_ushort(__float2bfloat16(p_got[i]));
+            for (long i = 0; i < n; i++) {
+                const floatX want = host_to_x(p_got[i]);
+                bad += std::memcmp(&pb[i], &want, sizeof(floatX)) != 0;
+            }
             CHECK(bad == 0);
         }
         p = p_got;

@@ -34,7 +34,13 @@
 //   fp32 variant: nothing rounded to bf16; a dot product is per-lane sequential sums (D/32 terms)
 //   then a 5-level butterfly, dot = (D/32 + 8) 2^-24; sums over keys are sequential fp32 FMAs with
 //   a rescale per step, 2 2^-24 per term; outputs fp32: 2^-23 of the value. The worst
-//   err/tol of each output is printed (MESSAGE) for every shape.
+//   err/tol of each output is printed (MESSAGE) for every shape. Its inputs are floatX values:
+//   bf16-rounded in the default build, plain fp32 in the fp32 build, where each product of a dot
+//   product rounds once too (+1 in dot).
+// FP32 build (-DLLMC_FP32): attention_forward / attention_backward on floatX = float are the fp32
+// variant, so the fp32 case goes through them (the model's entry points); the tensor-core case is
+// skipped there: its kernels are explicitly bf16 (att_bf16), the same code as in the default build,
+// where it runs.
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 #include <climits>
@@ -99,14 +105,15 @@ struct Precision {
     double sum;  // error of a sum over keys or queries, per term, per unit of sum |terms|
 };
 Precision bf16_precision(int D) { return {BF16_ROUND, BF16_ROUND, (D + 2) * std::ldexp(1.0, -22), std::ldexp(1.0, -22)}; }
-Precision fp32_precision(int D) { return {std::ldexp(1.0, -23), 0.0, (D / 32 + 8) * std::ldexp(1.0, -24), 2 * std::ldexp(1.0, -24)}; }
+Precision fp32_precision(int D) { return {std::ldexp(1.0, -23), 0.0, (D / 32 + 9) * std::ldexp(1.0, -24), 2 * std::ldexp(1.0, -24)}; }
 
-// One problem: bf16-rounded inputs, the CPU op's results in double, and per-element tolerances.
+// One problem: rounded inputs (to bf16 for the tensor cores, to floatX for the fp32 variant), the CPU
+// op's results in double, and per-element tolerances.
 struct Problem {
     Shape sh;
     int w;
     double scale;
-    std::vector<float> q, k, v, dout;          // inputs (bf16 values)
+    std::vector<float> q, k, v, dout;          // inputs (bf16 or floatX values)
     std::vector<double> o_ref, lse_ref;        // forward in double
     std::vector<float> o_in, lse_in;           // what the backward is fed: o rounded to bf16, lse to fp32
     std::vector<double> dq_ref, dk_ref, dv_ref;
@@ -115,7 +122,8 @@ struct Problem {
 
 std::vector<double> to_double(const std::vector<float>& v) { return std::vector<double>(v.begin(), v.end()); }
 
-Problem make_problem(const Shape& sh, uint64_t seed) {
+// round: the values the kernel's input type holds (bf16_round, or x_round for the fp32 variant)
+Problem make_problem(const Shape& sh, uint64_t seed, std::vector<float> (*round)(const std::vector<float>&)) {
     Problem P;
     P.sh = sh;
     const int B = sh.B, T = sh.T, H = sh.H, Hkv = sh.Hkv, D = sh.D;
@@ -123,10 +131,10 @@ Problem make_problem(const Shape& sh, uint64_t seed) {
     P.scale = 1.0 / std::sqrt((double)D);
     llmc::Rng rng(seed);
     // q with std 2: scores ~ N(0, 4), so row maxima change from tile to tile (online rescaling)
-    P.q = bf16_round(randn((size_t)B * T * H * D, rng, 2.0));
-    P.k = bf16_round(randn((size_t)B * T * Hkv * D, rng));
-    P.v = bf16_round(randn((size_t)B * T * Hkv * D, rng));
-    P.dout = bf16_round(randn((size_t)B * T * H * D, rng));
+    P.q = round(randn((size_t)B * T * H * D, rng, 2.0));
+    P.k = round(randn((size_t)B * T * Hkv * D, rng));
+    P.v = round(randn((size_t)B * T * Hkv * D, rng));
+    P.dout = round(randn((size_t)B * T * H * D, rng));
     const std::vector<double> qd = to_double(P.q), kd = to_double(P.k), vd = to_double(P.v), gd = to_double(P.dout);
     P.o_ref.resize(qd.size());
     P.lse_ref.resize((size_t)B * H * T);
@@ -245,12 +253,12 @@ std::string shape_name(const Shape& s) {
 void check_bf16(const Shape& sh, uint64_t seed, int runs) {
     const std::string name = shape_name(sh);
     CAPTURE(name);
-    Problem P = make_problem(sh, seed);
+    Problem P = make_problem(sh, seed, bf16_round);
     set_tolerances(P, bf16_precision(sh.D));
     const int B = sh.B, T = sh.T, H = sh.H, Hkv = sh.Hkv, D = sh.D;
-    DeviceBuffer<floatX> dq_in(to_bf16(P.q)), dk_in(to_bf16(P.k)), dv_in(to_bf16(P.v)), dg(to_bf16(P.dout)), dO_in(to_bf16(P.o_in));
+    DeviceBuffer<att_bf16> dq_in(to_bf16(P.q)), dk_in(to_bf16(P.k)), dv_in(to_bf16(P.v)), dg(to_bf16(P.dout)), dO_in(to_bf16(P.o_in));
     DeviceBuffer<float> dlse_in(P.lse_in);
-    DeviceBuffer<floatX> dout(P.q.size()), ddq(P.q.size()), ddk(P.k.size()), ddv(P.v.size());
+    DeviceBuffer<att_bf16> dout(P.q.size()), ddq(P.q.size()), ddk(P.k.size()), ddv(P.v.size());
     DeviceBuffer<float> dlse((size_t)B * H * T), scratch(attention_backward_scratch_floats(B, H, T));
 
     // forward, twice
@@ -258,7 +266,7 @@ void check_bf16(const Shape& sh, uint64_t seed, int runs) {
     for (int run = 0; run < runs; run++) {
         dout.poison();
         dlse.poison();
-        attention_forward(dout.ptr, dlse.ptr, dq_in.ptr, dk_in.ptr, dv_in.ptr, B, T, H, Hkv, D, sh.window, 0);
+        attention_forward_bf16(dout.ptr, dlse.ptr, dq_in.ptr, dk_in.ptr, dv_in.ptr, B, T, H, Hkv, D, sh.window, 0);
         o[run] = to_f32(dout.download());
         lse[run] = dlse.download();
     }
@@ -285,8 +293,8 @@ void check_bf16(const Shape& sh, uint64_t seed, int runs) {
         ddk.poison();
         ddv.poison();
         scratch.poison();
-        attention_backward(ddq.ptr, ddk.ptr, ddv.ptr, dg.ptr, dO_in.ptr, dlse_in.ptr, dq_in.ptr, dk_in.ptr, dv_in.ptr, B, T, H, Hkv, D,
-                           sh.window, scratch.ptr, 0);
+        attention_backward_bf16(ddq.ptr, ddk.ptr, ddv.ptr, dg.ptr, dO_in.ptr, dlse_in.ptr, dq_in.ptr, dk_in.ptr, dv_in.ptr, B, T, H, Hkv,
+                                D, sh.window, scratch.ptr, 0);
         gq[run] = to_f32(ddq.download());
         gk[run] = to_f32(ddk.download());
         gv[run] = to_f32(ddv.download());
@@ -304,7 +312,7 @@ void check_bf16(const Shape& sh, uint64_t seed, int runs) {
 void check_fp32(const Shape& sh, uint64_t seed) {
     const std::string name = shape_name(sh);
     CAPTURE(name);
-    Problem P = make_problem(sh, seed);
+    Problem P = make_problem(sh, seed, x_round);
     set_tolerances(P, fp32_precision(sh.D));
     const int B = sh.B, T = sh.T, H = sh.H, Hkv = sh.Hkv, D = sh.D;
     DeviceBuffer<float> dq_in(P.q), dk_in(P.k), dv_in(P.v), dg(P.dout);
@@ -319,9 +327,16 @@ void check_fp32(const Shape& sh, uint64_t seed) {
         ddk.poison();
         ddv.poison();
         scratch.poison();
+#if LLMC_FLOATX_FP32
+        // the model's entry points, which are the fp32 variant in this build
+        attention_forward(dout.ptr, dlse.ptr, dq_in.ptr, dk_in.ptr, dv_in.ptr, B, T, H, Hkv, D, sh.window, 0);
+        attention_backward(ddq.ptr, ddk.ptr, ddv.ptr, dg.ptr, dO_in.ptr, dlse_in.ptr, dq_in.ptr, dk_in.ptr, dv_in.ptr, B, T, H, Hkv, D,
+                           sh.window, scratch.ptr, 0);
+#else
         attention_forward_fp32(dout.ptr, dlse.ptr, dq_in.ptr, dk_in.ptr, dv_in.ptr, B, T, H, Hkv, D, sh.window, 0);
         attention_backward_fp32(ddq.ptr, ddk.ptr, ddv.ptr, dg.ptr, dO_in.ptr, dlse_in.ptr, dq_in.ptr, dk_in.ptr, dv_in.ptr, B, T, H, Hkv, D,
                                 sh.window, scratch.ptr, 0);
+#endif
         o[run] = dout.download();
         lse[run] = dlse.download();
         gq[run] = ddq.download();
@@ -351,7 +366,9 @@ void check_fp32(const Shape& sh, uint64_t seed) {
 
 }  // namespace
 
-TEST_CASE("attention (tensor cores): forward O, lse and backward dq, dk, dv against the CPU op in double") {
+// skipped in the fp32 build: the tensor-core kernels are explicitly bf16 (att_bf16) and do not depend on
+// floatX, so this is the same code the default build tests
+TEST_CASE("attention (tensor cores): forward O, lse and backward dq, dk, dv against the CPU op in double" * doctest::skip(kFP32)) {
     // twice: the bitwise comparison of two runs (SIM's own rerun in the plain flavor covers every shape)
     uint64_t seed = 1000;
     if (kTsan) {
@@ -372,14 +389,25 @@ TEST_CASE("attention fp32 variant: forward and backward against the CPU op in do
 }
 
 TEST_CASE("attention: unsupported shapes and misaligned pointers are an error, not a wrong result") {
-    DeviceBuffer<floatX> a(4 * 64 * 128 + 8);
     DeviceBuffer<float> l(4 * 64), s(4 * 64);
-    CHECK_THROWS_AS(attention_forward(a.ptr, l.ptr, a.ptr, a.ptr, a.ptr, 1, 64, 2, 1, 96, kNone, 0), llmc::Error);     // D = 96
-    CHECK_THROWS_AS(attention_forward(a.ptr, l.ptr, a.ptr, a.ptr, a.ptr, 1, 64, 3, 2, 64, kNone, 0), llmc::Error);     // H % Hkv
-    CHECK_THROWS_AS(attention_forward(a.ptr, l.ptr, a.ptr, a.ptr, a.ptr, 1, 64, 2, 1, 64, -1, 0), llmc::Error);        // window < 0
-    CHECK_THROWS_AS(attention_forward(a.ptr + 1, l.ptr, a.ptr, a.ptr, a.ptr, 1, 64, 2, 1, 64, kNone, 0), llmc::Error); // 2-byte offset
-    CHECK_THROWS_AS(attention_backward(a.ptr, a.ptr, a.ptr, a.ptr, a.ptr, l.ptr, a.ptr, a.ptr + 4, a.ptr, 1, 64, 2, 1, 64, kNone, s.ptr, 0),
-                    llmc::Error);
-    CHECK_THROWS_AS(attention_backward(a.ptr, a.ptr, a.ptr, a.ptr, a.ptr, l.ptr, a.ptr, a.ptr, a.ptr, 1, 64, 2, 1, 32, kNone, s.ptr, 0),
+    {  // the tensor-core kernels (both builds)
+        DeviceBuffer<att_bf16> a(4 * 64 * 128 + 8);
+        CHECK_THROWS_AS(attention_forward_bf16(a.ptr, l.ptr, a.ptr, a.ptr, a.ptr, 1, 64, 2, 1, 96, kNone, 0), llmc::Error);      // D = 96
+        CHECK_THROWS_AS(attention_forward_bf16(a.ptr, l.ptr, a.ptr, a.ptr, a.ptr, 1, 64, 3, 2, 64, kNone, 0), llmc::Error);      // H % Hkv
+        CHECK_THROWS_AS(attention_forward_bf16(a.ptr, l.ptr, a.ptr, a.ptr, a.ptr, 1, 64, 2, 1, 64, -1, 0), llmc::Error);         // window < 0
+        CHECK_THROWS_AS(attention_forward_bf16(a.ptr + 1, l.ptr, a.ptr, a.ptr, a.ptr, 1, 64, 2, 1, 64, kNone, 0), llmc::Error);  // 2-byte offset
+        CHECK_THROWS_AS(attention_backward_bf16(a.ptr, a.ptr, a.ptr, a.ptr, a.ptr, l.ptr, a.ptr, a.ptr + 4, a.ptr, 1, 64, 2, 1, 64, kNone,
+                                                s.ptr, 0),
+                        llmc::Error);
+        CHECK_THROWS_AS(attention_backward_bf16(a.ptr, a.ptr, a.ptr, a.ptr, a.ptr, l.ptr, a.ptr, a.ptr, a.ptr, 1, 64, 2, 1, 32, kNone, s.ptr, 0),
+                        llmc::Error);
+    }
+    // the floatX entry points (the tensor cores' limits in the default build, the fp32 variant's in the fp32 build)
+    DeviceBuffer<floatX> x(4 * 64 * 300 + 8);
+    const int bad_D = kFP32 ? 300 : 96;  // fp32 variant: D <= 256
+    CHECK_THROWS_AS(attention_forward(x.ptr, l.ptr, x.ptr, x.ptr, x.ptr, 1, 64, 2, 1, bad_D, kNone, 0), llmc::Error);
+    CHECK_THROWS_AS(attention_forward(x.ptr, l.ptr, x.ptr, x.ptr, x.ptr, 1, 64, 3, 2, 64, kNone, 0), llmc::Error);  // H % Hkv
+    CHECK_THROWS_AS(attention_forward(x.ptr, l.ptr, x.ptr, x.ptr, x.ptr, 1, 64, 2, 1, 64, -1, 0), llmc::Error);     // window < 0
+    CHECK_THROWS_AS(attention_backward(x.ptr, x.ptr, x.ptr, x.ptr, x.ptr, l.ptr, x.ptr, x.ptr, x.ptr, 1, 64, 2, 1, bad_D, kNone, s.ptr, 0),
                     llmc::Error);
 }

@@ -1,7 +1,7 @@
 // test_embedding.cu: llmc/cuda/embedding.cuh against the CPU reference (llmc/cpu/embedding.h).
 //
 // Tolerances. The forward is a copy: bitwise equal to the table rows. The backward, for an id with
-// at most EMBEDDING_SEG positions, adds the same fp32 values (the bf16 gradients, exact in fp32) in
+// at most EMBEDDING_SEG positions, adds the same fp32 values (the floatX gradients, exact in fp32) in
 // the same order as the CPU op (dtable[id] += dout[i] for i ascending): those rows must be bitwise
 // equal to the CPU op run in fp32 on the bf16 gradients. An id with c > EMBEDDING_SEG positions is
 // summed in segments of EMBEDDING_SEG (partials from 0), then dtable + partial_0 + partial_1 + ...:
@@ -9,6 +9,8 @@
 // recursive-summation bound: each result is a chain of at most SEG + ceil(c/SEG) + 1 roundings,
 // |err| <= (SEG + ceil(c/SEG) + 1) 2^-24 (|dtable_old| + sum_i |dout_i|); the test allows 2x that.
 // Every run is bitwise equal to itself (rerun from the same state, rebuilt plan).
+// FP32 build (-DLLMC_FP32, floatX = float): the same checks on unrounded fp32 tables and gradients
+// (the argument above never used the bf16-ness of the values, only that they are exact in fp32).
 // Shapes: C = 77 (scalar path), C = 256 and 24 (16-byte path), positions with many repeated ids,
 // one id far more frequent than the rest (split into several segments when N is large enough),
 // ids used once.
@@ -34,12 +36,12 @@ void check_forward(int N, int C, int V, uint64_t seed) {
     CAPTURE(N);
     CAPTURE(C);
     llmc::Rng rng(seed);
-    std::vector<float> table = bf16_round(randn((size_t)V * C, rng, 0.8));
+    std::vector<float> table = x_round(randn((size_t)V * C, rng, 0.8));
     std::vector<int> idx = make_ids(N, V, rng);
     std::vector<float> ref((size_t)N * C);
     embedding_forward<float>(ref.data(), idx.data(), table.data(), N, C);
 
-    DeviceBuffer<floatX> d_table(to_bf16(table)), d_out((size_t)N * C);
+    DeviceBuffer<floatX> d_table(to_x(table)), d_out((size_t)N * C);
     DeviceBuffer<int> d_idx(idx);
     d_out.poison();
     embedding_forward(d_out.ptr, d_idx.ptr, d_table.ptr, N, C, 0);
@@ -71,13 +73,13 @@ void check_backward(int N, int C, int V, uint64_t seed) {
     CAPTURE(C);
     llmc::Rng rng(seed);
     std::vector<int> idx = make_ids(N, V, rng);
-    std::vector<float> dout = bf16_round(randn((size_t)N * C, rng, 1.0));
+    std::vector<float> dout = x_round(randn((size_t)N * C, rng, 1.0));
     std::vector<float> dtable0 = randn((size_t)V * C, rng, 0.1);  // nonzero: the op accumulates
 
     EmbeddingBackwardPlan plan;
     embedding_plan_create(&plan, N + 5, V, C + 3);
     embedding_plan_build(&plan, idx.data(), N, 0);
-    DeviceBuffer<floatX> d_dout(to_bf16(dout));
+    DeviceBuffer<floatX> d_dout(to_x(dout));
     DeviceBuffer<int> d_idx(idx);
 
     // once: equal to the CPU op

@@ -1,5 +1,5 @@
 // test_matmul.cu: llmc/cuda/matmul.cuh (cuBLASLt on a GPU, the CPU path under SIM) against the CPU
-// reference op (llmc/cpu/matmul.h) instantiated in double on the same bf16 inputs, so the
+// reference op (llmc/cpu/matmul.h) instantiated in double on the same floatX inputs, so the
 // reference error is negligible and the tolerance covers only the implementation under test.
 // Shapes: odd sizes in every dimension (7 x 77 x 33), multiples of 8/16, and N < 8.
 //
@@ -11,6 +11,10 @@
 //  - accumulating outputs: the old value enters the fp32 sum, so S includes |old|.
 //  - the general product D = alpha A·B + beta C: S = |alpha| sum_k |a_k b_k| + |beta C|, with K + 2
 //    roundings (the products' sum, alpha·, beta·C and the add).
+// FP32 build (-DLLMC_FP32, floatX = float; cuBLASLt CUDA_R_32F with CUBLAS_COMPUTE_32F: no tensor cores,
+// no TF32): operands fp32, so each product rounds once too, and nothing truncates: the bound is the
+// plain recursive-summation one, (terms + 1) * 2^-24 * S (gemm_tol below), and X_ROUND = 2^-24 for the
+// output rounding: ~1e-5 of S for these K, which an operand or output rounded to bf16 (2^-8) fails.
 // Overwrite (beta = 0) is checked on outputs poisoned with NaN: any read of the old value shows.
 // Batched products are checked against the double reference per entry and against a loop of single
 // calls (bitwise under SIM, where both run the same CPU GEMM per entry; within both bounds on a GPU,
@@ -30,6 +34,9 @@ const Shape kShapes[] = {{7, 77, 33}, {33, 256, 64}, {16, 64, 100}, {3, 40, 8}};
 
 std::vector<double> to_double(const std::vector<float>& v) { return std::vector<double>(v.begin(), v.end()); }
 
+// error of a sum of `terms` products (or scaled terms) per unit of S (see the top of the file)
+double gemm_tol(int terms) { return kFP32 ? (terms + 1) * 0x1p-24 : terms * 0x1p-22; }
+
 // |a|·|b|ᵀ-style magnitude sums for the tolerances (same index pattern as the op)
 std::vector<double> abs_v(const std::vector<float>& v) {
     std::vector<double> r(v.size());
@@ -42,10 +49,10 @@ void check_shape(int N, int IC, int OC, uint64_t seed) {
     CAPTURE(IC);
     CAPTURE(OC);
     llmc::Rng rng(seed);
-    const std::vector<float> x = bf16_round(randn((size_t)N * IC, rng, 1.0));
-    const std::vector<float> w = bf16_round(randn((size_t)OC * IC, rng, 1.0 / std::sqrt((double)IC)));
-    const std::vector<float> g = bf16_round(randn((size_t)N * OC, rng, 1.0));
-    const std::vector<float> dx_old = bf16_round(randn((size_t)N * IC, rng, 0.5));
+    const std::vector<float> x = x_round(randn((size_t)N * IC, rng, 1.0));
+    const std::vector<float> w = x_round(randn((size_t)OC * IC, rng, 1.0 / std::sqrt((double)IC)));
+    const std::vector<float> g = x_round(randn((size_t)N * OC, rng, 1.0));
+    const std::vector<float> dx_old = x_round(randn((size_t)N * IC, rng, 0.5));
     const std::vector<float> dw_old = randn((size_t)OC * IC, rng, 0.5);
 
     // double references and their magnitude sums S (the same op on |values|)
@@ -60,22 +67,22 @@ void check_shape(int N, int IC, int OC, uint64_t seed) {
     matmul_backward<double>(dx_mag.data(), dw_mag.data(), ga.data(), xa.data(), wa.data(), N, IC, OC);
 
     matmul_init();
-    DeviceBuffer<floatX> d_x(to_bf16(x)), d_w(to_bf16(w)), d_g(to_bf16(g)), d_y((size_t)N * OC);
-    DeviceBuffer<floatX> d_dx(to_bf16(dx_old));
+    DeviceBuffer<floatX> d_x(to_x(x)), d_w(to_x(w)), d_g(to_x(g)), d_y((size_t)N * OC);
+    DeviceBuffer<floatX> d_dx(to_x(dx_old));
     DeviceBuffer<float> d_dw(dw_old);
 
     d_y.poison();
     matmul_forward(d_y.ptr, d_x.ptr, d_w.ptr, N, IC, OC, 0);
-    const double k_fwd = IC * std::ldexp(1.0, -22);
+    const double k_fwd = gemm_tol(IC);
     CHECK(count_mismatches("out", to_f32(d_y.download()), y_ref,
-                           [&](size_t i) { return BF16_ROUND * std::fabs(y_ref[i]) + k_fwd * y_mag[i]; }) == 0);
+                           [&](size_t i) { return X_ROUND * std::fabs(y_ref[i]) + k_fwd * y_mag[i]; }) == 0);
 
     matmul_backward(d_dx.ptr, d_dw.ptr, d_g.ptr, d_x.ptr, d_w.ptr, N, IC, OC, 0);
-    const double k_dx = (OC + 1) * std::ldexp(1.0, -22), k_dw = (N + 1) * std::ldexp(1.0, -22);
+    const double k_dx = gemm_tol(OC + 1), k_dw = gemm_tol(N + 1);
     const std::vector<float> dx1 = to_f32(d_dx.download());
     const std::vector<float> dw1 = d_dw.download();
     CHECK(count_mismatches("dinp", dx1, dx_ref,
-                           [&](size_t i) { return BF16_ROUND * std::fabs(dx_ref[i]) + k_dx * dx_mag[i]; }) == 0);
+                           [&](size_t i) { return X_ROUND * std::fabs(dx_ref[i]) + k_dx * dx_mag[i]; }) == 0);
     CHECK(count_mismatches("dweight", dw1, dw_ref, [&](size_t i) { return k_dw * dw_mag[i]; }) == 0);
 
     // null outputs are skipped: dinp only leaves dweight alone, and the reverse
@@ -85,7 +92,7 @@ void check_shape(int N, int IC, int OC, uint64_t seed) {
     matmul_backward<double>(dx_ref2.data(), nullptr, gd.data(), nullptr, wd.data(), N, IC, OC);
     matmul_backward<double>(dx_mag2.data(), nullptr, ga.data(), nullptr, wa.data(), N, IC, OC);
     CHECK(count_mismatches("dinp (2nd call)", to_f32(d_dx.download()), dx_ref2,
-                           [&](size_t i) { return BF16_ROUND * std::fabs(dx_ref2[i]) + k_dx * dx_mag2[i]; }) == 0);
+                           [&](size_t i) { return X_ROUND * std::fabs(dx_ref2[i]) + k_dx * dx_mag2[i]; }) == 0);
 
     const std::vector<float> dx2 = to_f32(d_dx.download());
     matmul_backward(nullptr, d_dw.ptr, d_g.ptr, d_x.ptr, d_w.ptr, N, IC, OC, 0);
@@ -116,26 +123,26 @@ TEST_CASE("matmul launchers reject bad shapes") {
 TEST_CASE("matmul_backward: MM_OVERWRITE replaces the output without reading it, MM_ACCUMULATE adds") {
     const int N = 33, IC = 40, OC = 24;
     llmc::Rng rng(11);
-    const std::vector<float> x = bf16_round(randn((size_t)N * IC, rng, 1.0));
-    const std::vector<float> w = bf16_round(randn((size_t)OC * IC, rng, 0.2));
-    const std::vector<float> g = bf16_round(randn((size_t)N * OC, rng, 1.0));
+    const std::vector<float> x = x_round(randn((size_t)N * IC, rng, 1.0));
+    const std::vector<float> w = x_round(randn((size_t)OC * IC, rng, 0.2));
+    const std::vector<float> g = x_round(randn((size_t)N * OC, rng, 1.0));
     const std::vector<double> xd = to_double(x), wd = to_double(w), gd = to_double(g);
     const std::vector<double> xa = abs_v(x), wa = abs_v(w), ga = abs_v(g);
     // references of the bare products (zero start)
     std::vector<double> dx_ref((size_t)N * IC, 0.0), dw_ref((size_t)OC * IC, 0.0), dx_mag = dx_ref, dw_mag = dw_ref;
     matmul_backward<double>(dx_ref.data(), dw_ref.data(), gd.data(), xd.data(), wd.data(), N, IC, OC);
     matmul_backward<double>(dx_mag.data(), dw_mag.data(), ga.data(), xa.data(), wa.data(), N, IC, OC);
-    const double k_dx = (OC + 1) * std::ldexp(1.0, -22), k_dw = (N + 1) * std::ldexp(1.0, -22);
+    const double k_dx = gemm_tol(OC + 1), k_dw = gemm_tol(N + 1);
 
     matmul_init();
-    DeviceBuffer<floatX> d_x(to_bf16(x)), d_w(to_bf16(w)), d_g(to_bf16(g)), d_dx((size_t)N * IC);
+    DeviceBuffer<floatX> d_x(to_x(x)), d_w(to_x(w)), d_g(to_x(g)), d_dx((size_t)N * IC);
     DeviceBuffer<float> d_dw((size_t)OC * IC);
     d_dx.poison();  // NaN: an overwrite that reads the old value gives NaN
     d_dw.poison();
     matmul_backward(d_dx.ptr, d_dw.ptr, d_g.ptr, d_x.ptr, d_w.ptr, N, IC, OC, 0, MM_OVERWRITE, MM_OVERWRITE);
     const std::vector<float> dx1 = to_f32(d_dx.download()), dw1 = d_dw.download();
     CHECK(count_mismatches("dinp (overwrite)", dx1, dx_ref,
-                           [&](size_t i) { return BF16_ROUND * std::fabs(dx_ref[i]) + k_dx * dx_mag[i]; }) == 0);
+                           [&](size_t i) { return X_ROUND * std::fabs(dx_ref[i]) + k_dx * dx_mag[i]; }) == 0);
     CHECK(count_mismatches("dweight (overwrite)", dw1, dw_ref, [&](size_t i) { return k_dw * dw_mag[i]; }) == 0);
 
     // a second contributor accumulates onto the first: 2x the product (plus one bf16 rounding of dinp)
@@ -144,7 +151,7 @@ TEST_CASE("matmul_backward: MM_OVERWRITE replaces the output without reading it,
     for (size_t i = 0; i < dx2.size(); i++) dx2[i] += dx_ref[i];
     for (size_t i = 0; i < dw2.size(); i++) dw2[i] += dw_ref[i];
     CHECK(count_mismatches("dinp (accumulate)", to_f32(d_dx.download()), dx2, [&](size_t i) {
-              return BF16_ROUND * std::fabs(dx2[i]) + k_dx * (dx_mag[i] + std::fabs(dx1[i]));
+              return X_ROUND * std::fabs(dx2[i]) + k_dx * (dx_mag[i] + std::fabs(dx1[i]));
           }) == 0);
     CHECK(count_mismatches("dweight (accumulate)", d_dw.download(), dw2,
                            [&](size_t i) { return k_dw * (dw_mag[i] + std::fabs(dw1[i])); }) == 0);
@@ -152,7 +159,7 @@ TEST_CASE("matmul_backward: MM_OVERWRITE replaces the output without reading it,
     // overwrite again: back to the bare product (the old 2x value is not read)
     matmul_backward(d_dx.ptr, d_dw.ptr, d_g.ptr, d_x.ptr, d_w.ptr, N, IC, OC, 0, MM_OVERWRITE, MM_OVERWRITE);
     CHECK(count_mismatches("dinp (overwrite again)", to_f32(d_dx.download()), dx_ref,
-                           [&](size_t i) { return BF16_ROUND * std::fabs(dx_ref[i]) + k_dx * dx_mag[i]; }) == 0);
+                           [&](size_t i) { return X_ROUND * std::fabs(dx_ref[i]) + k_dx * dx_mag[i]; }) == 0);
     CHECK(count_mismatches("dweight (overwrite again)", d_dw.download(), dw_ref,
                            [&](size_t i) { return k_dw * dw_mag[i]; }) == 0);
 
@@ -163,7 +170,7 @@ TEST_CASE("matmul_backward: MM_OVERWRITE replaces the output without reading it,
     std::vector<double> dx4(dx3.begin(), dx3.end());
     for (size_t i = 0; i < dx4.size(); i++) dx4[i] += dx_ref[i];
     CHECK(count_mismatches("dinp (accumulate, dweight overwritten)", to_f32(d_dx.download()), dx4, [&](size_t i) {
-              return BF16_ROUND * std::fabs(dx4[i]) + k_dx * (dx_mag[i] + std::fabs(dx3[i]));
+              return X_ROUND * std::fabs(dx4[i]) + k_dx * (dx_mag[i] + std::fabs(dx3[i]));
           }) == 0);
     CHECK(count_mismatches("dweight (overwrite, dinp accumulated)", d_dw.download(), dw_ref,
                            [&](size_t i) { return k_dw * dw_mag[i]; }) == 0);
@@ -213,15 +220,15 @@ void check_batched(int M, int N, int K, bool ta, bool tb, float alpha, float bet
                    long long sb, long long sd, uint64_t seed) {
     CAPTURE(M); CAPTURE(N); CAPTURE(K); CAPTURE(ta); CAPTURE(tb); CAPTURE(alpha); CAPTURE(beta); CAPTURE(c_is_d);
     CAPTURE(batch); CAPTURE(sa); CAPTURE(sb); CAPTURE(sd);
-    const bool bf16_out = std::is_same<TD, floatX>::value;
+    const bool x_out = std::is_same<TD, floatX>::value;  // rounded to floatX (bf16 or, in the fp32 build, fp32)
     llmc::Rng rng(seed);
     const size_t na = (size_t)(batch - 1) * sa + (size_t)M * K, nb = (size_t)(batch - 1) * sb + (size_t)K * N;
     const size_t nd = (size_t)(batch - 1) * sd + (size_t)M * N;
-    const std::vector<float> a = bf16_round(randn(na, rng, 1.0)), b = bf16_round(randn(nb, rng, 0.3));
+    const std::vector<float> a = x_round(randn(na, rng, 1.0)), b = x_round(randn(nb, rng, 0.3));
     std::vector<float> c = randn(nd, rng, 1.0);
-    if (bf16_out) c = bf16_round(c);
+    if (x_out) c = x_round(c);
     auto to_dev = [](const std::vector<float>& v) {
-        if constexpr (std::is_same<TD, floatX>::value) return to_bf16(v);
+        if constexpr (std::is_same<TD, floatX>::value) return to_x(v);
         else return v;
     };
     auto to_host = [](const std::vector<TD>& v) {
@@ -229,7 +236,7 @@ void check_batched(int M, int N, int K, bool ta, bool tb, float alpha, float bet
         else return v;
     };
     matmul_init();
-    DeviceBuffer<floatX> d_a(to_bf16(a)), d_b(to_bf16(b));
+    DeviceBuffer<floatX> d_a(to_x(a)), d_b(to_x(b));
     DeviceBuffer<TD> d_c(to_dev(c)), d_d(nd), d_loop(nd);
     TD* dst = c_is_d ? d_c.ptr : d_d.ptr;
     const TD* src = beta != 0.0f ? d_c.ptr : nullptr;
@@ -247,13 +254,13 @@ void check_batched(int M, int N, int K, bool ta, bool tb, float alpha, float bet
                            d_b.ptr + e * sb, tb, M, N, K, alpha, beta, 1, 0, 0, 0, 0);
     const std::vector<float> loop = to_host(c_is_d ? d_c.download() : d_loop.download());
 
-    const double kf = (K + 2) * std::ldexp(1.0, -22);
+    const double kf = gemm_tol(K + 2);
     std::vector<double> R, S;
     for (int e = 0; e < batch; e++) {
         CAPTURE(e);
         ref_gemm(R, S, a.data() + e * sa, ta, b.data() + e * sb, tb, beta != 0.0f ? c.data() + e * sd : nullptr, M, N, K,
                  alpha, beta);
-        auto tol = [&](size_t i) { return (bf16_out ? BF16_ROUND * std::fabs(R[i]) : 0.0) + kf * S[i]; };
+        auto tol = [&](size_t i) { return (x_out ? X_ROUND * std::fabs(R[i]) : 0.0) + kf * S[i]; };
         CHECK(count_mismatches("batched", slice(got, e * sd, (size_t)M * N), R, tol) == 0);
         CHECK(count_mismatches("single", slice(loop, e * sd, (size_t)M * N), R, tol) == 0);
         // the gap after entry e (stride > M*N) is not written: still poison (NaN), or C's values in place
@@ -301,15 +308,16 @@ TEST_CASE("matmul rejects misaligned operands and batch strides") {
         matmul_batched<floatX>("misaligned test", dd, cc, aa, false, bb, false, M, N, K, 1.0f, beta, batch, sa, sb, sd, 0);
     };
     CHECK_NOTHROW(call(d.ptr, nullptr, a.ptr, b.ptr, 0.0f, 1, 0, 0, 0));
-    CHECK_NOTHROW(call(d.ptr + 8, nullptr, a.ptr + 8, b.ptr + 8, 0.0f, 1, 0, 0, 0));  // 16 bytes further: fine
-    CHECK_THROWS_AS(call(d.ptr, nullptr, a.ptr + 1, b.ptr, 0.0f, 1, 0, 0, 0), llmc::Error);  // A 2 bytes off
-    CHECK_THROWS_AS(call(d.ptr, nullptr, a.ptr, b.ptr + 4, 0.0f, 1, 0, 0, 0), llmc::Error);  // B 8 bytes off
-    CHECK_THROWS_AS(call(d.ptr + 1, nullptr, a.ptr, b.ptr, 0.0f, 1, 0, 0, 0), llmc::Error);  // D
-    CHECK_THROWS_AS(call(d.ptr, d.ptr + 2, a.ptr, b.ptr, 1.0f, 1, 0, 0, 0), llmc::Error);    // C (read: beta != 0)
-    // batch strides: 16*16 + 1 bf16 elements put entry 1 two bytes off
-    CHECK_NOTHROW(call(d.ptr, nullptr, a.ptr, b.ptr, 0.0f, 2, M * K + 8, K * N, M * N));
+    const int e8 = 8 / (int)sizeof(floatX);  // floatX elements in 8 bytes
+    CHECK_NOTHROW(call(d.ptr + XPACK, nullptr, a.ptr + XPACK, b.ptr + XPACK, 0.0f, 1, 0, 0, 0));  // 16 bytes further: fine
+    CHECK_THROWS_AS(call(d.ptr, nullptr, a.ptr + 1, b.ptr, 0.0f, 1, 0, 0, 0), llmc::Error);   // A one element off
+    CHECK_THROWS_AS(call(d.ptr, nullptr, a.ptr, b.ptr + e8, 0.0f, 1, 0, 0, 0), llmc::Error);  // B 8 bytes off
+    CHECK_THROWS_AS(call(d.ptr + 1, nullptr, a.ptr, b.ptr, 0.0f, 1, 0, 0, 0), llmc::Error);   // D
+    CHECK_THROWS_AS(call(d.ptr, d.ptr + 2, a.ptr, b.ptr, 1.0f, 1, 0, 0, 0), llmc::Error);     // C (read: beta != 0)
+    // batch strides: 16*16 + 1 elements put entry 1 one element off
+    CHECK_NOTHROW(call(d.ptr, nullptr, a.ptr, b.ptr, 0.0f, 2, M * K + XPACK, K * N, M * N));
     CHECK_THROWS_AS(call(d.ptr, nullptr, a.ptr, b.ptr, 0.0f, 2, M * K + 1, K * N, M * N), llmc::Error);
-    CHECK_THROWS_AS(call(d.ptr, nullptr, a.ptr, b.ptr, 0.0f, 2, M * K, K * N + 4, M * N), llmc::Error);
+    CHECK_THROWS_AS(call(d.ptr, nullptr, a.ptr, b.ptr, 0.0f, 2, M * K, K * N + e8, M * N), llmc::Error);
     CHECK_THROWS_AS(call(d.ptr, nullptr, a.ptr, b.ptr, 0.0f, 2, M * K, K * N, M * N + 3), llmc::Error);
     // fp32 output: 4-byte elements, a stride of M*N + 2 floats is 8 bytes off
     CHECK_THROWS_AS(matmul_batched<float>("misaligned fp32", f.ptr + 1, nullptr, a.ptr, false, b.ptr, false, M, N, K,
@@ -334,7 +342,7 @@ namespace {
 // a kernel that writes a value the product then reads: stream order must hold
 __global__ void fill_kernel(floatX* p, int n, float v) {
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) p[i] = __float2bfloat16(v);
+    if (i < n) p[i] = llmc::to_floatX(v);
 }
 }  // namespace
 
@@ -346,7 +354,7 @@ TEST_CASE("matmul on a created stream runs after the kernels queued before it") 
     const int M = 8, N = 8, K = 16;
     cudaStream_t st;
     cudaCheck(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
-    DeviceBuffer<floatX> a(M * K), b(to_bf16(std::vector<float>(K * N, 1.0f))), d(M * N);
+    DeviceBuffer<floatX> a(M * K), b(to_x(std::vector<float>(K * N, 1.0f))), d(M * N);
     a.poison();
     d.poison();
     LAUNCH(fill_kernel, 1, 128, 0, st, a.ptr, M * K, 0.5f);
@@ -375,9 +383,9 @@ TEST_CASE("cuBLASLt plans are cached per (shape, transposes, output type, batch,
     matmul_batched<floatX>("cache", d.ptr, nullptr, a.ptr, true, b.ptr, false, M, N, K, 1.0f, 0.0f, 1, 0, 0, 0, 0);
     matmul_batched<float>("cache", f.ptr, nullptr, a.ptr, false, b.ptr, false, M, N, K, 1.0f, 0.0f, 1, 0, 0, 0, 0);
     matmul_batched<floatX>("cache", d.ptr, nullptr, a.ptr, false, b.ptr, false, M, N, K, 1.0f, 0.0f, 2, M * K, K * N, M * N, 0);
-    CHECK(g_matmul_plans.size() == before + 4);
+    CHECK(g_matmul_plans.size() == before + (kFP32 ? 3 : 4));  // fp32 build: float D is floatX D, one plan
     matmul_batched<floatX>("cache", d.ptr, nullptr, a.ptr, false, b.ptr, false, M, N, K, 1.0f, 0.0f, 2, M * K, K * N, M * N, 0);
-    CHECK(g_matmul_plans.size() == before + 4);
+    CHECK(g_matmul_plans.size() == before + (kFP32 ? 3 : 4));
     cudaCheck(cudaDeviceSynchronize());
 }
 #endif

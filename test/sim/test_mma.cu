@@ -1,5 +1,7 @@
 // test_mma.cu: llmc/cuda/mma.cuh (mma.sync m16n8k16, ldmatrix, cp.async) under SIM and, built with
 // nvcc, on a GPU (build/gpu/test_mma), against layouts and products computed here on the host.
+// The instructions are bf16/fp16 by definition and mma.cuh names those types explicitly (never
+// floatX): the fp32 build (-DLLMC_FP32) compiles and runs exactly this test, unchanged.
 //
 // Independence: the kernels below load and store fragments element by element with the formulas
 // exactly as the PTX ISA states them (a_i: row = groupID for i < 2 or 4 <= i < 6, ...), and the host

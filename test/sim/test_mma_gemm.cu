@@ -8,6 +8,8 @@
 // bit for bit, whatever the summation order; random normals within K * 2^-22 * S per element,
 // S = sum_k |a_k b_k|: K exact products summed in fp32 err by at most K * 2^-24 * S for any order,
 // x4 for tensor cores that truncate (the same bound as test_matmul.cu).
+// The example is a bf16 tensor-core GEMM with explicit __nv_bfloat16 operands (not floatX): the fp32
+// build (-DLLMC_FP32) compiles and runs exactly this test, unchanged.
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
@@ -46,7 +48,7 @@ void check_gemm(int M, int N, int K, bool exact, uint64_t seed) {
             ref[(size_t)m * N + n] = s;
             mag[(size_t)m * N + n] = t;
         }
-    DeviceBuffer<floatX> dA(to_bf16(a)), dB(to_bf16(b));
+    DeviceBuffer<__nv_bfloat16> dA(to_bf16(a)), dB(to_bf16(b));
     DeviceBuffer<float> dC((size_t)M * N);
     dC.poison();
     mma_gemm(dC.ptr, dA.ptr, dB.ptr, M, N, K, 0);
@@ -68,7 +70,7 @@ TEST_CASE("mma_gemm: random normals within K * 2^-22 * sum |a b| of a double ref
 }
 
 TEST_CASE("mma_gemm: shapes that are not tile multiples are an error, not a wrong result") {
-    DeviceBuffer<floatX> a(64 * 64), b(64 * 64);
+    DeviceBuffer<__nv_bfloat16> a(64 * 64), b(64 * 64);
     DeviceBuffer<float> c(64 * 64);
     CHECK_THROWS_AS(mma_gemm(c.ptr, a.ptr, b.ptr, 48, 64, 32, 0), llmc::Error);
     CHECK_THROWS_AS(mma_gemm(c.ptr, a.ptr, b.ptr, 64, 64, 40, 0), llmc::Error);

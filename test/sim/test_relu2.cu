@@ -4,8 +4,9 @@
 // Tolerance: none (bitwise). For bf16 x and G (8 significant bits), relu(x)^2 and 2 relu(x) G are
 // exact in fp32 (<= 16 significant bits; the inputs here are far from the fp32 denormal range the
 // GPU flushes), so kernel and CPU op differ only by the kernel's final rounding to bf16: the kernel
-// output must equal bf16(CPU output) bit for bit.
-// Sizes: multiples of 8 (16-byte path, more than one block), odd sizes (scalar path), a pointer
+// output must equal bf16(CPU output) bit for bit. FP32 build (-DLLMC_FP32): kernel and CPU op do the
+// same fp32 operations (r*r, (2r)*G) and the kernel rounds nothing after them: bitwise equal too.
+// Sizes: multiples of 8 (16-byte path: 8 bf16 or 4 fp32 per pack, more than one block), odd sizes (scalar path), a pointer
 // offset by one element (scalar path with n % 8 == 0), in-place backward (dinp == dout). The
 // recomputing backward (relu2_backward_recompute) must give the same dinp and, as act, exactly the
 // forward's output.
@@ -21,10 +22,10 @@ namespace {
 
 const long kSizes[] = {8, 4096 + 64, 1, 7, 1001, 3 * 2048 + 5};
 
-// v with `offset` leading zero elements, as bf16 (offset 1: device pointer + 1 is not 16-byte aligned)
+// v with `offset` leading zero elements, as floatX (offset 1: device pointer + 1 is not 16-byte aligned)
 std::vector<floatX> padded(const std::vector<float>& v, int offset) {
-    std::vector<floatX> h = to_bf16(v);
-    h.insert(h.begin(), offset, __float2bfloat16(0.0f));
+    std::vector<floatX> h = to_x(v);
+    h.insert(h.begin(), offset, host_to_x(0.0f));
     return h;
 }
 
@@ -39,16 +40,16 @@ void check(long n, int offset, bool in_place, uint64_t seed) {
     CAPTURE(offset);
     CAPTURE(in_place);
     llmc::Rng rng(seed);
-    std::vector<float> x = bf16_round(randn(n, rng, 1.5));
+    std::vector<float> x = x_round(randn(n, rng, 1.5));
     x[0] = 0.0f;  // relu's kink: both sides give 0
     if (n > 1) x[1] = -0.0f;
-    std::vector<float> g = bf16_round(randn(n, rng, 1.0));
+    std::vector<float> g = x_round(randn(n, rng, 1.0));
 
     std::vector<float> y_ref(n), dx_ref(n);
     relu2_forward<float>(y_ref.data(), x.data(), n);
     relu2_backward<float>(dx_ref.data(), g.data(), x.data(), n);
-    y_ref = bf16_round(y_ref);
-    dx_ref = bf16_round(dx_ref);
+    y_ref = x_round(y_ref);
+    dx_ref = x_round(dx_ref);
 
     DeviceBuffer<floatX> d_x(padded(x, offset)), d_y(n + offset), d_g(padded(g, offset)), d_dx(n + offset);
     d_y.poison();

@@ -2,7 +2,7 @@
 // fp32 on the same bf16 inputs (alpha, beta are fp32 in both).
 //
 // Tolerances (ref = the fp32 CPU result):
-//  - residual_forward, and lambdas_backward's dx = bf16(alpha G): none. Each element is one fp32
+//  - residual_forward, and lambdas_backward's dx = floatX(alpha G): none. Each element is one fp32
 //    operation, the same one in the kernel and the CPU op, then the kernel rounds to bf16: the
 //    output must equal bf16(ref) bitwise.
 //  - lambdas_forward, dx0 (+=): two products and a sum, which nvcc may contract into an FMA (one
@@ -13,8 +13,13 @@
 //    sequential adds and 5 + 5 levels over the partials, and the final += : by the standard
 //    recursive-summation bound, |err| <= (K + 25) * 2^-24 * sum|terms| + 2^-24 |ref|; the test
 //    allows 2x that.
-// Sizes: multiples of 8 (16-byte path), odd n (scalar path), a misaligned pointer, and one n with
-// more packs than the fixed grid's threads (each thread loops, so the grid-stride path runs).
+// FP32 build (-DLLMC_FP32, floatX = float): the same checks with X_ROUND = 2^-24 for 2^-8: the
+// bitwise ones stay bitwise (the same fp32 operation, no rounding after it), the others shrink to
+// their fp32 terms, ~1e-7 relative, which any stray rounding to bf16 (2^-8) would fail. The fp32
+// products G x of dalpha, dbeta are no longer exact: one more 2^-24 per term (K + 26).
+// Sizes: multiples of 8 (16-byte path: 8 bf16 or 4 fp32 per pack), odd n (scalar path), a
+// misaligned pointer, and one n with more packs than the fixed grid's threads (each thread loops,
+// so the grid-stride path runs).
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 #include "llmc/cuda/residual.cuh"
@@ -26,8 +31,8 @@ using namespace testutil;
 namespace {
 
 std::vector<floatX> padded(const std::vector<float>& v, int offset) {
-    std::vector<floatX> h = to_bf16(v);
-    h.insert(h.begin(), offset, __float2bfloat16(0.0f));
+    std::vector<floatX> h = to_x(v);
+    h.insert(h.begin(), offset, host_to_x(0.0f));
     return h;
 }
 
@@ -43,10 +48,10 @@ void check_residual(long n, int offset, uint64_t seed) {
     CAPTURE(n);
     CAPTURE(offset);
     llmc::Rng rng(seed);
-    std::vector<float> a = bf16_round(randn(n, rng, 1.0)), b = bf16_round(randn(n, rng, 0.1));
+    std::vector<float> a = x_round(randn(n, rng, 1.0)), b = x_round(randn(n, rng, 0.1));
     std::vector<float> ref(n);
     residual_forward<float>(ref.data(), a.data(), b.data(), n);
-    ref = bf16_round(ref);
+    ref = x_round(ref);
     DeviceBuffer<floatX> d_a(padded(a, offset)), d_b(padded(b, offset)), d_out(n + offset);
     d_out.poison();
     residual_forward(d_out.ptr + offset, d_a.ptr + offset, d_b.ptr + offset, n, 0);
@@ -61,8 +66,8 @@ void check_lambdas(long n, int offset, uint64_t seed) {
     CAPTURE(offset);
     llmc::Rng rng(seed);
     const float alpha = 1.15f - 0.0371f * (float)(seed % 7), beta = 0.2f - 0.0513f * (float)(seed % 5);
-    std::vector<float> x = bf16_round(randn(n, rng, 1.0)), x0 = bf16_round(randn(n, rng, 0.7));
-    std::vector<float> g = bf16_round(randn(n, rng, 1.0)), dx0_old = bf16_round(randn(n, rng, 0.3));
+    std::vector<float> x = x_round(randn(n, rng, 1.0)), x0 = x_round(randn(n, rng, 0.7));
+    std::vector<float> g = x_round(randn(n, rng, 1.0)), dx0_old = x_round(randn(n, rng, 0.3));
     const float dalpha0 = 0.25f, dbeta0 = -1.5f;  // the op accumulates
 
     // forward
@@ -73,7 +78,7 @@ void check_lambdas(long n, int offset, uint64_t seed) {
     d_y.poison();
     lambdas_forward(d_y.ptr + offset, d_x.ptr + offset, d_x0.ptr + offset, d_ab.ptr, d_ab.ptr + 1, n, 0);
     CHECK(count_mismatches("out", unpad(d_y.download(), offset), y_ref, [&](size_t i) {
-        return BF16_ROUND * std::fabs(y_ref[i]) + 0x1p-22 * (std::fabs(alpha * x[i]) + std::fabs(beta * x0[i]));
+        return X_ROUND * std::fabs(y_ref[i]) + 0x1p-22 * (std::fabs(alpha * x[i]) + std::fabs(beta * x0[i]));
     }) == 0);
 
     // backward
@@ -81,7 +86,7 @@ void check_lambdas(long n, int offset, uint64_t seed) {
     float dalpha_ref = dalpha0, dbeta_ref = dbeta0;
     lambdas_backward<float>(dx_ref.data(), dx0_ref.data(), &dalpha_ref, &dbeta_ref, g.data(), x.data(), x0.data(), alpha,
                             beta, n);
-    dx_ref = bf16_round(dx_ref);
+    dx_ref = x_round(dx_ref);
     double abs_a = 0.0, abs_b = 0.0;
     for (long i = 0; i < n; i++) {
         abs_a += std::fabs((double)g[i] * x[i]);
@@ -99,11 +104,12 @@ void check_lambdas(long n, int offset, uint64_t seed) {
     const std::vector<float> grads = d_grads.download();
     CHECK(count_mismatches("dx", dx, dx_ref, exact()) == 0);
     CHECK(count_mismatches("dx0", dx0, dx0_ref, [&](size_t i) {
-        return BF16_ROUND * std::fabs(dx0_ref[i]) + 0x1p-22 * (std::fabs(dx0_old[i]) + std::fabs(beta * g[i]));
+        return X_ROUND * std::fabs(dx0_ref[i]) + 0x1p-22 * (std::fabs(dx0_old[i]) + std::fabs(beta * g[i]));
     }) == 0);
-    const bool vec = n % 8 == 0 && offset == 0;
-    const size_t packs = vec ? n / 8 : n;
-    const double K = (vec ? 8.0 : 1.0) * (double)CEIL_DIV(packs, (size_t)REDUCE_MAX_BLOCKS * RESIDUAL_BLOCK);
+    const bool vec = n % XPACK == 0 && offset == 0;
+    const size_t packs = vec ? n / XPACK : n;
+    const double K = (vec ? (double)XPACK : 1.0) * (double)CEIL_DIV(packs, (size_t)REDUCE_MAX_BLOCKS * RESIDUAL_BLOCK) +
+                     (kFP32 ? 1.0 : 0.0);  // fp32 inputs: each product rounds once
     auto sum_tol = [&](double abs_terms, double ref) { return 2.0 * ((K + 25) * 0x1p-24 * abs_terms + 0x1p-24 * std::fabs(ref)); };
     CHECK(count_mismatches("dalpha", std::vector<float>{grads[0]}, std::vector<float>{dalpha_ref},
                            [&](size_t) { return sum_tol(abs_a, dalpha_ref); }) == 0);

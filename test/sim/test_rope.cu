@@ -13,7 +13,11 @@
 //    the magnitudes of the two fp32 terms of dy that are rotated into the element: the dot product
 //    <G, y> is summed in fp32 (<= 4e-6 of sum|G y| as above) and the few remaining fp32 operations
 //    add a few ulps.
-// Shapes: D = 128 (the model's head_dim: 8 lanes per row, 4 rows per warp), 64, 32, 16 (one lane
+// FP32 build (-DLLMC_FP32, floatX = float): fp32 inputs and fp32 tables (rope_table's values, not
+// rounded to bf16), fp32 outputs: X_ROUND = 2^-24 for 2^-8, so out and dinp are held to 1e-5 relative
+// plus the FMA term (a rounding to bf16 anywhere, 2^-8, would fail); the 16-byte path there needs
+// D % 8 == 0 (4 fp32 per pack), so D = 10, 6, 2 stay scalar and lanes per row double.
+// Shapes (lanes per row for bf16): D = 128 (the model's head_dim: 8 lanes per row, 4 rows per warp), 64, 32, 16 (one lane
 // per row, 32 rows per warp), 256, 96 (6 packs per half: 2 idle lanes in each group), D % 16 != 0
 // (10, 6, 2: the scalar path), odd head counts, GQA (Hkv < H), row counts that end inside a warp
 // and inside a block, pos0 > 0, a misaligned pointer (scalar path with D % 16 == 0), in place.
@@ -36,8 +40,8 @@ const Shape kShapes[] = {
 };
 
 std::vector<floatX> padded(const std::vector<float>& v, int offset) {
-    std::vector<floatX> h = to_bf16(v);
-    h.insert(h.begin(), offset, __float2bfloat16(0.0f));
+    std::vector<floatX> h = to_x(v);
+    h.insert(h.begin(), offset, host_to_x(0.0f));
     return h;
 }
 
@@ -52,7 +56,7 @@ std::vector<float> make_rows(long rows, int D, llmc::Rng& rng) {
     std::vector<float> x((size_t)rows * D);
     for (long i = 0; i < rows; i++)
         for (int d = 0; d < D; d++) x[(size_t)i * D + d] = i == 0 ? 0.0f : (float)rng.normal(0.0, 0.2 * (1 + i % 4));
-    return bf16_round(x);
+    return x_round(x);
 }
 
 struct Tensor {  // one of q, k: the CPU-side data and references
@@ -70,9 +74,9 @@ void reference(Tensor& X, const Shape& s, const std::vector<float>& cosf, const 
     X.out_ref.resize(X.x.size());
     X.rstd_ref.resize(X.rows);
     qknorm_forward<float>(X.out_ref.data(), X.rstd_ref.data(), rot.data(), (int)X.rows, s.D);
-    // backward from the stored (bf16) output and the fp32 rstd, as the kernel gets them
-    X.out_bf16 = bf16_round(X.out_ref);
-    X.g = bf16_round(randn(X.x.size(), rng, 1.0));
+    // backward from the stored (floatX) output and the fp32 rstd, as the kernel gets them
+    X.out_bf16 = x_round(X.out_ref);
+    X.g = x_round(randn(X.x.size(), rng, 1.0));
     std::vector<float> dy(X.x.size());
     qknorm_backward<float>(dy.data(), X.g.data(), X.out_bf16.data(), X.rstd_ref.data(), (int)X.rows, s.D);
     X.dx_ref.resize(X.x.size());
@@ -87,7 +91,7 @@ void check_forward_result(const char* what, const Tensor& X, int D, const std::v
         const size_t row = i / D, j = (i % D) % half;
         const double f = 1.2 * X.rstd_ref[row];
         const double ab = std::fabs(X.x[row * D + j]) + std::fabs(X.x[row * D + half + j]);
-        return (BF16_ROUND + 1e-5) * std::fabs(X.out_ref[i]) + f * 0x1p-21 * ab;
+        return (X_ROUND + 1e-5) * std::fabs(X.out_ref[i]) + f * 0x1p-21 * ab;
     }) == 0);
 }
 
@@ -103,7 +107,7 @@ void check_backward_result(const char* what, const Tensor& X, int D, const std::
         const double f = 1.2 * X.rstd_ref[row];
         const double mag = f * (std::fabs(X.g[i1]) + std::fabs(X.g[i2]) +
                                 (std::fabs(X.out_bf16[i1]) + std::fabs(X.out_bf16[i2])) * mabs[row]);
-        return BF16_ROUND * std::fabs(X.dx_ref[i]) + 1e-5 * mag;
+        return X_ROUND * std::fabs(X.dx_ref[i]) + 1e-5 * mag;
     }) == 0);
 }
 
@@ -115,7 +119,7 @@ void check(const Shape& s, int offset, bool in_place, uint64_t seed) {
     const int max_pos = s.pos0 + s.T + 3, half = s.D / 2;
     std::vector<float> cos32((size_t)max_pos * half), sin32((size_t)max_pos * half);
     rope_table(cos32.data(), sin32.data(), max_pos, s.D, 100000.0);
-    const std::vector<float> cosf = bf16_round(cos32), sinf = bf16_round(sin32);  // the GPU's bf16 tables
+    const std::vector<float> cosf = x_round(cos32), sinf = x_round(sin32);  // the GPU's floatX tables
 
     Tensor Q{s.H}, K{s.Hkv};
     reference(Q, s, cosf, sinf, rng);

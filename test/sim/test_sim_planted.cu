@@ -298,12 +298,13 @@ TEST_CASE("planted: cudaMemcpyDefault past the end of the allocation") {
 }
 
 // ---- 11. a 128-bit vector load from a 2-byte-aligned pointer ----
-__global__ void planted_misaligned_load(float* out, const floatX* in, int offset) {
-    PackX<8> p = load_pack<floatX, 8>(in + offset);  // offset 1: 2-byte aligned
+// (explicitly bf16, not floatX: the same 2-byte misalignment in the fp32 build)
+__global__ void planted_misaligned_load(float* out, const __nv_bfloat16* in, int offset) {
+    Pack<__nv_bfloat16, 8> p = load_pack<__nv_bfloat16, 8>(in + offset);  // offset 1: 2-byte aligned
     out[threadIdx.x] = (float)p.v[0];
 }
 TEST_CASE("planted: a 128-bit vector load from a 2-byte-aligned pointer") {
-    Dev<floatX> in(64, __float2bfloat16(1.0f));
+    Dev<__nv_bfloat16> in(64, __float2bfloat16(1.0f));
     Dev<float> out(32);
     std::string e;
     try { LAUNCH(planted_misaligned_load, 1, 32, 0, 0, out.p, in.p, 1); } catch (const llmc::Error& err) { e = err.what(); }

@@ -1,7 +1,11 @@
 // test_util.h: helpers shared by the kernel tests in test/sim/ (built under SIM with g++, and with
 // nvcc for a real GPU; everything here is host code over the CUDA runtime API, so it works in both).
 //   DeviceBuffer<T>   cudaMalloc'd array with upload / download / poison (NaN fill)
-//   randn, to_bf16, to_f32, bf16_round     random inputs and bf16 rounding on the host
+//   randn              random inputs
+//   to_x, x_round, X_ROUND   the build's activation type floatX (bf16, or fp32 with -DLLMC_FP32):
+//                      conversion, the values a floatX tensor holds, one rounding's relative error
+//   to_bf16, bf16_round, BF16_ROUND   the same for explicit bf16 (the tensor-core tests)
+//   to_f32             floatX or bf16 back to float
 //   count_mismatches  element-wise compare against a reference with a per-element tolerance;
 //                     NaN in the result always counts as a mismatch (so a poisoned, never written
 //                     element fails), and the first few mismatches are printed with their index.
@@ -48,20 +52,38 @@ inline std::vector<float> randn(size_t n, llmc::Rng& rng, double std = 1.0) {
     return v;
 }
 
-inline std::vector<floatX> to_bf16(const std::vector<float>& v) {
-    std::vector<floatX> r(v.size());
+inline std::vector<__nv_bfloat16> to_bf16(const std::vector<float>& v) {
+    std::vector<__nv_bfloat16> r(v.size());
     for (size_t i = 0; i < v.size(); i++) r[i] = __float2bfloat16(v[i]);
     return r;
 }
 
-inline std::vector<float> to_f32(const std::vector<floatX>& v) {
+inline std::vector<float> to_f32(const std::vector<__nv_bfloat16>& v) {
     std::vector<float> r(v.size());
     for (size_t i = 0; i < v.size(); i++) r[i] = __bfloat162float(v[i]);
     return r;
 }
+inline std::vector<float> to_f32(const std::vector<float>& v) { return v; }
 
 // the fp32 values a bf16 tensor holds: the inputs the CPU reference sees
 inline std::vector<float> bf16_round(const std::vector<float>& v) { return to_f32(to_bf16(v)); }
+
+// floatX: the kernels' activation type in this build. Converted here, not with llmc::to_floatX (the
+// kernels' helper), so that an expected value never shares the code under test.
+inline floatX host_to_x(float f) {
+#if LLMC_FLOATX_FP32
+    return f;
+#else
+    return __float2bfloat16(f);
+#endif
+}
+inline std::vector<floatX> to_x(const std::vector<float>& v) {
+    std::vector<floatX> r(v.size());
+    for (size_t i = 0; i < v.size(); i++) r[i] = host_to_x(v[i]);
+    return r;
+}
+// the fp32 values a floatX tensor holds (unchanged in the fp32 build)
+inline std::vector<float> x_round(const std::vector<float>& v) { return to_f32(to_x(v)); }
 
 inline bool bits_equal(const std::vector<float>& a, const std::vector<float>& b) {
     return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
@@ -70,6 +92,11 @@ inline bool bits_equal(const std::vector<float>& a, const std::vector<float>& b)
 // 2^-8: the largest relative error of one round-to-nearest to bf16 (8 significant bits: half an
 // ulp is 2^-8 of the leading power of two, which is <= |value|).
 constexpr double BF16_ROUND = 1.0 / 256.0;
+// 2^-24: the same for fp32 (24 significant bits, the unit roundoff)
+constexpr double FP32_ROUND = 1.0 / 16777216.0;
+// one rounding to floatX: BF16_ROUND, or FP32_ROUND in the fp32 build
+constexpr double X_ROUND = LLMC_FLOATX_FP32 ? FP32_ROUND : BF16_ROUND;
+constexpr bool kFP32 = LLMC_FLOATX_FP32;
 
 // Number of i with |got[i] - ref[i]| > tol(i) (NaN in got or ref counts). Prints up to 5 of them.
 template <typename G, typename R, typename Tol>

@@ -13,7 +13,10 @@
 //  - du[c] (bf16, +=) for c < 12: 2^-8 |ref| + 1e-5 sum_h |Wg[h,c]| M_h + 2^-22 |du_old|;
 //    channels c >= 12 must be untouched (bitwise);
 //  - dWg[h,c] (fp32, +=): 1e-5 sum_n M_h |u[n,c]| + 2^-22 |ref|.
-// Shapes: D = 128 (16 lanes per row, 2 heads per warp step), 64 with 3 heads (a group past the last
+// FP32 build (-DLLMC_FP32, floatX = float): unrounded inputs, X_ROUND = 2^-24 for 2^-8, so v and du
+// are held to their fp32 terms (a stray bf16 rounding, 2^-8, would fail), dve stays bitwise; lanes
+// per row double (4 fp32 per 16-byte pack).
+// Shapes (lanes per row for bf16): D = 128 (16 lanes per row, 2 heads per warp step), 64 with 3 heads (a group past the last
 // head), 32, 8 (one lane per row, 32 heads per warp step), D % 8 != 0 (scalar path), Hkv = 1,
 // tokens not a multiple of the 8 per block, more tokens than the fixed grid's warps (8192), a
 // misaligned pointer.
@@ -30,8 +33,8 @@ namespace {
 struct Shape { int N, C, Hkv, D; };
 
 std::vector<floatX> padded(const std::vector<float>& v, int offset) {
-    std::vector<floatX> h = to_bf16(v);
-    h.insert(h.begin(), offset, __float2bfloat16(0.0f));
+    std::vector<floatX> h = to_x(v);
+    h.insert(h.begin(), offset, host_to_x(0.0f));
     return h;
 }
 
@@ -46,17 +49,17 @@ void check(const Shape& s, int offset, uint64_t seed) {
     const int N = s.N, C = s.C, Hkv = s.Hkv, D = s.D;
     const size_t nv = (size_t)N * Hkv * D, K = (size_t)Hkv * VE_GATE_CHANNELS;
     llmc::Rng rng(seed);
-    std::vector<float> u = bf16_round(randn((size_t)N * C, rng, 1.0));
-    std::vector<float> v = bf16_round(randn(nv, rng, 0.5)), ve = bf16_round(randn(nv, rng, 0.5));
+    std::vector<float> u = x_round(randn((size_t)N * C, rng, 1.0));
+    std::vector<float> v = x_round(randn(nv, rng, 0.5)), ve = x_round(randn(nv, rng, 0.5));
     std::vector<float> wg = randn(K, rng, 0.5);
-    std::vector<float> g = bf16_round(randn(nv, rng, 1.0));
-    std::vector<float> du_old = bf16_round(randn((size_t)N * C, rng, 0.3));
+    std::vector<float> g = x_round(randn(nv, rng, 1.0));
+    std::vector<float> du_old = x_round(randn((size_t)N * C, rng, 0.3));
     std::vector<float> dwg0 = randn(K, rng, 0.1);
 
     // forward
     std::vector<float> v_ref = v, gamma_ref((size_t)N * Hkv);
     ve_gate_forward<float>(v_ref.data(), gamma_ref.data(), u.data(), ve.data(), wg.data(), N, C, Hkv, D);
-    DeviceBuffer<floatX> d_u(to_bf16(u)), d_v(padded(v, offset)), d_ve(padded(ve, offset));
+    DeviceBuffer<floatX> d_u(to_x(u)), d_v(padded(v, offset)), d_ve(padded(ve, offset));
     DeviceBuffer<float> d_wg(wg), d_gamma((size_t)N * Hkv);
     d_gamma.poison();
     ve_gate_forward(d_v.ptr + offset, d_gamma.ptr, d_u.ptr, d_ve.ptr + offset, d_wg.ptr, N, C, Hkv, D, 0);
@@ -64,20 +67,20 @@ void check(const Shape& s, int offset, uint64_t seed) {
     CHECK(count_mismatches("gamma", gamma, gamma_ref, [&](size_t i) { return 1e-5 * gamma_ref[i]; }) == 0);
     CHECK(count_mismatches("v", v_out, v_ref, [&](size_t i) {
         const double ge = std::fabs(gamma_ref[i / D] * ve[i]);
-        return BF16_ROUND * std::fabs(v_ref[i]) + 1e-5 * ge + 0x1p-22 * (std::fabs(v[i]) + ge);
+        return X_ROUND * std::fabs(v_ref[i]) + 1e-5 * ge + 0x1p-22 * (std::fabs(v[i]) + ge);
     }) == 0);
 
     // backward, from the CPU forward's gamma
     std::vector<float> du_ref = du_old, dve_ref(nv), dwg_ref = dwg0;
     ve_gate_backward<float>(du_ref.data(), dve_ref.data(), dwg_ref.data(), g.data(), u.data(), ve.data(),
                             gamma_ref.data(), wg.data(), N, C, Hkv, D);
-    dve_ref = bf16_round(dve_ref);
+    dve_ref = x_round(dve_ref);
     std::vector<double> M((size_t)N * Hkv, 0.0);
     for (size_t r = 0; r < M.size(); r++) {
         for (int d = 0; d < D; d++) M[r] += std::fabs((double)g[r * D + d] * ve[r * D + d]);
         M[r] *= gamma_ref[r] * (1.0 - gamma_ref[r] / 3.0);
     }
-    DeviceBuffer<floatX> d_g(padded(g, offset)), d_dve(nv + offset), d_du(to_bf16(du_old));
+    DeviceBuffer<floatX> d_g(padded(g, offset)), d_dve(nv + offset), d_du(to_x(du_old));
     DeviceBuffer<float> d_gamma_ref(gamma_ref), d_dwg(dwg0), d_scratch(reduce_scratch_floats(ve_gate_partials(Hkv)));
     d_dve.poison();
     d_scratch.poison();
@@ -90,7 +93,7 @@ void check(const Shape& s, int offset, uint64_t seed) {
         if (c >= (size_t)VE_GATE_CHANNELS) return 0.0;
         double mag = 0.0;
         for (int h = 0; h < Hkv; h++) mag += std::fabs(wg[h * VE_GATE_CHANNELS + c]) * M[n * Hkv + h];
-        return BF16_ROUND * std::fabs(du_ref[i]) + 1e-5 * mag + 0x1p-22 * std::fabs(du_old[i]);
+        return X_ROUND * std::fabs(du_ref[i]) + 1e-5 * mag + 0x1p-22 * std::fabs(du_old[i]);
     }) == 0);
     CHECK(count_mismatches("dwg", dwg, dwg_ref, [&](size_t k) {
         const size_t h = k / VE_GATE_CHANNELS, c = k % VE_GATE_CHANNELS;
@@ -100,7 +103,7 @@ void check(const Shape& s, int offset, uint64_t seed) {
     }) == 0);
 
     // deterministic rerun from the same state
-    DeviceBuffer<floatX> d_du2(to_bf16(du_old));
+    DeviceBuffer<floatX> d_du2(to_x(du_old));
     DeviceBuffer<float> d_dwg2(dwg0);
     d_dve.poison();
     d_scratch.poison();
