@@ -49,15 +49,18 @@ std::string data_dir() {
     return dir;
 }
 
-// Tiny model: depth 2, n_embd 128, 2 query heads of 64 sharing 1 KV head (GQA), T 64, windows
-// 16 and 64; 2 micro-batches of 2 x 64 per step (gradient accumulation). Head dim 64: the bf16
-// attention kernel's smallest. arch: "nanochat" (every extra) or "core" (none).
-std::string flags(const std::string& arch, int steps) {
-    return " --data-dir " + data_dir() + "/data --arch " + arch +
-           " --depth 2 --aspect-ratio 64 --head-dim 64 --n-kv-head 1 --max-seq-len 64 --short-window 16"
+// Tiny model: depth 2, n_embd 64, T 64, windows 16 and 64; 2 micro-batches of 2 x 64 per step
+// (gradient accumulation). fp32 (head_dim 32): 2 query heads sharing 1 KV head (GQA). bf16
+// (head_dim 64, the tensor-core attention kernel's smallest): 1 head. Small, because SIM runs every
+// CUDA thread of every kernel on the CPU. arch: "nanochat" (every extra) or "core" (none).
+std::string flags(const std::string& arch, int steps, int head_dim) {
+    return " --data-dir " + data_dir() + "/data --arch " + arch + " --head-dim " + std::to_string(head_dim) +
+           " --depth 2 --aspect-ratio 32 --n-kv-head 1 --max-seq-len 64 --short-window 16"
            " --device-batch-size 2 --total-batch-size 256 --eval-every -1 --eval-tokens 128 --num-samples 0 --threads 2"
            " --num-iterations " + std::to_string(steps);
 }
+std::string fp32_flags(const std::string& arch, int steps) { return flags(arch, steps, 32); }
+std::string bf16_flags(const std::string& arch, int steps) { return flags(arch, steps, 64); }
 
 // Run a trainer; its output directory is dir/name. Returns the training losses by step (1-based).
 std::vector<double> train(const std::string& bin, const std::string& args, const std::string& name, const std::string& env = "") {
@@ -127,8 +130,8 @@ double rel(double a, double b) { return std::fabs(a - b) / std::fabs(b); }
 void fp32_matches_cpu(const std::string& arch) {
     const std::string c = "cpu_" + arch, s = "sim32_" + arch;
     std::string d = data_dir();
-    std::vector<double> lc = train(kCpu, flags(arch, 5) + " --save-every 2 --dump-grads " + d + "/" + c + ".g1", c);
-    std::vector<double> ls = train(kSim32, flags(arch, 5) + " --save-every 2 --dump-grads " + d + "/" + s + ".g1", s);
+    std::vector<double> lc = train(kCpu, fp32_flags(arch, 5) + " --save-every 2 --dump-grads " + d + "/" + c + ".g1", c);
+    std::vector<double> ls = train(kSim32, fp32_flags(arch, 5) + " --save-every 2 --dump-grads " + d + "/" + s + ".g1", s);
     // fp32 vs fp32: the builds differ only in summation order (GEMM blocking, the reductions'
     // trees) and in exp/tanh implementations, each ~1e-7 relative per operation; a loss is a
     // mean of terms each accumulating such errors over a few dozen ops, and 5 steps of training at
@@ -148,8 +151,8 @@ void fp32_matches_cpu(const std::string& arch) {
     CHECK(g1.worst <= 1e-4);
     // Step 3, resumed from the CPU's checkpoint of step 2 in both builds (so the SIM build reads a
     // CPU checkpoint): every weight is nonzero now, so every gradient path is compared.
-    std::vector<double> rc = train(kCpu, flags(arch, 5) + " --resume " + ckpt(c, 2) + " --dump-grads " + d + "/" + c + ".g3", c + "_r");
-    std::vector<double> rs = train(kSim32, flags(arch, 5) + " --resume " + ckpt(c, 2) + " --dump-grads " + d + "/" + s + ".g3", s + "_r");
+    std::vector<double> rc = train(kCpu, fp32_flags(arch, 5) + " --resume " + ckpt(c, 2) + " --dump-grads " + d + "/" + c + ".g3", c + "_r");
+    std::vector<double> rs = train(kSim32, fp32_flags(arch, 5) + " --resume " + ckpt(c, 2) + " --dump-grads " + d + "/" + s + ".g3", s + "_r");
     GradDiff g3 = compare_grads(d + "/" + s + ".g3", d + "/" + c + ".g3");
     MESSAGE(arch << " step-3 gradient: worst " << g3.worst << " (" << g3.where << "), " << g3.zero << " tensors exactly zero");
     CHECK(g3.worst <= 1e-4);
@@ -160,7 +163,7 @@ void fp32_matches_cpu(const std::string& arch) {
         CHECK(rel(rs[k], lc[k]) <= 1e-5);
     }
     // SIM -> CPU: the CPU resumes from the SIM build's checkpoint of step 2
-    std::vector<double> rsc = train(kCpu, flags(arch, 5) + " --resume " + ckpt(s, 2), s + "_to_cpu");
+    std::vector<double> rsc = train(kCpu, fp32_flags(arch, 5) + " --resume " + ckpt(s, 2), s + "_to_cpu");
     for (int k = 3; k <= 5; k++) {
         INFO("step " << k << " after SIM -> CPU resume: sim " << ls[k] << " cpu " << rsc[k]);
         CHECK(rel(rsc[k], ls[k]) <= 1e-5);
@@ -179,8 +182,8 @@ TEST_CASE("SIM fp32 build = CPU build, --arch core") {
 
 TEST_CASE("SIM bf16 build: the step-1 loss and gradient within bf16 rounding of the CPU's, and 20 steps that track it") {
     std::string d = data_dir();
-    std::vector<double> lc = train(kCpu, flags("nanochat", 20) + " --dump-grads " + d + "/bf_cpu.g1", "bf_cpu");
-    std::vector<double> lb = train(kSim, flags("nanochat", 20) + " --dump-grads " + d + "/bf_sim.g1", "bf_sim");
+    std::vector<double> lc = train(kCpu, bf16_flags("nanochat", 20) + " --dump-grads " + d + "/bf_cpu.g1", "bf_cpu");
+    std::vector<double> lb = train(kSim, bf16_flags("nanochat", 20) + " --dump-grads " + d + "/bf_sim.g1", "bf_sim");
     // bf16 keeps 8 significant bits: each rounding is a relative error of at most 2^-9 = 0.2%.
     // At init the logits are ~1e-3 (lm_head ~ N(0, 0.001)), so the loss is ln V minus terms of
     // 1e-3: even a 1% error in every logit moves it by ~1e-5 relative. Bound: 1e-4.
@@ -208,9 +211,9 @@ TEST_CASE("SIM bf16 build: the step-1 loss and gradient within bf16 rounding of 
 
 TEST_CASE("SIM bf16 build: --resume continues bit-identically, and schedule orders do not change a bit") {
     std::string d = data_dir();
-    std::vector<double> a = train(kSim, flags("nanochat", 4) + " --save-every 2", "det_a", "LLMC_SIM_ORDER=forward ");
-    std::vector<double> r = train(kSim, flags("nanochat", 4) + " --resume " + ckpt("det_a", 2), "det_r", "LLMC_SIM_ORDER=forward ");
-    std::vector<double> b = train(kSim, flags("nanochat", 4), "det_b", "LLMC_SIM_ORDER=shuffle:7 ");
+    std::vector<double> a = train(kSim, bf16_flags("nanochat", 4) + " --save-every 2", "det_a", "LLMC_SIM_ORDER=forward ");
+    std::vector<double> r = train(kSim, bf16_flags("nanochat", 4) + " --resume " + ckpt("det_a", 2), "det_r", "LLMC_SIM_ORDER=forward ");
+    std::vector<double> b = train(kSim, bf16_flags("nanochat", 4), "det_b", "LLMC_SIM_ORDER=shuffle:7 ");
     for (int k = 1; k <= 4; k++) {
         INFO("step " << k << ": " << a[k] << " " << b[k] << (k > 2 ? " resumed " + std::to_string(r[k]) : ""));
         CHECK(a[k] == b[k]);
@@ -225,8 +228,8 @@ TEST_CASE("SIM bf16 build: --resume continues bit-identically, and schedule orde
 
 TEST_CASE("SIM build: bad input gives one clear error, as the CPU build does") {
     std::string d = data_dir();
-    expect_error(kSim + flags("nanochat", 2) + " --data-dir /nonexistent/llmc --out-dir " + d + "/bad1", "/nonexistent/llmc");
+    expect_error(kSim + bf16_flags("nanochat", 2) + " --data-dir /nonexistent/llmc --out-dir " + d + "/bad1", "/nonexistent/llmc");
     // more memory than there is: the error names the sizes (on a GPU build: the GPU's free memory)
-    expect_error(kSim + flags("nanochat", 2) + " --device-batch-size 4000000 --total-batch-size 256000000 --out-dir " + d + "/bad2",
+    expect_error(kSim + bf16_flags("nanochat", 2) + " --device-batch-size 4000000 --total-batch-size 256000000 --out-dir " + d + "/bad2",
                  "GiB");
 }
