@@ -28,6 +28,26 @@ NVLDLIBS := -lcublasLt -lcublas
 # by ptxas either way
 NVCC_TESTFLAGS := $(subst -O3,-O1,$(NVCCFLAGS))
 
+# ---- cuDNN (optional, README.md#cudnn): USE_CUDNN=1 adds the cuDNN fused-attention comparison ----
+# (llmc/cuda/attention_cudnn.cuh: cuDNN's C graph API, no frontend headers) to gpu_build and test_gpu.
+# Headers: the directory of cudnn_graph.h, CUDNN_INC, else the first of $(CUDNN_HOME)/include, the CUDA
+# toolkit's include directory, /usr/local/include, /usr/include/x86_64-linux-gnu. Library: CUDNN_LIB,
+# else the first of $(CUDNN_HOME)/lib(64), the toolkit's lib64, /usr/local/lib, /usr/lib/x86_64-linux-gnu
+# holding libcudnn.so (or only libcudnn.so.9, as pip's nvidia-cudnn-cu* ships it).
+USE_CUDNN ?= 0
+CUDNN_HOME ?=
+CUDA_HOME_DIR := $(if $(NVCC),$(patsubst %/bin/,%,$(dir $(realpath $(NVCC)))))
+CUDNN_INC ?= $(patsubst %/cudnn_graph.h,%,$(firstword $(wildcard $(if $(CUDNN_HOME),$(CUDNN_HOME)/include/cudnn_graph.h) \
+    $(CUDA_HOME_DIR)/include/cudnn_graph.h /usr/local/include/cudnn_graph.h /usr/include/x86_64-linux-gnu/cudnn_graph.h /usr/include/cudnn_graph.h)))
+CUDNN_LIB ?= $(patsubst %/,%,$(dir $(firstword $(wildcard $(if $(CUDNN_HOME),$(CUDNN_HOME)/lib64/libcudnn.so* $(CUDNN_HOME)/lib/libcudnn.so*) \
+    $(CUDA_HOME_DIR)/lib64/libcudnn.so* $(CUDA_HOME_DIR)/lib/libcudnn.so* /usr/local/lib/libcudnn.so* /usr/lib/x86_64-linux-gnu/libcudnn.so*))))
+# -I only for a directory nvcc does not search already; -lcudnn, or the versioned name when there is no libcudnn.so
+CUDNN_FLAGS := -DLLMC_CUDNN $(addprefix -I,$(filter-out $(CUDA_HOME_DIR)/include /usr/include,$(CUDNN_INC)))
+CUDNN_LDLIBS := $(if $(CUDNN_LIB),-L$(CUDNN_LIB) -Xlinker -rpath=$(CUDNN_LIB)) \
+    $(if $(CUDNN_LIB),$(if $(wildcard $(CUDNN_LIB)/libcudnn.so),-lcudnn,-l:libcudnn.so.9),-lcudnn)
+CUDNN_TESTS := $(BUILD)/gpu/test_attention_cudnn
+CUDNN_BINS := $(CUDNN_TESTS) $(BUILD)/gpu/bench_attention_cudnn $(BUILD)/gpu/cudnn_graph_check
+
 # ---- SIM: the CUDA kernel sources compiled by g++ against llmc/sim (README.md#sim) ----
 SIM_SRCS := $(wildcard llmc/sim/*.cpp)
 # (no -g: SIM reports name file and line themselves; the ASan/TSan flavors add -g for their stacks)
@@ -184,9 +204,23 @@ $(BUILD)/sim/bench_attention: dev/cuda/bench_attention.cu $(HEADERS) dev/cuda/be
 	@mkdir -p $(@D)
 	$(CXX) $(SIMFLAGS) -x c++ $< -x none $(SIM_SRCS) -o $@ $(LDLIBS)
 
+# The cuDNN variants (USE_CUDNN=1; these targets can also be named directly): the attention test with
+# its cuDNN section (cuDNN against ours), the benchmark timing both, and the deviceless graph check.
+$(BUILD)/gpu/test_attention_cudnn: test/sim/test_attention.cu $(HEADERS)
+	@mkdir -p $(@D)
+	$(NVCC) $(NVCCFLAGS) $(CUDNN_FLAGS) $< -o $@ $(NVLDLIBS) $(CUDNN_LDLIBS)
+
+$(BUILD)/gpu/bench_attention_cudnn: dev/cuda/bench_attention.cu $(HEADERS) dev/cuda/bench_timing.h
+	@mkdir -p $(@D)
+	$(NVCC) $(NVCCFLAGS) $(CUDNN_FLAGS) $< -o $@ $(NVLDLIBS) $(CUDNN_LDLIBS)
+
+$(BUILD)/gpu/cudnn_graph_check: dev/cuda/cudnn_graph_check.cu $(HEADERS)
+	@mkdir -p $(@D)
+	$(NVCC) $(NVCCFLAGS) $(CUDNN_FLAGS) $< -o $@ $(NVLDLIBS) $(CUDNN_LDLIBS) -ldl
+
 # GPU targets compile whenever nvcc exists (CI catches code only one compiler accepts).
-gpu_build: $(if $(NVCC),$(GPU_TESTS) $(BUILD)/gpu/bench_kernels $(BUILD)/gpu/mma_gemm $(BUILD)/gpu/bench_attention $(BUILD)/gpu/train_gpt $(BUILD)/gpu/train_gpt_fp32)
-	@$(if $(NVCC),echo "GPU test binaries (bf16 and fp32) + bench_kernels + mma_gemm + bench_attention + train_gpt (bf16, fp32) compiled with $(NVCC)",echo "nvcc not found: GPU build skipped")
+gpu_build: $(if $(NVCC),$(GPU_TESTS) $(BUILD)/gpu/bench_kernels $(BUILD)/gpu/mma_gemm $(BUILD)/gpu/bench_attention $(BUILD)/gpu/train_gpt $(BUILD)/gpu/train_gpt_fp32 $(if $(filter 1,$(USE_CUDNN)),$(CUDNN_BINS)))
+	@$(if $(NVCC),echo "GPU test binaries + bench_kernels + mma_gemm + bench_attention + train_gpt (bf16, fp32)$(if $(filter 1,$(USE_CUDNN)), + the cuDNN variants) compiled with $(NVCC)",echo "nvcc not found: GPU build skipped")
 
 # test_builds runs the trainer's SIM builds against the CPU one
 TRAINER_BUILDS := $(BUILD)/sim/train_gpt $(BUILD)/sim/train_gpt_fp32
@@ -194,10 +228,10 @@ test: programs $(TRAINER_BUILDS) $(CPU_TESTS) $(SIM_TESTS) $(SIM_ASAN_TESTS) $(S
 	@$(if $(FUZZ_TESTS),,echo "clang++ with libFuzzer not found: fuzz targets skipped (test_tokenizer's randomized fuzz case still runs)")
 	@ASAN_OPTIONS=detect_leaks=0 scripts/run_tests.sh $(CPU_TESTS) $(SIM_TESTS) $(SIM_ASAN_TESTS) $(SIM_TSAN_TESTS) $(SIM_FP32_TESTS) $(FUZZ_TESTS)
 
-# on a GPU: every kernel test with nvcc (bf16 and fp32), then the trainer tests with the nvcc trainers
-# in place of SIM's
-test_gpu: programs $(GPU_TESTS) $(GPU_FP32_TESTS) $(BUILD)/gpu/train_gpt $(BUILD)/gpu/train_gpt_fp32 $(BUILD)/test/test_builds
-	@scripts/run_tests.sh $(GPU_TESTS) $(GPU_FP32_TESTS)
+# on a GPU: every kernel test with nvcc (bf16 and fp32; the cuDNN comparison with USE_CUDNN=1), then
+# the trainer tests with the nvcc trainers in place of SIM's
+test_gpu: programs $(GPU_TESTS) $(GPU_FP32_TESTS) $(if $(filter 1,$(USE_CUDNN)),$(CUDNN_TESTS)) $(BUILD)/gpu/train_gpt $(BUILD)/gpu/train_gpt_fp32 $(BUILD)/test/test_builds
+	@scripts/run_tests.sh $(GPU_TESTS) $(GPU_FP32_TESTS) $(if $(filter 1,$(USE_CUDNN)),$(CUDNN_TESTS))
 	@LLMC_TRAIN_GPT=$(BUILD)/gpu/train_gpt LLMC_TRAIN_GPT_FP32=$(BUILD)/gpu/train_gpt_fp32 scripts/run_tests.sh $(BUILD)/test/test_builds
 
 bench: programs $(DEV_BINS)

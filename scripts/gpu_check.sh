@@ -4,6 +4,10 @@
 # each one, then builds and runs the kernel benchmark (dev/cuda/bench_kernels.cu ->
 # build/gpu/bench_kernels). Prints last: the tests' table (test binary, test cases passed / failed,
 # seconds), then the benchmark's markdown table (kernel, shape, ms, GB/s or TFLOP/s, % of peak).
+# When cuDNN is installed (the Makefile finds cudnn_graph.h and libcudnn: README.md#cudnn), the
+# USE_CUDNN=1 variants too: build/gpu/test_attention_cudnn (cuDNN's fused attention against ours) joins
+# the tests, and build/gpu/bench_attention_cudnn (ours and cuDNN timed in the same run) prints its
+# table after the benchmark's. CUDNN=0 skips them; so does naming tests on the command line.
 # Exit status 0 only if every test binary ran, every test case passed and the benchmark ran.
 #   usage: scripts/gpu_check.sh [name ...]     (default: all tests and the benchmark; a name is a
 #          test, e.g. test_matmul, or bench_kernels; BENCH=0 skips the benchmark; each test also
@@ -35,9 +39,22 @@ if [ "${FP32:-1}" != 0 ]; then
   for n in ${names[@]+"${names[@]}"}; do fp32_targets+=("build/gpu_fp32/$n"); done
 fi
 
+# cuDNN: present when the Makefile's search finds both its header and its library
+cudnn=0
+if [ "${CUDNN:-1}" != 0 ] && [ "$#" -eq 0 ]; then
+  found=$(printf 'cudnn_found:\n\t@echo "$(CUDNN_INC)|$(CUDNN_LIB)"\n' | make -s --no-print-directory USE_CUDNN=1 -f Makefile -f - cudnn_found 2>/dev/null)
+  if [ -n "${found%%|*}" ] && [ -n "${found##*|}" ]; then
+    cudnn=1
+    echo "cuDNN: headers in ${found%%|*}, library in ${found##*|}: the USE_CUDNN=1 variants are built and run"
+    targets+=("build/gpu/test_attention_cudnn")
+  else
+    echo "cuDNN: not found (cudnn_graph.h and libcudnn.so): the USE_CUDNN=1 variants are skipped"
+  fi
+fi
+
 if [ "$(( ${#targets[@]} + ${#fp32_targets[@]} ))" -gt 0 ]; then
   echo "== building: ${targets[*]} ${fp32_targets[*]}"
-  if ! make "${targets[@]}" ${fp32_targets[@]+"${fp32_targets[@]}"}; then
+  if ! make USE_CUDNN=$cudnn "${targets[@]}" ${fp32_targets[@]+"${fp32_targets[@]}"}; then
     echo "gpu_check: build failed" >&2
     exit 1
   fi
@@ -71,6 +88,8 @@ CS=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
 if [ "${SAN:-1}" != 0 ] && [ -x "$CS" ]; then
   for tool in racecheck synccheck initcheck memcheck; do
     for t in ${targets[@]+"${targets[@]}"}; do
+      # not the cuDNN variant: its kernels are cuDNN's (ours run under the sanitizers in test_attention)
+      case "$t" in *_cudnn) continue ;; esac
       echo "=== compute-sanitizer --tool $tool $t"
       if "$CS" --tool "$tool" --error-exitcode 3 --print-limit 10 "$t" >/tmp/gpu_check_san.log 2>&1; then s=ok; else s="FAIL (exit $?)"; total_fail=$((total_fail + 1)); tail -n 30 /tmp/gpu_check_san.log; fi
       rows+=("$(printf '%-28s %-10s %s' "$(basename "$t")" "$tool" "$s")")
@@ -120,8 +139,29 @@ if [ "${#rows[@]}" -gt 0 ]; then
   printf '%-28s %7s %7s %8s  %s\n' "test binary" "passed" "failed" "seconds" "status"
   for r in "${rows[@]}"; do echo "$r"; done
 fi
+# ours and cuDNN's attention timed in the same run
+cudnn_table=""
+if [ "$bench" != 0 ] && [ "$cudnn" = 1 ]; then
+  echo "=== build/gpu/bench_attention_cudnn"
+  if ! make USE_CUDNN=1 build/gpu/bench_attention_cudnn; then
+    cudnn_table="bench_attention_cudnn: build failed"; total_fail=$((total_fail + 1))
+  else
+    cout=$(build/gpu/bench_attention_cudnn 2>&1); rc=$?
+    echo "$cout" | grep -v -e '^|' -e '^$'
+    if [ "$rc" -ne 0 ]; then
+      cudnn_table="bench_attention_cudnn: FAILED (exit $rc): $(echo "$cout" | tail -n 1)"; total_fail=$((total_fail + 1))
+    else
+      cudnn_table=$(echo "$cout" | grep -E '^(device|correctness)'; echo; echo "$cout" | grep -E '^\|')
+    fi
+  fi
+fi
+
 if [ -n "$bench_table" ]; then
   echo
   echo "$bench_table"
+fi
+if [ -n "$cudnn_table" ]; then
+  echo
+  echo "$cudnn_table"
 fi
 [ "$total_fail" -eq 0 ]

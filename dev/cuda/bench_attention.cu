@@ -13,6 +13,10 @@
 //
 // Timing (dev/cuda/bench_timing.h): one warm-up, then `reps` calls with an event after each; best = the
 // fastest interval. "fwd+bwd" times attention_forward followed by attention_backward.
+// cuDNN (build/gpu/bench_attention_cudnn, make USE_CUDNN=1; README.md#cudnn): the same check and, under
+// each shape's row, a "cuDNN" row timing llmc/cuda/attention_cudnn.cuh on the same inputs in the same
+// run (its plan is built in the warm-up call, outside the timing; its backward needs no scratch). The
+// FLOP counts are the same, so the TFLOP/s compare directly. A shape cuDNN has no engine for says so.
 //
 // Shapes: B 4, H 32 (= Hkv), D 128, causal, T = 2K .. 32K (--max-t caps T); d20-like: B 16, T 2048,
 // H 10 (= Hkv), D 128, window 512 (nanochat's short window at T 2048) and causal (its long layers).
@@ -33,6 +37,9 @@
 #include "llmc/rng.h"
 #include "llmc/utils.h"
 #include "dev/cuda/bench_timing.h"
+#ifdef LLMC_CUDNN
+#include "llmc/cuda/attention_cudnn.cuh"
+#endif
 
 namespace {
 
@@ -81,10 +88,11 @@ double visible_pairs(int T, int window) {
 
 struct Shape { int B, T, H, Hkv, D, window; const char* what; };
 
-// Forward and backward of one small shape against the CPU op in double; returns the worst
-// |err| / (2^-6 max|ref|) over all five outputs. The bound is a sanity gate (bf16 P, dS and outputs
-// err by ~2^-8 of their magnitudes); test/sim/test_attention.cu holds the per-element tolerances.
-double check_small(const Shape& s) {
+// Forward and backward of one small shape against the CPU op in double, through our kernels or
+// (use_cudnn) cuDNN's; returns the worst |err| / (2^-6 max|ref|) over all five outputs, or -1 when
+// cuDNN has no engine for the shape. The bound is a sanity gate (bf16 P, dS and outputs err by ~2^-8
+// of their magnitudes); test/sim/test_attention.cu holds the per-element tolerances.
+double check_small(const Shape& s, bool use_cudnn) {
     const size_t nq = (size_t)s.B * s.T * s.H * s.D, nk = (size_t)s.B * s.T * s.Hkv * s.D, nl = (size_t)s.B * s.H * s.T;
     const std::vector<floatX> hq = random_bf16(nq, 1, 2.0f), hk = random_bf16(nk, 2, 1.5f), hv = random_bf16(nk, 3, 1.5f),
                               hg = random_bf16(nq, 4, 1.0f);
@@ -104,9 +112,24 @@ double check_small(const Shape& s) {
     cudaCheck(cudaMemcpy(dK, hk.data(), nk * sizeof(floatX), cudaMemcpyHostToDevice));
     cudaCheck(cudaMemcpy(dV, hv.data(), nk * sizeof(floatX), cudaMemcpyHostToDevice));
     cudaCheck(cudaMemcpy(dG, hg.data(), nq * sizeof(floatX), cudaMemcpyHostToDevice));
-    attention_forward(dO, dL, dQ, dK, dV, s.B, s.T, s.H, s.Hkv, s.D, s.window, 0);
-    attention_backward(gQ, gK, gV, dG, dO, dL, dQ, dK, dV, s.B, s.T, s.H, s.Hkv, s.D, s.window, scratch, 0);
+    bool ran = true;
+    if (use_cudnn) {
+#ifdef LLMC_CUDNN
+        ran = attention_forward_cudnn(dO, dL, dQ, dK, dV, s.B, s.T, s.H, s.Hkv, s.D, s.window, 0) &&
+              attention_backward_cudnn(gQ, gK, gV, dG, dO, dL, dQ, dK, dV, s.B, s.T, s.H, s.Hkv, s.D, s.window, 0);
+#else
+        ran = false;
+#endif
+    } else {
+        attention_forward(dO, dL, dQ, dK, dV, s.B, s.T, s.H, s.Hkv, s.D, s.window, 0);
+        attention_backward(gQ, gK, gV, dG, dO, dL, dQ, dK, dV, s.B, s.T, s.H, s.Hkv, s.D, s.window, scratch, 0);
+    }
     cudaCheck(cudaDeviceSynchronize());
+    if (!ran) {
+        for (void* p : {(void*)dQ, (void*)dK, (void*)dV, (void*)dG, (void*)dO, (void*)gQ, (void*)gK, (void*)gV, (void*)dL, (void*)scratch})
+            cudaCheck(cudaFree(p));
+        return -1.0;
+    }
     std::vector<floatX> ho(nq), hgq(nq), hgk(nk), hgv(nk);
     std::vector<float> hl(nl);
     cudaCheck(cudaMemcpy(ho.data(), dO, nq * sizeof(floatX), cudaMemcpyDeviceToHost));
@@ -174,9 +197,16 @@ int run(int argc, char** argv) {
     const Shape check = {2, 150, 4, 2, 128, 40, "check"};
     printf("correctness: B=%d T=%d H=%d Hkv=%d D=%d window=%d against the CPU op in double (bound 2^-6 max|ref|)\n", check.B, check.T,
            check.H, check.Hkv, check.D, check.window);
-    const double worst = check_small(check);
-    const bool ok = worst <= 1.0;
+    const double worst = check_small(check, false);
+    bool ok = worst <= 1.0;
     printf("correctness: %s\n", ok ? "ok" : "MISMATCH");
+#ifdef LLMC_CUDNN
+    printf("correctness of the cuDNN path, same shape and bound:\n");
+    const double worst_cudnn = check_small(check, true);
+    const bool ok_cudnn = worst_cudnn >= 0.0 && worst_cudnn <= 1.0;
+    printf("correctness (cuDNN): %s\n", worst_cudnn < 0.0 ? "NO ENGINE" : ok_cudnn ? "ok" : "MISMATCH");
+    ok = ok && ok_cudnn;
+#endif
 
     std::vector<Shape> shapes;
     if (small) {
@@ -215,6 +245,32 @@ int run(int argc, char** argv) {
         if (s.window < s.T - 1) snprintf(win, sizeof win, "%d", s.window);
         printf("| %d, %d, %d/%d, %d (%s) | %s | %.3f | %.1f | %.3f | %.1f | %s |\n", s.B, s.T, s.H, s.Hkv, s.D, s.what, win, t_fwd, tf_fwd, t_all,
                tf_all, pct);
+#ifdef LLMC_CUDNN
+        // the same inputs through cuDNN; its plans (and their buffers) are freed after the shape
+        if (!attention_forward_cudnn(o, lse, q, k, v, s.B, s.T, s.H, s.Hkv, s.D, s.window, stream)) {
+            printf("| %d, %d, %d/%d, %d (%s) cuDNN | %s | no engine | | | | |\n", s.B, s.T, s.H, s.Hkv, s.D, s.what, win);
+        } else {
+            const double c_fwd =
+                time_it([&] { attention_forward_cudnn(o, lse, q, k, v, s.B, s.T, s.H, s.Hkv, s.D, s.window, stream); }, reps, stream).best_ms;
+            bool bwd_ok = true;
+            const double c_all = time_it(
+                [&] {
+                    attention_forward_cudnn(o, lse, q, k, v, s.B, s.T, s.H, s.Hkv, s.D, s.window, stream);
+                    bwd_ok = attention_backward_cudnn(gq, gk, gv, g, o, lse, q, k, v, s.B, s.T, s.H, s.Hkv, s.D, s.window, stream) && bwd_ok;
+                },
+                reps, stream).best_ms;
+            const double cf = flops_fwd / (c_fwd * 1e-3) / 1e12, ca = flops_all / (c_all * 1e-3) / 1e12;
+            char cpct[16] = "-", call_ms[32] = "no engine", call_tf[32] = "";
+            if (peak > 0) snprintf(cpct, sizeof cpct, "%.0f%%", 100.0 * cf / peak);
+            if (bwd_ok) {
+                snprintf(call_ms, sizeof call_ms, "%.3f", c_all);
+                snprintf(call_tf, sizeof call_tf, "%.1f", ca);
+            }
+            printf("| %d, %d, %d/%d, %d (%s) cuDNN | %s | %.3f | %.1f | %s | %s | %s |\n", s.B, s.T, s.H, s.Hkv, s.D, s.what, win, c_fwd, cf,
+                   call_ms, call_tf, cpct);
+        }
+        attention_cudnn_destroy();
+#endif
         for (void* p : {(void*)q, (void*)k, (void*)v, (void*)o, (void*)g, (void*)gq, (void*)gk, (void*)gv, (void*)lse, (void*)scratch})
             cudaCheck(cudaFree(p));
     }

@@ -47,6 +47,9 @@
 #include "llmc/cuda/attention.cuh"
 #include "llmc/cpu/attention.h"
 #include "test/sim/test_util.h"
+#ifdef LLMC_CUDNN  // build/gpu/test_attention_cudnn only (make USE_CUDNN=1): the cuDNN section at the end
+#include "llmc/cuda/attention_cudnn.cuh"
+#endif
 
 using namespace testutil;
 
@@ -411,3 +414,116 @@ TEST_CASE("attention: unsupported shapes and misaligned pointers are an error, n
     CHECK_THROWS_AS(attention_backward(x.ptr, x.ptr, x.ptr, x.ptr, x.ptr, l.ptr, x.ptr, x.ptr, x.ptr, 1, 64, 2, 1, bad_D, kNone, s.ptr, 0),
                     llmc::Error);
 }
+
+#ifdef LLMC_CUDNN
+// ---- the cuDNN path (llmc/cuda/attention_cudnn.cuh; build/gpu/test_attention_cudnn, README.md#cudnn) ----
+// cuDNN's fused attention against ours on the same bf16 inputs: forward O and lse, and the backward
+// dq, dk, dv with both fed the same O and lse (the reference's, as check_bf16 does), on every shape of
+// kShapes, plus D = 96, a head dim only cuDNN serves (checked against the CPU op alone). cuDNN must run
+// (not fall back) on all of them: they are causal, windowed and GQA shapes its fused engine covers.
+// Tolerances: cuDNN's graph rounds what ours rounds (P to bf16 before P·V and Pᵀ·dO, dS to bf16
+// before dSᵀ·Q, the outputs to bf16) and accumulates in fp32, so the bound tol of set_tolerances is
+// taken as its bound too, with one addition: under GQA its graph rounds each query head's dK and dV
+// to bf16 before summing the group, 2^-8 of sum_h |dK_h| more, which is at most the P / dS rounding
+// term already in tol, so cuDNN's dk, dv bound is 2 tol when H > Hkv. Then cuDNN vs the CPU op is
+// held to cuDNN's bound and cuDNN vs ours to the sum of the two bounds (each within its bound of the
+// exact value). The worst err/tol of each comparison is printed.
+namespace {
+
+std::vector<double> scaled(const std::vector<double>& tol, double f) {
+    std::vector<double> r(tol);
+    for (double& x : r) x *= f;
+    return r;
+}
+
+void check_cudnn(const Shape& sh, uint64_t seed, bool compare_ours) {
+    const std::string name = shape_name(sh);
+    CAPTURE(name);
+    Problem P = make_problem(sh, seed);
+    set_tolerances(P, bf16_precision(sh.D));
+    const int B = sh.B, T = sh.T, H = sh.H, Hkv = sh.Hkv, D = sh.D;
+    const double kv_factor = H > Hkv ? 2.0 : 1.0;  // cuDNN's extra bf16 rounding of the per-head dK, dV under GQA
+    DeviceBuffer<floatX> dq_in(to_bf16(P.q)), dk_in(to_bf16(P.k)), dv_in(to_bf16(P.v)), dg(to_bf16(P.dout)), dO_in(to_bf16(P.o_in));
+    DeviceBuffer<float> dlse_in(P.lse_in);
+    DeviceBuffer<floatX> dout(P.q.size()), ddq(P.q.size()), ddk(P.k.size()), ddv(P.v.size());
+    DeviceBuffer<float> dlse((size_t)B * H * T);
+
+    dout.poison();
+    dlse.poison();
+    const bool ran_fwd = attention_forward_cudnn(dout.ptr, dlse.ptr, dq_in.ptr, dk_in.ptr, dv_in.ptr, B, T, H, Hkv, D, sh.window, 0);
+    CHECK_MESSAGE(ran_fwd, "cuDNN has no forward engine for this shape (its reason is on stderr)");
+    if (!ran_fwd) return;
+    const std::vector<float> o = to_f32(dout.download()), lse = dlse.download();
+    ddq.poison();
+    ddk.poison();
+    ddv.poison();
+    const bool ran_bwd = attention_backward_cudnn(ddq.ptr, ddk.ptr, ddv.ptr, dg.ptr, dO_in.ptr, dlse_in.ptr, dq_in.ptr, dk_in.ptr,
+                                                  dv_in.ptr, B, T, H, Hkv, D, sh.window, 0);
+    CHECK_MESSAGE(ran_bwd, "cuDNN has no backward engine for this shape (its reason is on stderr)");
+    if (!ran_bwd) return;
+    const std::vector<float> gq = to_f32(ddq.download()), gk = to_f32(ddk.download()), gv = to_f32(ddv.download());
+
+    CHECK(check_close("cuDNN O vs CPU", o, P.o_ref, P.tol_o) == 0);
+    CHECK(check_close("cuDNN lse vs CPU", lse, P.lse_ref, P.tol_lse) == 0);
+    CHECK(check_close("cuDNN dq vs CPU", gq, P.dq_ref, P.tol_dq) == 0);
+    CHECK(check_close("cuDNN dk vs CPU", gk, P.dk_ref, scaled(P.tol_dk, kv_factor)) == 0);
+    CHECK(check_close("cuDNN dv vs CPU", gv, P.dv_ref, scaled(P.tol_dv, kv_factor)) == 0);
+    if (!compare_ours) return;
+
+    // ours on the same inputs
+    DeviceBuffer<floatX> oo(P.q.size()), oq(P.q.size()), ok(P.k.size()), ov(P.v.size());
+    DeviceBuffer<float> ol((size_t)B * H * T), scratch(attention_backward_scratch_floats(B, H, T));
+    attention_forward(oo.ptr, ol.ptr, dq_in.ptr, dk_in.ptr, dv_in.ptr, B, T, H, Hkv, D, sh.window, 0);
+    attention_backward(oq.ptr, ok.ptr, ov.ptr, dg.ptr, dO_in.ptr, dlse_in.ptr, dq_in.ptr, dk_in.ptr, dv_in.ptr, B, T, H, Hkv, D, sh.window,
+                       scratch.ptr, 0);
+    const std::vector<float> o2 = to_f32(oo.download()), l2 = ol.download(), q2 = to_f32(oq.download()), k2 = to_f32(ok.download()),
+                             v2 = to_f32(ov.download());
+    auto as_double = [](const std::vector<float>& v) { return std::vector<double>(v.begin(), v.end()); };
+    CHECK(check_close("cuDNN O vs ours", o, as_double(o2), scaled(P.tol_o, 2.0)) == 0);
+    CHECK(check_close("cuDNN lse vs ours", lse, as_double(l2), scaled(P.tol_lse, 2.0)) == 0);
+    CHECK(check_close("cuDNN dq vs ours", gq, as_double(q2), scaled(P.tol_dq, 2.0)) == 0);
+    CHECK(check_close("cuDNN dk vs ours", gk, as_double(k2), scaled(P.tol_dk, 1.0 + kv_factor)) == 0);
+    CHECK(check_close("cuDNN dv vs ours", gv, as_double(v2), scaled(P.tol_dv, 1.0 + kv_factor)) == 0);
+}
+
+}  // namespace
+
+TEST_CASE("attention, cuDNN path: forward O, lse and backward dq, dk, dv against ours and the CPU op") {
+    uint64_t seed = 3000;
+    for (const Shape& s : kShapes) check_cudnn(s, seed++, true);
+    check_cudnn({2, 130, 4, 2, 96, 40}, seed++, false);  // D = 96: ours refuses it, cuDNN is the fallback
+    attention_cudnn_destroy();
+}
+
+TEST_CASE("attention, cuDNN path: one plan per shape and direction, reused by later calls; no engine is false, not an error") {
+    const int B = 2, T = 40, H = 4, Hkv = 2, D = 64, window = 9;
+    DeviceBuffer<floatX> q((size_t)B * T * H * D), kv((size_t)B * T * Hkv * D), o((size_t)B * T * H * D), g((size_t)B * T * H * D);
+    DeviceBuffer<floatX> gq((size_t)B * T * H * D), gk((size_t)B * T * Hkv * D), gv((size_t)B * T * Hkv * D);
+    DeviceBuffer<float> lse((size_t)B * H * T);
+    llmc::Rng rng(77);
+    q.upload(to_bf16(randn(q.n, rng)));
+    kv.upload(to_bf16(randn(kv.n, rng)));
+    g.upload(to_bf16(randn(g.n, rng)));
+    const int before = attention_cudnn_plans_built();
+    for (int run = 0; run < 3; run++) {
+        REQUIRE(attention_forward_cudnn(o.ptr, lse.ptr, q.ptr, kv.ptr, kv.ptr, B, T, H, Hkv, D, window, 0));
+        REQUIRE(attention_backward_cudnn(gq.ptr, gk.ptr, gv.ptr, g.ptr, o.ptr, lse.ptr, q.ptr, kv.ptr, kv.ptr, B, T, H, Hkv, D, window, 0));
+    }
+    cudaCheck(cudaDeviceSynchronize());
+    CHECK(attention_cudnn_plans_built() - before == 2);
+    // a window beyond T is the same problem as no window: same plan
+    REQUIRE(attention_forward_cudnn(o.ptr, lse.ptr, q.ptr, kv.ptr, kv.ptr, B, T, H, Hkv, D, T - 1, 0));
+    REQUIRE(attention_forward_cudnn(o.ptr, lse.ptr, q.ptr, kv.ptr, kv.ptr, B, T, H, Hkv, D, kNone, 0));
+    CHECK(attention_cudnn_plans_built() - before == 3);
+    // a head dim that is not a multiple of 8: cuDNN has no engine, and the call says so instead of failing
+    DeviceBuffer<floatX> small((size_t)B * T * H * 12);
+    DeviceBuffer<float> small_lse((size_t)B * H * T);
+    small.poison();
+    CHECK_FALSE(attention_forward_cudnn(small.ptr, small_lse.ptr, small.ptr, small.ptr, small.ptr, B, T, H, H, 12, kNone, 0));
+    CHECK(attention_cudnn_plans_built() - before == 3);
+    // bad arguments are an error, as in attention.cuh
+    CHECK_THROWS_AS(attention_forward_cudnn(o.ptr, lse.ptr, q.ptr, kv.ptr, kv.ptr, B, T, 3, 2, D, kNone, 0), llmc::Error);  // H % Hkv
+    CHECK_THROWS_AS(attention_forward_cudnn(o.ptr + 1, lse.ptr, q.ptr, kv.ptr, kv.ptr, B, T, H, Hkv, D, kNone, 0), llmc::Error);  // misaligned
+    attention_cudnn_destroy();
+}
+#endif  // LLMC_CUDNN
