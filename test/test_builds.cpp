@@ -38,14 +38,7 @@ const std::string kSim = env_or("LLMC_TRAIN_GPT", "./build/sim/train_gpt");
 const std::string kSim32 = env_or("LLMC_TRAIN_GPT_FP32", "./build/sim/train_gpt_fp32");
 
 std::string data_dir() {
-    static std::string dir;
-    if (!dir.empty()) return dir;
-    char tmpl[] = "/tmp/llmc_test_builds_XXXXXX";
-    REQUIRE(mkdtemp(tmpl) != nullptr);
-    dir = tmpl;
-    Run r = run("./prepare_data --input " + corpus_path(dir) + " --out " + dir + "/data --vocab-size 512 --prefix ts");
-    INFO(r.out);
-    REQUIRE(r.status == 0);
+    static std::string dir = make_data_dir("test_builds", 512);
     return dir;
 }
 

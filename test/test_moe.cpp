@@ -38,8 +38,7 @@
 #include "llmc/muon.h"
 #include "llmc/cpu/moe.h"
 
-using Vec = std::vector<double>;
-static const double NaN = std::numeric_limits<double>::quiet_NaN();
+#include "test/op_test_util.h"
 
 // ---- a layer with its own buffers ----
 
@@ -100,21 +99,6 @@ struct Layer {
     }
 };
 
-static Vec randn(llmc::Rng& rng, size_t n, double scale = 1.0) {
-    Vec v(n);
-    for (auto& x : v) x = scale * rng.normal();
-    return v;
-}
-static double dot(const Vec& a, const Vec& b) {
-    double s = 0;
-    for (size_t i = 0; i < a.size(); i++) s += a[i] * b[i];
-    return s;
-}
-static double max_abs(const Vec& v) {
-    double m = 0;
-    for (double x : v) m = std::max(m, std::fabs(x));
-    return m;
-}
 // max_i |a_i - b_i| / max_i |b_i|  (NaN anywhere gives NaN, which fails any <= check)
 template <typename A, typename B>
 static double rel_max_diff(const std::vector<A>& a, const std::vector<B>& b) {
@@ -126,49 +110,10 @@ static double rel_max_diff(const std::vector<A>& a, const std::vector<B>& b) {
     }
     return m > 0 ? d / m : d;
 }
-static bool all_finite(const Vec& v) {
-    for (double x : v) if (!std::isfinite(x)) return false;
-    return true;
-}
-
-// max over elements of |a-b| / max(|a|, |b|, floor_frac * max|b|, abs_floor)
-static double max_rel_err(const Vec& a, const Vec& b, double floor_frac, double abs_floor) {
-    double floor_ = std::max(floor_frac * max_abs(b), abs_floor), worst = 0;
-    for (size_t i = 0; i < a.size(); i++) {
-        double r = std::fabs(a[i] - b[i]) / std::max({std::fabs(a[i]), std::fabs(b[i]), floor_});
-        if (!(r <= worst)) worst = r;
-    }
-    return worst;
-}
-
-// The 5-point central stencil of loss() in every element of x, against `analytic`. The stencil
-// reaches 2h from the point: h = 1e-4 keeps that far inside the decision margins (MARGIN below).
-static double gradcheck(const std::string& what, Vec& x, const Vec& analytic, const std::function<double()>& loss, double h = 1e-4) {
-    REQUIRE(analytic.size() == x.size());
-    Vec numeric(x.size());
-#ifdef _OPENMP
-    int saved_threads = omp_get_max_threads();
-    omp_set_num_threads(1);  // thousands of tiny forwards: no barriers
-#endif
-    for (size_t i = 0; i < x.size(); i++) {
-        double save = x[i];
-        x[i] = save + h; double p1 = loss();
-        x[i] = save - h; double m1 = loss();
-        x[i] = save + 2 * h; double p2 = loss();
-        x[i] = save - 2 * h; double m2 = loss();
-        x[i] = save;
-        numeric[i] = (8 * (p1 - m1) - (p2 - m2)) / (12 * h);
-    }
-    loss();
-#ifdef _OPENMP
-    omp_set_num_threads(saved_threads);
-#endif
-    double err = max_rel_err(analytic, numeric, 1e-3, 1e-9);
-    std::string msg = llmc::strfmt("%s: max rel err %.3g over %zu elements (max |grad| %.3g)", what.c_str(), err, x.size(), max_abs(numeric));
-    INFO(msg);
-    CHECK(err <= 1e-6);
-    MESSAGE(msg);
-    return err;
+// The 5-point stencil reaches 2h from the point: h = 1e-4 keeps that far inside the decision
+// margins (MARGIN below).
+static double gradcheck_moe(const std::string& what, Vec& x, const Vec& analytic, const std::function<double()>& loss) {
+    return gradcheck(what, x, analytic, loss, 1e-4);
 }
 
 // ---- decision margins (independent re-derivation of the routing decisions from s and b) ----
@@ -269,15 +214,15 @@ static void fd_check_layer(const char* name, MoeConfig c, uint64_t seed) {
     L.backward(R.data(), u.data(), daux);
     const Vec du = L.du, dr = L.drouter, d1 = L.dw1, d2 = L.dw2, d3 = L.dw3, ds1 = L.ds1, ds2 = L.ds2, ds3 = L.ds3;
     std::string n = name;
-    gradcheck(n + " du", u, du, loss);
-    gradcheck(n + " dW_g", L.router, dr, loss);
-    gradcheck(n + " dW1", L.w1, d1, loss);
-    gradcheck(n + " dW2", L.w2, d2, loss);
-    if (c.swiglu) gradcheck(n + " dW3", L.w3, d3, loss);
+    gradcheck_moe(n + " du", u, du, loss);
+    gradcheck_moe(n + " dW_g", L.router, dr, loss);
+    gradcheck_moe(n + " dW1", L.w1, d1, loss);
+    gradcheck_moe(n + " dW2", L.w2, d2, loss);
+    if (c.swiglu) gradcheck_moe(n + " dW3", L.w3, d3, loss);
     if (c.Fs > 0) {
-        gradcheck(n + " shared dW1", L.s1, ds1, loss);
-        gradcheck(n + " shared dW2", L.s2, ds2, loss);
-        if (c.swiglu) gradcheck(n + " shared dW3", L.s3, ds3, loss);
+        gradcheck_moe(n + " shared dW1", L.s1, ds1, loss);
+        gradcheck_moe(n + " shared dW2", L.s2, ds2, loss);
+        if (c.swiglu) gradcheck_moe(n + " shared dW3", L.s3, ds3, loss);
     }
     CHECK(changed == 0);
     // parameter gradients accumulate: a second backward doubles them (same inputs)
@@ -333,8 +278,8 @@ TEST_CASE("aux-loss gradient alone (docs/moe.md#gate-backward): L = L_bal, finit
     CHECK(max_abs(L.drouter) > 1e-3);  // not vacuous
     for (double x : L.dw1) CHECK(x == 0.0);
     Vec dr = L.drouter, du = L.du;
-    gradcheck("aux only dW_g", L.router, dr, loss);
-    gradcheck("aux only du", u, du, loss);
+    gradcheck_moe("aux only dW_g", L.router, dr, loss);
+    gradcheck_moe("aux only du", u, du, loss);
 }
 
 TEST_CASE("silu' = sigmoid(x) (1 + x (1 - sigmoid(x))), and the SwiGLU product rule, by finite differences") {

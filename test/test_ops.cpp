@@ -57,69 +57,7 @@
 #include "llmc/cpu/smear.h"
 #include "llmc/cpu/value_embed.h"
 
-using Vec = std::vector<double>;
-using VecF = std::vector<float>;
-static const double NaN = std::numeric_limits<double>::quiet_NaN();
-
-static Vec randn(llmc::Rng& rng, size_t n, double scale = 1.0) {
-    Vec v(n);
-    for (auto& x : v) x = scale * rng.normal();
-    return v;
-}
-static VecF to_float(const Vec& v) { return VecF(v.begin(), v.end()); }
-static double dot(const Vec& a, const Vec& b) {
-    double s = 0;
-    for (size_t i = 0; i < a.size(); i++) s += a[i] * b[i];
-    return s;
-}
-// max over elements of |a-b| / max(|a|,|b|, floor_frac * max|b|, abs_floor)
-static double max_rel_err(const Vec& a, const Vec& b, double floor_frac, double abs_floor = 1e-300) {
-    double scale = 0;
-    for (double x : b) scale = std::max(scale, std::fabs(x));
-    double floor_ = std::max(floor_frac * scale, abs_floor);
-    double worst = 0;
-    for (size_t i = 0; i < a.size(); i++) {
-        double d = std::fabs(a[i] - b[i]);
-        double den = std::max({std::fabs(a[i]), std::fabs(b[i]), floor_});
-        double r = d / den;
-        if (!(r <= worst)) worst = r;  // also catches NaN
-    }
-    return worst;
-}
-
-// Central finite differences (5-point stencil) of loss() w.r.t. every element of x (x is perturbed in place and
-// restored), compared with the analytic gradient. Returns the max relative error (see top).
-static double gradcheck(const char* what, Vec& x, const Vec& analytic, const std::function<double()>& loss,
-                        double h = 1e-3) {
-    REQUIRE(analytic.size() == x.size());
-    Vec numeric(x.size());
-    // The thousands of tiny forward calls run on one thread: on a loaded 2-core machine an OpenMP
-    // barrier per tiny call can cost milliseconds. (The analytic backward under test was called
-    // by the test case with the default thread count.)
-#ifdef _OPENMP
-    int saved_threads = omp_get_max_threads();
-    omp_set_num_threads(1);
-#endif
-    for (size_t i = 0; i < x.size(); i++) {
-        double save = x[i];
-        x[i] = save + h; double p1 = loss();
-        x[i] = save - h; double m1 = loss();
-        x[i] = save + 2 * h; double p2 = loss();
-        x[i] = save - 2 * h; double m2 = loss();
-        x[i] = save;
-        numeric[i] = (8 * (p1 - m1) - (p2 - m2)) / (12 * h);
-    }
-    loss();  // leave the op's saved outputs (rstd, lse, gamma, ...) at the unperturbed point
-#ifdef _OPENMP
-    omp_set_num_threads(saved_threads);
-#endif
-    double err = max_rel_err(analytic, numeric, 1e-3, 1e-9);
-    std::string msg = llmc::strfmt("%s: max rel err %.3g over %zu elements", what, err, x.size());
-    INFO(msg);
-    CHECK(err <= 1e-6);
-    MESSAGE(msg);
-    return err;
-}
+#include "test/op_test_util.h"
 
 // ============================================================================================
 // rmsnorm

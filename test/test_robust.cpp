@@ -99,15 +99,8 @@ int count(const std::string& s, const std::string& needle) {
 // 150 MB of checkpoints by the end, removed by main() when every test passed.
 std::string g_tmp;
 std::string tmp_dir() {
-    std::string& dir = g_tmp;
-    if (!dir.empty()) return dir;
-    char tmpl[] = "/tmp/llmc_test_robust_XXXXXX";
-    REQUIRE(mkdtemp(tmpl) != nullptr);
-    dir = tmpl;
-    Run r = run("./prepare_data --input " + corpus_path(dir) + " --out " + dir + "/data --vocab-size 1024 --prefix ts");
-    INFO(r.out);
-    REQUIRE(r.status == 0);
-    return dir;
+    if (g_tmp.empty()) g_tmp = make_data_dir("test_robust", 1024);
+    return g_tmp;
 }
 
 // the tiny model of test_train: depth 2, n_embd 64, T 64, 512 tokens per step

@@ -23,14 +23,7 @@ namespace {
 using namespace traintest;
 
 std::string data_dir() {
-    static std::string dir;
-    if (!dir.empty()) return dir;
-    char tmpl[] = "/tmp/llmc_test_train_XXXXXX";
-    REQUIRE(mkdtemp(tmpl) != nullptr);
-    dir = tmpl;
-    Run r = run("./prepare_data --input " + corpus_path(dir) + " --out " + dir + "/data --vocab-size 1024 --prefix ts");
-    INFO(r.out);
-    REQUIRE(r.status == 0);
+    static std::string dir = make_data_dir("test_train", 1024);
     return dir;
 }
 

@@ -85,7 +85,21 @@ inline std::string corpus_path(const std::string& dir) {
     return synthetic_corpus(dir);
 }
 
-// One data directory per test process, prepared once: BPE vocab 1024 on tinyshakespeare.
+// A new temporary directory /tmp/llmc_<tag>_XXXXXX holding prepare_data's output for the corpus
+// above in <dir>/data (BPE vocabulary `vocab`, prefix ts); returns the directory. Callers keep one
+// per test process (a function-local static).
+inline std::string make_data_dir(const std::string& tag, int vocab) {
+    std::string tmpl = "/tmp/llmc_" + tag + "_XXXXXX";
+    std::vector<char> buf(tmpl.begin(), tmpl.end());
+    buf.push_back('\0');
+    REQUIRE(mkdtemp(buf.data()) != nullptr);
+    std::string dir = buf.data();
+    Run r = run("./prepare_data --input " + corpus_path(dir) + " --out " + dir + "/data --vocab-size " + std::to_string(vocab) + " --prefix ts");
+    INFO(r.out);
+    REQUIRE(r.status == 0);
+    return dir;
+}
+
 
 inline std::vector<llmc::Json> read_log(const std::string& path) {
     std::vector<llmc::Json> v;
