@@ -49,7 +49,7 @@ std::string data_dir() {
 std::string flags(const std::string& arch, int steps, int head_dim) {
     return " --data-dir " + data_dir() + "/data --arch " + arch + " --head-dim " + std::to_string(head_dim) +
            " --depth 2 --aspect-ratio 32 --n-kv-head 1 --max-seq-len 64 --short-window 16"
-           " --device-batch-size 2 --total-batch-size 256 --eval-every -1 --eval-tokens 128 --num-samples 0 --threads 2"
+           " --device-batch-size 2 --total-batch-size 256 --eval-every -1 --eval-tokens 128 --num-samples 0"
            " --num-iterations " + std::to_string(steps);
 }
 std::string fp32_flags(const std::string& arch, int steps) { return flags(arch, steps, 32); }
@@ -58,7 +58,10 @@ std::string bf16_flags(const std::string& arch, int steps) { return flags(arch, 
 // Run a trainer; its output directory is dir/name. Returns the training losses by step (1-based).
 std::vector<double> train(const std::string& bin, const std::string& args, const std::string& name, const std::string& env = "") {
     std::string out = data_dir() + "/" + name;
-    Run r = run(env + bin + args + " --out-dir " + out);
+    // One thread: SIM runs its kernels on one anyway, and the tiny CPU steps gain nothing from two
+    // (on a busy 2-core machine an OpenMP barrier waiting for a descheduled thread made them 100x
+    // slower); the CPU build's results do not depend on the thread count (test_ops checks it).
+    Run r = run(env + bin + args + " --threads 1 --out-dir " + out);
     INFO("command: " << bin << args << "\n" << r.out);
     REQUIRE(r.status == 0);
     std::vector<double> loss(1, NAN);
