@@ -80,7 +80,7 @@ GPU_FP32_KERNEL_TESTS := $(patsubst %,$(BUILD)/gpu_fp32/test_%,$(FP32_KERNEL_TES
 GPU_FP32_TESTS := $(patsubst test/sim/%.cu,$(BUILD)/gpu_fp32/%,$(wildcard test/sim/test_*.cu))
 DEV_BINS := $(patsubst dev/%.cpp,$(BUILD)/dev/%,$(wildcard dev/*.cpp))
 
-PROGRAMS := train_gpt_cpu prepare_data
+PROGRAMS := train_gpt_cpu train_moe_cpu prepare_data
 
 # PRECISION=FP32 builds the CUDA path (train_gpt, train_gpt_sim) in fp32 instead of bf16 mixed
 # precision (llm.c's switch): every activation, weight copy and GEMM operand fp32. The output names
@@ -96,6 +96,10 @@ programs: $(PROGRAMS)
 
 # ---- programs ----
 train_gpt_cpu: train_gpt.cu $(HEADERS)
+	$(CXX) $(CXXFLAGS) -x c++ $< -o $@ $(LDLIBS)
+
+# The hybrid trainer (Lightning Attention + MoE): train_gpt.cu's model and program with its flags on.
+train_moe_cpu: train_moe.cu train_gpt.cu $(HEADERS)
 	$(CXX) $(CXXFLAGS) -x c++ $< -o $@ $(LDLIBS)
 
 # Optional comparison build: the CPU matmuls through OpenBLAS (apt-get install libopenblas-dev).
@@ -135,7 +139,7 @@ $(BUILD)/test/%: test/%.cpp $(HEADERS)
 	$(CXX) $(CXXFLAGS) $< -o $@ $(LDLIBS)
 
 # these include train_gpt.cu itself (#define TESTING)
-$(BUILD)/test/test_model $(BUILD)/test/test_robust: train_gpt.cu
+$(BUILD)/test/test_model $(BUILD)/test/test_moe_model $(BUILD)/test/test_robust: train_gpt.cu
 # the end-to-end tests share their runner, corpus and log reader
 $(BUILD)/test/test_train $(BUILD)/test/test_robust $(BUILD)/test/test_builds: test/train_test_util.h
 

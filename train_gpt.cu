@@ -37,6 +37,9 @@ comments below cite its sections by anchor (docs/model.md#forward, docs/model.md
 #include "llmc/cli.h"
 #include "llmc/scaling.h"
 #include "llmc/cpu/rope.h"  // rope_table (the tables are computed on the host in every build)
+// the hybrid layers' configuration, sizes, slopes, bias update and metrics (host code in every build)
+#include "llmc/cpu/lightning.h"
+#include "llmc/cpu/moe.h"
 // The op set the model calls (see llmc/ops_cpu.h): the CUDA kernels when nvcc compiles this file or
 // g++ compiles it against SIM, else the CPU reference ops.
 #if defined(__CUDACC__) || defined(LLMC_SIM)
@@ -54,38 +57,77 @@ comments below cite its sections by anchor (docs/model.md#forward, docs/model.md
 
 typedef llmc::ModelShape GPTConfig;
 
+// The program this file is built as: train_gpt, or train_moe (train_moe.cu defines LLMC_TRAIN_MOE,
+// includes this file and supplies its defaults: the same model, optimizer, checkpoints and loop).
+#ifdef LLMC_TRAIN_MOE
+static const char* const kProgram = "train_moe";
+#else
+static const char* const kProgram = "train_gpt";
+#endif
+
 // ------------------------------------------------------------------------------------------------
 // Parameters (docs/model.md#parameters). One allocation; each tensor group is a slice. Per-layer
-// tensors are stacked (L, ...) in memory (value embeddings and ve_gate only over the VE layers);
-// files use nanochat's per-layer names. The enum order is the order of that table, which also keys
-// the init RNG streams (docs/model.md#init).
+// tensors are stacked in memory over the layers that have them: softmax attention over the softmax
+// layers, the dense MLP over the dense-FFN layers, lightning and MoE tensors over theirs (all L
+// layers of each in the dense model), value embeddings and ve_gate over the VE layers; a layer's
+// slot in its stack is layer_slot(). Files use nanochat's per-layer names with the real layer
+// index. The enum order is the order of the tables in docs/model.md#parameters and
+// docs/model.md#hybrid-params, which also keys the init RNG streams (docs/model.md#init).
 
 enum ParamId {
     P_WTE, P_CQ, P_CK, P_CV, P_ATTN_PROJ, P_VE_GATE, P_FC, P_MLP_PROJ, P_VALUE_EMBEDS, P_LM_HEAD,
-    P_RESID_LAMBDAS, P_X0_LAMBDAS, P_SMEAR_GATE, P_SMEAR_LAMBDA, P_BACKOUT_LAMBDA, NUM_PARAM_TENSORS
+    P_RESID_LAMBDAS, P_X0_LAMBDAS, P_SMEAR_GATE, P_SMEAR_LAMBDA, P_BACKOUT_LAMBDA,
+    // hybrid models only (docs/model.md#hybrid-params): the lightning mixers, the MoE FFNs
+    P_LA_Q, P_LA_K, P_LA_V, P_LA_GATE, P_LA_PROJ, P_LA_NORM,
+    P_MOE_ROUTER, P_MOE_BIAS, P_MOE_FC, P_MOE_UP, P_MOE_PROJ, P_MOE_SHARED_FC, P_MOE_SHARED_UP, P_MOE_SHARED_PROJ,
+    NUM_PARAM_TENSORS
 };
 
 struct ParamSpec {
     size_t offset = 0;   // element offset in the parameter buffer
-    int count = 0;       // number of stacked matrices (L, n_ve_layers, or 1); 0 = tensor absent
+    int count = 0;       // number of stacked matrices (layers of its kind, VE layers, experts x MoE layers, or 1); 0 = absent
     int rows = 0, cols = 0;  // shape of one matrix (cols = 1 for vectors)
     size_t numel() const { return (size_t)count * rows * cols; }
     size_t matrix_numel() const { return (size_t)rows * cols; }
 };
 
+// The slot of layer l in the stack of the layers of its own kind (kind[i] == kind[l]), and back:
+// the layer of slot j among the layers with kind[i] == want (-1 if none).
+inline int layer_slot(const std::vector<bool>& kind, int l) {
+    int n = 0;
+    for (int i = 0; i < l; i++) n += kind[i] == kind[l];
+    return n;
+}
+inline int slot_layer(const std::vector<bool>& kind, bool want, int j) {
+    int n = 0;
+    for (int i = 0; i < (int)kind.size(); i++)
+        if (kind[i] == want && n++ == j) return i;
+    return -1;
+}
+
+// The MoE layer configuration of llmc/cpu/moe.h (docs/moe.md#api) of a model with MoE layers.
+inline MoeConfig moe_config(const GPTConfig& c) {
+    MoeConfig m;
+    m.C = c.n_embd; m.E = c.n_experts; m.K = c.moe_topk; m.F = c.moe_hidden; m.Fs = c.moe_shared * c.moe_hidden;
+    m.swiglu = c.moe_swiglu; m.rho = c.moe_rho; m.alpha = c.moe_aux_alpha; m.groups = c.moe_groups; m.topk_groups = c.moe_topk_groups;
+    return m;
+}
+
 // *total: the buffer's length, the parameter count plus alignment gaps (see the end)
 inline void param_layout(const GPTConfig& c, ParamSpec* spec, size_t* total) {
     int L = c.n_layer, C = c.n_embd, D = c.head_dim, H = c.n_head, Hkv = c.n_kv_head;
     int Vp = c.padded_vocab_size, nve = c.n_ve_layers;
+    int Ls = c.n_softmax, Lm = c.n_dense_mlp, Lla = c.n_lightning, Lmoe = c.n_moe;
+    int E = c.n_experts, F = c.moe_hidden, Fs = c.moe_shared * c.moe_hidden, N = H * D;  // N: lightning inner width
     auto set = [&](int id, int count, int rows, int cols) { spec[id].count = count; spec[id].rows = rows; spec[id].cols = cols; };
     set(P_WTE, 1, Vp, C);
-    set(P_CQ, L, H * D, C);
-    set(P_CK, L, Hkv * D, C);
-    set(P_CV, L, Hkv * D, C);
-    set(P_ATTN_PROJ, L, C, H * D);
+    set(P_CQ, Ls, H * D, C);
+    set(P_CK, Ls, Hkv * D, C);
+    set(P_CV, Ls, Hkv * D, C);
+    set(P_ATTN_PROJ, Ls, C, H * D);
     set(P_VE_GATE, nve, Hkv, 12);
-    set(P_FC, L, 4 * C, C);
-    set(P_MLP_PROJ, L, C, 4 * C);
+    set(P_FC, Lm, 4 * C, C);
+    set(P_MLP_PROJ, Lm, C, 4 * C);
     set(P_VALUE_EMBEDS, nve, Vp, Hkv * D);
     set(P_LM_HEAD, 1, Vp, C);
     set(P_RESID_LAMBDAS, c.lambdas ? 1 : 0, L, 1);
@@ -93,6 +135,20 @@ inline void param_layout(const GPTConfig& c, ParamSpec* spec, size_t* total) {
     set(P_SMEAR_GATE, c.smear ? 1 : 0, 1, 24);
     set(P_SMEAR_LAMBDA, c.smear ? 1 : 0, 1, 1);
     set(P_BACKOUT_LAMBDA, c.backout ? 1 : 0, 1, 1);
+    set(P_LA_Q, Lla, N, C);
+    set(P_LA_K, Lla, N, C);
+    set(P_LA_V, Lla, N, C);
+    set(P_LA_GATE, Lla, N, C);
+    set(P_LA_PROJ, Lla, C, N);
+    set(P_LA_NORM, Lla, N, 1);
+    set(P_MOE_ROUTER, Lmoe, E, C);
+    set(P_MOE_BIAS, Lmoe, E, 1);
+    set(P_MOE_FC, Lmoe * E, F, C);
+    set(P_MOE_UP, c.moe_swiglu ? Lmoe * E : 0, F, C);
+    set(P_MOE_PROJ, Lmoe * E, C, F);
+    set(P_MOE_SHARED_FC, Fs > 0 ? Lmoe : 0, Fs, C);
+    set(P_MOE_SHARED_UP, Fs > 0 && c.moe_swiglu ? Lmoe : 0, Fs, C);
+    set(P_MOE_SHARED_PROJ, Fs > 0 ? Lmoe : 0, C, Fs);
     // each tensor starts at a multiple of 8 elements, so that its matmul copy (bf16 on a GPU) is
     // 16-byte aligned as cuBLASLt and the vector loads require; the gaps are zeros no op reads
     size_t off = 0;
@@ -100,19 +156,31 @@ inline void param_layout(const GPTConfig& c, ParamSpec* spec, size_t* total) {
     *total = off;
 }
 
-// nanochat state-dict name of matrix `j` of tensor `id` (j = layer, or VE-layer slot)
+// The balancing bias b is a buffer: in the model file (it changes the forward), but no gradient
+// reaches it and no optimizer updates it (docs/moe.md#bias: the trainer's moe_update_bias does).
+inline bool is_buffer(int id) { return id == P_MOE_BIAS; }
+
+// Matrices per named tensor: an expert stack is one tensor (E, rows, cols) per MoE layer in files,
+// E matrices in memory (Muon orthogonalises each); everything else is one matrix per name.
+inline int param_group(const GPTConfig& c, int id) {
+    return id == P_MOE_FC || id == P_MOE_UP || id == P_MOE_PROJ ? c.n_experts : 1;
+}
+
+// nanochat state-dict name of the tensor holding matrix `j` of tensor `id` (j = slot in its stack)
 inline std::string param_name(const GPTConfig& c, int id, int j) {
     auto ve_layer = [&](int slot) { int n = 0; for (int i = 0; i < c.n_layer; i++) if (c.has_ve[i] && n++ == slot) return i; return -1; };
     auto h = [&](int layer) { return "transformer.h." + std::to_string(layer) + "."; };
+    int softmax = slot_layer(c.is_lightning, false, j), lightning = slot_layer(c.is_lightning, true, j);
+    int mlp = slot_layer(c.is_moe, false, j), moe = slot_layer(c.is_moe, true, j / param_group(c, id));
     switch (id) {
         case P_WTE: return "transformer.wte.weight";
-        case P_CQ: return h(j) + "attn.c_q.weight";
-        case P_CK: return h(j) + "attn.c_k.weight";
-        case P_CV: return h(j) + "attn.c_v.weight";
-        case P_ATTN_PROJ: return h(j) + "attn.c_proj.weight";
+        case P_CQ: return h(softmax) + "attn.c_q.weight";
+        case P_CK: return h(softmax) + "attn.c_k.weight";
+        case P_CV: return h(softmax) + "attn.c_v.weight";
+        case P_ATTN_PROJ: return h(softmax) + "attn.c_proj.weight";
         case P_VE_GATE: return h(ve_layer(j)) + "attn.ve_gate.weight";
-        case P_FC: return h(j) + "mlp.c_fc.weight";
-        case P_MLP_PROJ: return h(j) + "mlp.c_proj.weight";
+        case P_FC: return h(mlp) + "mlp.c_fc.weight";
+        case P_MLP_PROJ: return h(mlp) + "mlp.c_proj.weight";
         case P_VALUE_EMBEDS: return "value_embeds." + std::to_string(ve_layer(j)) + ".weight";
         case P_LM_HEAD: return "lm_head.weight";
         case P_RESID_LAMBDAS: return "resid_lambdas";
@@ -120,40 +188,81 @@ inline std::string param_name(const GPTConfig& c, int id, int j) {
         case P_SMEAR_GATE: return "smear_gate.weight";
         case P_SMEAR_LAMBDA: return "smear_lambda";
         case P_BACKOUT_LAMBDA: return "backout_lambda";
+        case P_LA_Q: return h(lightning) + "attn.c_q.weight";
+        case P_LA_K: return h(lightning) + "attn.c_k.weight";
+        case P_LA_V: return h(lightning) + "attn.c_v.weight";
+        case P_LA_GATE: return h(lightning) + "attn.c_gate.weight";
+        case P_LA_PROJ: return h(lightning) + "attn.c_proj.weight";
+        case P_LA_NORM: return h(lightning) + "attn.norm.weight";
+        case P_MOE_ROUTER: return h(moe) + "mlp.router.weight";
+        case P_MOE_BIAS: return h(moe) + "mlp.router.e_score_correction_bias";
+        case P_MOE_FC: return h(moe) + "mlp.experts.c_fc";
+        case P_MOE_UP: return h(moe) + "mlp.experts.c_up";
+        case P_MOE_PROJ: return h(moe) + "mlp.experts.c_proj";
+        case P_MOE_SHARED_FC: return h(moe) + "mlp.shared.c_fc.weight";
+        case P_MOE_SHARED_UP: return h(moe) + "mlp.shared.c_up.weight";
+        case P_MOE_SHARED_PROJ: return h(moe) + "mlp.shared.c_proj.weight";
     }
     return "?";
 }
 
 // shape of one named tensor in files (PyTorch shapes, docs/model.md#parameters)
-inline std::vector<int64_t> param_file_shape(int id, const ParamSpec& s) {
+inline std::vector<int64_t> param_file_shape(const GPTConfig& c, int id, const ParamSpec& s) {
     switch (id) {
-        case P_RESID_LAMBDAS: case P_X0_LAMBDAS: return {s.rows};
+        case P_RESID_LAMBDAS: case P_X0_LAMBDAS: case P_LA_NORM: case P_MOE_BIAS: return {s.rows};
         case P_SMEAR_LAMBDA: case P_BACKOUT_LAMBDA: return {1};
+        case P_MOE_FC: case P_MOE_UP: case P_MOE_PROJ: return {param_group(c, id), s.rows, s.cols};
         default: return {s.rows, s.cols};
     }
 }
 
 // Activation memory for micro-batches of B rows of T tokens, in elements: `act` of the activation
-// type, `stat` of the statistics type (op::Types). The sum of the slots GPT::build_activations
-// allocates (it checks that the two agree); used to say how much memory a model needs before
-// trying to allocate it. Per layer only what the backward cannot cheaply recompute is kept: the
-// norm outputs (ln1, ln2) and relu² are recomputed from their inputs in the backward.
-struct ActivationSize { size_t act = 0, stat = 0; };
+// type, `stat` of the statistics type (op::Types), `ints` of int (the MoE routing). The sum of the
+// slots GPT::build_activations allocates (it checks that they agree); used to say how much memory
+// a model needs before trying to allocate it. Per layer only what the backward cannot cheaply
+// recompute is kept, and only for the layers of that kind: the norm outputs (ln1, ln2) and relu²
+// are recomputed from their inputs in the backward.
+struct ActivationSize { size_t act = 0, stat = 0, ints = 0; };
+
+// The scratch the lightning and MoE layers share (they run one at a time): the larger need.
+inline size_t mixer_work_numel(const GPTConfig& c, int B, int T) {
+    size_t w = 0;
+    if (c.n_lightning) {
+        LightningSizes z = lightning_sizes(B, T, c.n_head, c.head_dim);
+        w = std::max(z.work_forward, z.work_backward);
+    }
+    if (c.n_moe) w = std::max(w, moe_workspace_numel(moe_config(c), B, T));
+    return w;
+}
+
 inline ActivationSize activation_numel(const GPTConfig& c, int B, int T) {
     size_t N = (size_t)B * T, C = c.n_embd, L = c.n_layer, H = c.n_head, Hkv = c.n_kv_head, D = c.head_dim;
     size_t Vp = c.padded_vocab_size, nve = c.n_ve_layers;
+    size_t Ls = c.n_softmax, Lm = c.n_dense_mlp, Lla = c.n_lightning, Lmoe = c.n_moe;
     ActivationSize s;
-    s.act = N * C * 3                                            // emb, e, x0
-          + L * N * C                                            // xin
-          + L * N * H * D + L * N * Hkv * D * 2 + nve * N * Hkv * D  // qn, kn, v, ve
-          + L * N * H * D + L * N * C                            // att, xattn
-          + L * N * 4 * C + L * N * C                            // fc_pre, xout
-          + N * C * 2 + N * Vp                                   // xf, lnf, logits
-          + N * C + N * 4 * C                                    // ln (recomputed), fc_act (recomputed)
-          + N * H * D + N * Hkv * D + N * C * 5 + N * 4 * C      // tmp_q, tmp_k, tmp_c, dx, dx0, dxmid, dln, dfc
-          + N * H * D * 2 + N * Hkv * D * 3;                     // datt, dq, dk, dv, dve
-    s.stat = N + L * N * 2 + L * N * H + L * N * Hkv + nve * N * Hkv + L * N * H + N + N;  // rstd0, rstd1/2, rstd_q, rstd_k,
-    return s;                                                                                // gamma, lse, rstdf, losses
+    s.act = N * C * 3                                               // emb, e, x0
+          + L * N * C                                               // xin
+          + Ls * N * H * D + Ls * N * Hkv * D * 2 + nve * N * Hkv * D  // qn, kn, v, ve
+          + Ls * N * H * D + L * N * C                              // att, xattn
+          + Lm * N * 4 * C + L * N * C                              // fc_pre, xout
+          + N * C * 2 + N * Vp                                      // xf, lnf, logits
+          + N * C + N * 4 * C                                       // ln (recomputed), fc_act (recomputed)
+          + N * H * D + N * Hkv * D + N * C * 5 + N * 4 * C         // tmp_q, tmp_k, tmp_c, dx, dx0, dxmid, dln, dfc
+          + N * H * D * 2 + N * Hkv * D * 3;                        // datt, dq, dk, dv, dve
+    s.stat = N + L * N * 2 + Ls * N * H + Ls * N * Hkv + nve * N * Hkv + Ls * N * H + N + N;  // rstd0, rstd1/2, rstd_q, rstd_k,
+                                                                                              // gamma, lse, rstdf, losses
+    if (Lla) {  // p, o, a; r
+        LightningSizes z = lightning_sizes(B, T, (int)H, (int)D);
+        s.act += Lla * (z.p + z.o + z.a);
+        s.stat += Lla * z.r;
+    }
+    if (Lmoe) {  // routing and expert pre-activations (docs/moe.md#saved)
+        MoeSavedSize z = moe_saved_numel(moe_config(c), B, T);
+        s.act += Lmoe * z.real;
+        s.ints += Lmoe * z.ints;
+    }
+    s.act += mixer_work_numel(c, B, T);
+    return s;
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -196,6 +305,20 @@ struct GPT {
     stat_t *rstd0, *rstd1, *rstd2, *rstd_q, *rstd_k, *gamma, *lse, *rstdf, *losses;
     // scratch: shared across layers (recomputed norms and relu², forward temporaries, backward gradients)
     act_t *ln, *fc_act, *tmp_q, *tmp_k, *tmp_c, *dx, *dx0, *dxmid, *dln, *dfc, *datt, *dq, *dk, *dv, *dve;
+    // hybrid layers (docs/model.md#hybrid): lightning's saved p, o, a (stacked over the lightning
+    // layers) and r; each MoE layer's routing and pre-activations (moe_saved_numel per layer); the
+    // workspace both share
+    act_t *la_p = nullptr, *la_o = nullptr, *la_a = nullptr, *moe_real = nullptr, *mix_work = nullptr;
+    stat_t* la_r = nullptr;
+    int* moe_ints = nullptr;
+    // per layer: its slot in the stack of its mixer's kind and of its FFN's kind
+    std::vector<int> mixer_slot, ffn_slot;
+    MoeConfig moe_cfg;
+    stat_t* la_slopes = nullptr;      // (lightning layers, H): the fixed decay slopes
+    int64_t* moe_load = nullptr;      // (MoE layers, E): the optimizer step's selection counts
+    std::vector<int64_t> h_load;
+    double* aux_slots = nullptr;      // (loss slots, MoE layers): each micro-batch's aux losses
+    std::vector<const int*> moe_idx_override;  // tests: a fixed routing (N, K) per MoE layer, or null
     // the current micro-batch's ids and targets: two slots each (the GPU uploads the next batch
     // into one while the other is read), and the host's copy of the targets
     int* tokens = nullptr;
@@ -217,7 +340,7 @@ struct GPT {
     GPT& operator=(const GPT&) = delete;
     ~GPT() {
         for (void* p : {(void*)params, (void*)grads, (void*)rope_cos, (void*)rope_sin, (void*)acts, (void*)stats, (void*)tokens,
-                        (void*)loss_slots, (void*)norm_buf})
+                        (void*)loss_slots, (void*)norm_buf, (void*)moe_ints, (void*)la_slopes, (void*)moe_load, (void*)aux_slots})
             op::release(p);
         if (!kWeightsAreMaster) op::release(weights);
     }
@@ -265,6 +388,29 @@ struct GPT {
         op::to_device(rope_cos, cr.data(), n);
         op::to_device(rope_sin, sr.data(), n);
         norm_buf = op::alloc<norm_t>(1);
+        // hybrid layers
+        mixer_slot.resize(config.n_layer);
+        ffn_slot.resize(config.n_layer);
+        for (int l = 0; l < config.n_layer; l++) {
+            mixer_slot[l] = layer_slot(config.is_lightning, l);
+            ffn_slot[l] = layer_slot(config.is_moe, l);
+        }
+        if (config.n_lightning) {  // slopes of the global layer index (softmax layers counted), fp32
+            int H = config.n_head;
+            std::vector<float> sl((size_t)config.n_lightning * H);
+            for (int j = 0; j < config.n_lightning; j++)
+                lightning_slopes(sl.data() + (size_t)j * H, H, slot_layer(config.is_lightning, true, j), config.n_layer);
+            std::vector<stat_t> slr(sl.begin(), sl.end());
+            la_slopes = op::alloc<stat_t>(slr.size());
+            op::to_device(la_slopes, slr.data(), slr.size());
+        }
+        if (config.n_moe) {
+            moe_cfg = moe_config(config);
+            moe_check_config(moe_cfg);
+            moe_load = op::alloc<int64_t>((size_t)config.n_moe * config.n_experts);
+            h_load.assign((size_t)config.n_moe * config.n_experts, 0);
+        }
+        moe_idx_override.assign(config.n_moe, nullptr);
     }
 
     // Initialization (docs/model.md#init). Each (tensor, matrix) draws from its own stream keyed by
@@ -276,7 +422,10 @@ struct GPT {
         master_t* hp = host_params();
         for (int id = 0; id < NUM_PARAM_TENSORS; id++) {
             for (int j = 0; j < spec[id].count; j++) {
-                llmc::Rng rng(seed, (uint64_t)id * 1000 + j);
+                // the backbone's tensors have fewer than 1000 matrices; the hybrid ones (an expert
+                // stack can have more) take their streams from a range of their own
+                uint64_t stream = id <= P_BACKOUT_LAMBDA ? (uint64_t)id * 1000 + j : ((uint64_t)id << 32) + j;
+                llmc::Rng rng(seed, stream);
                 master_t* p = hp + spec[id].offset + (size_t)j * spec[id].matrix_numel();
                 size_t n = spec[id].matrix_numel();
                 for (size_t k = 0; k < n; k++) {
@@ -292,6 +441,11 @@ struct GPT {
                         case P_BACKOUT_LAMBDA: val = 0.2; break;
                         case P_RESID_LAMBDAS: val = 1.15 - 0.10 * (double)k / std::max(L - 1, 1); break;
                         case P_X0_LAMBDAS: val = 0.20 - 0.15 * (double)k / std::max(L - 1, 1); break;
+                        // hybrid layers (docs/model.md#hybrid-params)
+                        case P_LA_Q: case P_LA_K: case P_LA_V: case P_LA_GATE: case P_MOE_ROUTER: val = rng.uniform(-s, s); break;
+                        case P_MOE_FC: case P_MOE_UP: case P_MOE_SHARED_FC: case P_MOE_SHARED_UP: val = rng.uniform(-0.4 * s, 0.4 * s); break;
+                        case P_LA_PROJ: case P_MOE_PROJ: case P_MOE_SHARED_PROJ: case P_MOE_BIAS: val = 0.0; break;
+                        case P_LA_NORM: val = 1.0; break;
                     }
                     p[k] = (master_t)(float)val;  // rounded once to fp32 (also in the double build)
                 }
@@ -309,20 +463,25 @@ struct GPT {
         const GPTConfig& c = config;
         size_t N = (size_t)B * T, C = c.n_embd, L = c.n_layer, H = c.n_head, Hkv = c.n_kv_head, D = c.head_dim;
         size_t Vp = c.padded_vocab_size, nve = c.n_ve_layers;
+        size_t Ls = c.n_softmax, Lm = c.n_dense_mlp, Lla = c.n_lightning, Lmoe = c.n_moe;
+        LightningSizes lz = lightning_sizes(B, T, (int)H, (int)D);
+        MoeSavedSize mz = Lmoe ? moe_saved_numel(moe_cfg, B, T) : MoeSavedSize();
         struct ASlot { act_t** ptr; size_t n; };
         struct SSlot { stat_t** ptr; size_t n; };
         std::vector<ASlot> aslots = {
             {&emb, N * C}, {&e, N * C}, {&x0, N * C}, {&xin, L * N * C},
-            {&qn, L * N * H * D}, {&kn, L * N * Hkv * D}, {&v, L * N * Hkv * D}, {&ve, nve * N * Hkv * D},
-            {&att, L * N * H * D}, {&xattn, L * N * C}, {&fc_pre, L * N * 4 * C}, {&xout, L * N * C},
+            {&qn, Ls * N * H * D}, {&kn, Ls * N * Hkv * D}, {&v, Ls * N * Hkv * D}, {&ve, nve * N * Hkv * D},
+            {&att, Ls * N * H * D}, {&xattn, L * N * C}, {&fc_pre, Lm * N * 4 * C}, {&xout, L * N * C},
             {&xf, N * C}, {&lnf, N * C}, {&logits, N * Vp}, {&ln, N * C}, {&fc_act, N * 4 * C},
             {&tmp_q, N * H * D}, {&tmp_k, N * Hkv * D}, {&tmp_c, N * C}, {&dx, N * C}, {&dx0, N * C},
             {&dxmid, N * C}, {&dln, N * C}, {&dfc, N * 4 * C}, {&datt, N * H * D}, {&dq, N * H * D},
             {&dk, N * Hkv * D}, {&dv, N * Hkv * D}, {&dve, N * Hkv * D},
+            {&la_p, Lla * lz.p}, {&la_o, Lla * lz.o}, {&la_a, Lla * lz.a}, {&moe_real, Lmoe * mz.real},
+            {&mix_work, mixer_work_numel(c, B, T)},
         };
         std::vector<SSlot> sslots = {
-            {&rstd0, N}, {&rstd1, L * N}, {&rstd2, L * N}, {&rstd_q, L * N * H}, {&rstd_k, L * N * Hkv},
-            {&gamma, nve * N * Hkv}, {&lse, L * N * H}, {&rstdf, N}, {&losses, N},
+            {&rstd0, N}, {&rstd1, L * N}, {&rstd2, L * N}, {&rstd_q, Ls * N * H}, {&rstd_k, Ls * N * Hkv},
+            {&gamma, nve * N * Hkv}, {&lse, Ls * N * H}, {&rstdf, N}, {&losses, N}, {&la_r, Lla * lz.r},
         };
         // each slot rounded up to 8 elements (16 bytes of bf16) so every slice stays aligned for
         // the kernels' vector loads whatever the shapes
@@ -331,12 +490,14 @@ struct GPT {
         for (auto& s : aslots) { na += round8(s.n); raw_a += s.n; }
         for (auto& s : sslots) { ns += round8(s.n); raw_s += s.n; }
         ActivationSize want = activation_numel(c, B, T);
-        LLMC_CHECK(raw_a == want.act && raw_s == want.stat, "internal: activation_numel() disagrees with build_activations()");
-        op::release(acts); op::release(stats); op::release(tokens);
-        acts = nullptr; stats = nullptr; tokens = nullptr;
+        LLMC_CHECK(raw_a == want.act && raw_s == want.stat && Lmoe * mz.ints == want.ints,
+                   "internal: activation_numel() disagrees with build_activations()");
+        op::release(acts); op::release(stats); op::release(tokens); op::release(moe_ints);
+        acts = nullptr; stats = nullptr; tokens = nullptr; moe_ints = nullptr;
         acts = op::alloc<act_t>(na);
         stats = op::alloc<stat_t>(ns);
-        act_bytes = na * sizeof(act_t) + ns * sizeof(stat_t);
+        moe_ints = op::alloc<int>(want.ints);
+        act_bytes = na * sizeof(act_t) + ns * sizeof(stat_t) + want.ints * sizeof(int);
         size_t off = 0;
         for (auto& s : aslots) { *s.ptr = acts + off; off += round8(s.n); }
         off = 0;
@@ -352,9 +513,10 @@ struct GPT {
     // Room for the summed losses of n micro-batches (one optimizer step's), before training.
     void reserve_loss_slots(int n) {
         if (n <= n_loss_slots) return;
-        op::release(loss_slots);
-        loss_slots = nullptr;
+        op::release(loss_slots); op::release(aux_slots);
+        loss_slots = nullptr; aux_slots = nullptr;
         loss_slots = op::alloc<double>(n);
+        aux_slots = op::alloc<double>((size_t)n * std::max(config.n_moe, 1));
         n_loss_slots = n;
         slot_valid.assign(n, 0);
     }
@@ -362,15 +524,21 @@ struct GPT {
     // per-layer slices of the stacked activations
     template <typename E> E* L_(E* base, int l, size_t per_row) { return base + (size_t)l * B * T * per_row; }
     int ve_slot(int l) const { int n = 0; for (int i = 0; i < l; i++) n += config.has_ve[i]; return n; }
+    // MoE layer slot j: its saved routing tensors (docs/moe.md#saved) and counters
+    act_t* moe_saved(int j) { return moe_real + (size_t)j * moe_saved_numel(moe_cfg, B, T).real; }
+    int* moe_saved_ints(int j) { return moe_ints + (size_t)j * moe_saved_numel(moe_cfg, B, T).ints; }
+    int64_t* moe_layer_load(int j) { return moe_load + (size_t)j * config.n_experts; }
 
     // Forward (docs/model.md#forward), enqueued: idx, targets (host, B x T; targets may be null, no
     // loss). With targets, the summed loss goes to loss slot `slot` (read by slot_loss() after the
-    // step; on a GPU nothing here waits for the device).
-    void forward_async(const int* idx, const int* targets, int B_, int T_, int slot = 0) {
+    // step; on a GPU nothing here waits for the device), and the MoE layers' aux losses to its aux
+    // slot (slot_aux()). train: a training micro-batch, whose expert selections the MoE layers add
+    // to the step's load counters (docs/moe.md#bias); evaluation and sampling count nothing.
+    void forward_async(const int* idx, const int* targets, int B_, int T_, int slot = 0, bool train = false) {
         build_activations(B_, T_);
         const GPTConfig& c = config;
         int N = B * T, C = c.n_embd, L = c.n_layer, H = c.n_head, Hkv = c.n_kv_head, D = c.head_dim;
-        int V = c.vocab_size, Vp = c.padded_vocab_size;
+        int V = c.vocab_size, Vp = c.padded_vocab_size, E = c.n_experts, Fs = c.moe_shared * c.moe_hidden;
         int valid = 0;
         for (int i = 0; i < N; i++) {
             LLMC_CHECK(idx[i] >= 0 && idx[i] < V, "input token %d at position %d is outside the vocabulary [0, %d)", idx[i], i, V);
@@ -380,6 +548,7 @@ struct GPT {
             valid += y != -1;
         }
         last_valid = valid;
+        LLMC_CHECK(slot >= 0 && slot < n_loss_slots, "internal: loss slot %d of %d", slot, n_loss_slots);
         cur = op::set_tokens(idx_slot, tgt_slot, idx, targets, N);
         const int* ix = idx_slot[cur];
 
@@ -392,33 +561,52 @@ struct GPT {
         // 4. the blocks
         const act_t* x = x0;
         for (int l = 0; l < L; l++) {
-            act_t *xin_l = L_(xin, l, C), *qn_l = L_(qn, l, H * D), *kn_l = L_(kn, l, Hkv * D), *v_l = L_(v, l, Hkv * D);
-            act_t *att_l = L_(att, l, H * D), *xattn_l = L_(xattn, l, C), *fc_pre_l = L_(fc_pre, l, 4 * C), *xout_l = L_(xout, l, C);
-            stat_t *rstd1_l = L_(rstd1, l, 1), *rq_l = L_(rstd_q, l, H), *rk_l = L_(rstd_k, l, Hkv), *lse_l = L_(lse, l, H);
-            stat_t* rstd2_l = L_(rstd2, l, 1);
+            int ms = mixer_slot[l], fs = ffn_slot[l];  // slots in the stacks of this layer's kinds
+            act_t *xin_l = L_(xin, l, C), *xattn_l = L_(xattn, l, C), *xout_l = L_(xout, l, C);
+            stat_t *rstd1_l = L_(rstd1, l, 1), *rstd2_l = L_(rstd2, l, 1);
             // 4.1 lambdas: x <- a_l x + b_l x0
             if (c.lambdas) op::lambdas_forward(xin_l, x, x0, mparam(P_RESID_LAMBDAS) + l, mparam(P_X0_LAMBDAS) + l, (long)N * C);
             else op::copy(xin_l, x, (size_t)N * C);
-            // 4.2 attention (docs/model.md#attention)
             op::rmsnorm_forward(ln, rstd1_l, xin_l, N, C);
-            op::matmul_forward(tmp_q, ln, param(P_CQ, l), N, C, H * D);
-            op::matmul_forward(tmp_k, ln, param(P_CK, l), N, C, Hkv * D);
-            op::matmul_forward(v_l, ln, param(P_CV, l), N, C, Hkv * D);
-            if (c.has_ve[l]) {
-                int s = ve_slot(l);
-                act_t* ve_s = ve + (size_t)s * N * Hkv * D;
-                op::embedding_forward(ve_s, ix, param(P_VALUE_EMBEDS, s), N, Hkv * D);
-                op::ve_gate_forward(v_l, gamma + (size_t)s * N * Hkv, ln, ve_s, mparam(P_VE_GATE, s), N, C, Hkv, D);
+            if (c.is_lightning[l]) {
+                // 4.2' Lightning Attention (docs/lightning.md#layer)
+                LightningSizes z = lightning_sizes(B, T, H, D);
+                op::lightning_forward(tmp_c, la_p + ms * z.p, la_o + ms * z.o, la_r + ms * z.r, la_a + ms * z.a, ln, param(P_LA_Q, ms),
+                                      param(P_LA_K, ms), param(P_LA_V, ms), param(P_LA_GATE, ms), param(P_LA_PROJ, ms), mparam(P_LA_NORM, ms),
+                                      la_slopes + (size_t)ms * H, B, T, C, H, D, c.la_block, mix_work);
+            } else {
+                // 4.2 attention (docs/model.md#attention)
+                act_t *qn_l = L_(qn, ms, H * D), *kn_l = L_(kn, ms, Hkv * D), *v_l = L_(v, ms, Hkv * D), *att_l = L_(att, ms, H * D);
+                stat_t *rq_l = L_(rstd_q, ms, H), *rk_l = L_(rstd_k, ms, Hkv), *lse_l = L_(lse, ms, H);
+                op::matmul_forward(tmp_q, ln, param(P_CQ, ms), N, C, H * D);
+                op::matmul_forward(tmp_k, ln, param(P_CK, ms), N, C, Hkv * D);
+                op::matmul_forward(v_l, ln, param(P_CV, ms), N, C, Hkv * D);
+                if (c.has_ve[l]) {
+                    int s = ve_slot(l);
+                    act_t* ve_s = ve + (size_t)s * N * Hkv * D;
+                    op::embedding_forward(ve_s, ix, param(P_VALUE_EMBEDS, s), N, Hkv * D);
+                    op::ve_gate_forward(v_l, gamma + (size_t)s * N * Hkv, ln, ve_s, mparam(P_VE_GATE, s), N, C, Hkv, D);
+                }
+                op::rope_qknorm_forward(qn_l, rq_l, kn_l, rk_l, tmp_q, tmp_k, rope_cos, rope_sin, B, T, H, Hkv, D);
+                op::attention_forward(att_l, lse_l, qn_l, kn_l, v_l, B, T, H, Hkv, D, c.window[l]);
+                op::matmul_forward(tmp_c, att_l, param(P_ATTN_PROJ, ms), N, H * D, C);
             }
-            op::rope_qknorm_forward(qn_l, rq_l, kn_l, rk_l, tmp_q, tmp_k, rope_cos, rope_sin, B, T, H, Hkv, D);
-            op::attention_forward(att_l, lse_l, qn_l, kn_l, v_l, B, T, H, Hkv, D, c.window[l]);
-            op::matmul_forward(tmp_c, att_l, param(P_ATTN_PROJ, l), N, H * D, C);
             op::residual_forward(xattn_l, xin_l, tmp_c, (long)N * C);
-            // 4.3 MLP (docs/model.md#mlp)
             op::rmsnorm_forward(ln, rstd2_l, xattn_l, N, C);
-            op::matmul_forward(fc_pre_l, ln, param(P_FC, l), N, C, 4 * C);
-            op::relu2_forward(fc_act, fc_pre_l, (long)N * 4 * C);
-            op::matmul_forward(tmp_c, fc_act, param(P_MLP_PROJ, l), N, 4 * C, C);
+            if (c.is_moe[l]) {
+                // 4.3' mixture of experts (docs/moe.md); its aux loss into the aux slot
+                op::moe_forward(tmp_c, moe_saved(fs), moe_saved_ints(fs), mix_work, ln, mparam(P_MOE_ROUTER, fs), mparam(P_MOE_BIAS, fs),
+                                param(P_MOE_FC, fs * E), c.moe_swiglu ? param(P_MOE_UP, fs * E) : nullptr, param(P_MOE_PROJ, fs * E),
+                                Fs ? param(P_MOE_SHARED_FC, fs) : nullptr, Fs && c.moe_swiglu ? param(P_MOE_SHARED_UP, fs) : nullptr,
+                                Fs ? param(P_MOE_SHARED_PROJ, fs) : nullptr, moe_cfg, B, T, train ? moe_layer_load(fs) : nullptr,
+                                aux_slots + (size_t)slot * c.n_moe + fs, moe_idx_override[fs]);
+            } else {
+                // 4.3 MLP (docs/model.md#mlp)
+                act_t* fc_pre_l = L_(fc_pre, fs, 4 * C);
+                op::matmul_forward(fc_pre_l, ln, param(P_FC, fs), N, C, 4 * C);
+                op::relu2_forward(fc_act, fc_pre_l, (long)N * 4 * C);
+                op::matmul_forward(tmp_c, fc_act, param(P_MLP_PROJ, fs), N, 4 * C, C);
+            }
             op::residual_forward(xout_l, xattn_l, tmp_c, (long)N * C);
             x = xout_l;
         }
@@ -430,7 +618,6 @@ struct GPT {
         op::matmul_forward(logits, lnf, param(P_LM_HEAD), N, C, Vp);
         if (!targets) return;
         // 7-8. softcap + cross-entropy (per-row losses; gradient later, in backward)
-        LLMC_CHECK(slot >= 0 && slot < n_loss_slots, "internal: loss slot %d of %d", slot, n_loss_slots);
         op::crossentropy(losses, (act_t*)nullptr, logits, tgt_slot[cur], N, V, Vp, 0.0f);
         op::loss_sum(loss_slots + slot, losses, N);
         slot_valid[slot] = valid;
@@ -444,10 +631,24 @@ struct GPT {
         return slot_valid[slot] ? sum / slot_valid[slot] : 0.0;
     }
 
-    // Forward and its mean loss (0 without targets), synchronously: for evaluation, sampling, tests.
+    // The MoE layers' aux losses of the micro-batch in slot `slot`, summed over the layers (0 without
+    // MoE or with --moe-aux-alpha 0), and layer j's alone. Wait for the device.
+    double slot_aux(int slot) {
+        double sum = 0.0;
+        for (int j = 0; j < config.n_moe; j++) sum += slot_aux(slot, j);
+        return sum;
+    }
+    double slot_aux(int slot, int j) {
+        double a = 0.0;
+        op::to_host(&a, aux_slots + (size_t)slot * config.n_moe + j, 1);
+        return a;
+    }
+
+    // Forward and the objective its backward differentiates: the mean loss plus the MoE aux losses
+    // (0 without targets), synchronously: for evaluation, sampling, tests.
     double forward(const int* idx, const int* targets, int B_, int T_) {
         forward_async(idx, targets, B_, T_, 0);
-        return targets ? slot_loss(0) : 0.0;
+        return targets ? slot_loss(0) + slot_aux(0) : 0.0;
     }
 
     // Host views of the last forward's outputs (device builds copy them back first).
@@ -470,6 +671,30 @@ struct GPT {
 
     void zero_grad() { op::zero(grads, num_params); }
 
+    // ---- the balancing bias of the MoE layers (docs/moe.md#bias) ----
+    // The step's selection counts of every MoE layer, (MoE layers, E), as the host sees them.
+    const int64_t* host_moe_load() {
+        if (!op::kDevice) return moe_load;
+        op::to_host(h_load.data(), moe_load, h_load.size());
+        return h_load.data();
+    }
+    // Once per optimizer step, after the parameter update: b += gamma·sign(mean load − load) per
+    // layer, in integers (the same b on every rank), then the counters are zeroed.
+    void moe_update_bias(double gamma) {
+        for (int j = 0; j < config.n_moe; j++) op::moe_bias_update(mparam(P_MOE_BIAS, j), moe_layer_load(j), config.n_experts, gamma);
+    }
+    // Mean routing entropy (nats) over the tokens of the last forward, MoE layer slot j.
+    double moe_entropy_of(int j) {
+        long n = (long)B * T;
+        int E = config.n_experts;
+        if (!op::kDevice) return ::moe_entropy(moe_saved(j), n, E);
+        std::vector<act_t> h((size_t)n * E);  // (device builds: a log step only)
+        op::to_host(h.data(), moe_saved(j), h.size());
+        std::vector<float> f(h.size());
+        for (size_t i = 0; i < h.size(); i++) f[i] = (float)h[i];
+        return ::moe_entropy(f.data(), n, E);
+    }
+
     // The gradient's L2 norm (logged only). Waits for the device.
     double grad_norm() {
         op::sum_squares(norm_buf, grads, num_params);
@@ -483,7 +708,7 @@ struct GPT {
     void backward(float loss_scale = 1.0f) {
         const GPTConfig& c = config;
         int N = B * T, C = c.n_embd, L = c.n_layer, H = c.n_head, Hkv = c.n_kv_head, D = c.head_dim;
-        int V = c.vocab_size, Vp = c.padded_vocab_size;
+        int V = c.vocab_size, Vp = c.padded_vocab_size, E = c.n_experts, Fs = c.moe_shared * c.moe_hidden;
         size_t NC = (size_t)N * C;
         const int* ix = idx_slot[cur];
         if (last_valid == 0) { fprintf(stderr, "warning: micro-batch with no valid targets: loss and gradient are 0\n"); return; }
@@ -502,35 +727,59 @@ struct GPT {
         if (c.lambdas) op::zero(dx0, NC);
         // 4. the blocks in reverse; dx holds the gradient of the current layer's output
         for (int l = L - 1; l >= 0; l--) {
-            act_t *xin_l = L_(xin, l, C), *qn_l = L_(qn, l, H * D), *kn_l = L_(kn, l, Hkv * D), *v_l = L_(v, l, Hkv * D);
-            act_t *att_l = L_(att, l, H * D), *xattn_l = L_(xattn, l, C), *fc_pre_l = L_(fc_pre, l, 4 * C);
-            stat_t *rstd1_l = L_(rstd1, l, 1), *rq_l = L_(rstd_q, l, H), *rk_l = L_(rstd_k, l, Hkv), *lse_l = L_(lse, l, H);
-            stat_t* rstd2_l = L_(rstd2, l, 1);
+            int ms = mixer_slot[l], fs = ffn_slot[l];
+            act_t *xin_l = L_(xin, l, C), *xattn_l = L_(xattn, l, C);
+            stat_t *rstd1_l = L_(rstd1, l, 1), *rstd2_l = L_(rstd2, l, 1);
             if (c.backout && l == L / 2) op::add_inplace(dx, dxmid, (long)NC);
-            // MLP: xout = xattn + proj(relu²(fc(rms(xattn)))); ln2 and relu² recomputed (the same
-            // deterministic ops on the same inputs: bitwise what the forward had)
+            // FFN: xout = xattn + FFN(rms(xattn)); ln2 recomputed (the same deterministic ops on the
+            // same inputs: bitwise what the forward had)
             op::rmsnorm_forward(ln, rstd2_l, xattn_l, N, C);
-            op::relu2_forward(fc_act, fc_pre_l, (long)N * 4 * C);
-            op::matmul_backward(dfc, grad(P_MLP_PROJ, l), dx, fc_act, param(P_MLP_PROJ, l), N, 4 * C, C, false);
-            op::relu2_backward(dfc, dfc, fc_pre_l, (long)N * 4 * C);
-            op::matmul_backward(dln, grad(P_FC, l), dfc, ln, param(P_FC, l), N, C, 4 * C, false);
-            op::rmsnorm_backward(dx, dln, ln, rstd2_l, N, C);  // dx += : now the gradient of xattn
-            // attention: xattn = xin + proj(attn(rms(xin))); ln1 recomputed
-            op::matmul_backward(datt, grad(P_ATTN_PROJ, l), dx, att_l, param(P_ATTN_PROJ, l), N, H * D, C, false);
-            op::attention_backward(dq, dk, dv, datt, att_l, lse_l, qn_l, kn_l, v_l, B, T, H, Hkv, D, c.window[l]);
-            op::rope_qknorm_backward(dq, dk, dq, dk, qn_l, kn_l, rq_l, rk_l, rope_cos, rope_sin, B, T, H, Hkv, D);
-            op::rmsnorm_forward(ln, rstd1_l, xin_l, N, C);
-            op::zero(dln, NC);
-            if (c.has_ve[l]) {
-                int s = ve_slot(l);
-                const act_t* ve_s = ve + (size_t)s * N * Hkv * D;
-                op::ve_gate_backward(dln, dve, grad(P_VE_GATE, s), dv, ln, ve_s, gamma + (size_t)s * N * Hkv, mparam(P_VE_GATE, s), N, C,
-                                     Hkv, D);
-                op::embedding_backward(grad(P_VALUE_EMBEDS, s), dve, ix, N, Hkv * D);
+            if (c.is_moe[l]) {
+                // the aux loss entered the objective with the micro-batch's factor: daux = loss_scale
+                op::moe_backward(dln, grad(P_MOE_ROUTER, fs), grad(P_MOE_FC, fs * E), c.moe_swiglu ? grad(P_MOE_UP, fs * E) : nullptr,
+                                 grad(P_MOE_PROJ, fs * E), Fs ? grad(P_MOE_SHARED_FC, fs) : nullptr,
+                                 Fs && c.moe_swiglu ? grad(P_MOE_SHARED_UP, fs) : nullptr, Fs ? grad(P_MOE_SHARED_PROJ, fs) : nullptr, mix_work,
+                                 dx, ln, mparam(P_MOE_ROUTER, fs), mparam(P_MOE_BIAS, fs), param(P_MOE_FC, fs * E),
+                                 c.moe_swiglu ? param(P_MOE_UP, fs * E) : nullptr, param(P_MOE_PROJ, fs * E),
+                                 Fs ? param(P_MOE_SHARED_FC, fs) : nullptr, Fs && c.moe_swiglu ? param(P_MOE_SHARED_UP, fs) : nullptr,
+                                 Fs ? param(P_MOE_SHARED_PROJ, fs) : nullptr, moe_saved(fs), moe_saved_ints(fs), moe_cfg, B, T, loss_scale);
+            } else {
+                // MLP: relu² recomputed
+                act_t* fc_pre_l = L_(fc_pre, fs, 4 * C);
+                op::relu2_forward(fc_act, fc_pre_l, (long)N * 4 * C);
+                op::matmul_backward(dfc, grad(P_MLP_PROJ, fs), dx, fc_act, param(P_MLP_PROJ, fs), N, 4 * C, C, false);
+                op::relu2_backward(dfc, dfc, fc_pre_l, (long)N * 4 * C);
+                op::matmul_backward(dln, grad(P_FC, fs), dfc, ln, param(P_FC, fs), N, C, 4 * C, false);
             }
-            op::matmul_backward(dln, grad(P_CQ, l), dq, ln, param(P_CQ, l), N, C, H * D, true);
-            op::matmul_backward(dln, grad(P_CK, l), dk, ln, param(P_CK, l), N, C, Hkv * D, true);
-            op::matmul_backward(dln, grad(P_CV, l), dv, ln, param(P_CV, l), N, C, Hkv * D, true);
+            op::rmsnorm_backward(dx, dln, ln, rstd2_l, N, C);  // dx += : now the gradient of xattn
+            if (c.is_lightning[l]) {
+                // lightning: xattn = xin + LA(rms(xin)); ln1 recomputed
+                LightningSizes z = lightning_sizes(B, T, H, D);
+                op::rmsnorm_forward(ln, rstd1_l, xin_l, N, C);
+                op::lightning_backward(dln, grad(P_LA_Q, ms), grad(P_LA_K, ms), grad(P_LA_V, ms), grad(P_LA_GATE, ms), grad(P_LA_PROJ, ms),
+                                       grad(P_LA_NORM, ms), dx, ln, la_p + ms * z.p, la_o + ms * z.o, la_r + ms * z.r, la_a + ms * z.a,
+                                       param(P_LA_Q, ms), param(P_LA_K, ms), param(P_LA_V, ms), param(P_LA_GATE, ms), param(P_LA_PROJ, ms),
+                                       mparam(P_LA_NORM, ms), la_slopes + (size_t)ms * H, B, T, C, H, D, c.la_block, mix_work);
+            } else {
+                // attention: xattn = xin + proj(attn(rms(xin))); ln1 recomputed
+                act_t *qn_l = L_(qn, ms, H * D), *kn_l = L_(kn, ms, Hkv * D), *v_l = L_(v, ms, Hkv * D), *att_l = L_(att, ms, H * D);
+                stat_t *rq_l = L_(rstd_q, ms, H), *rk_l = L_(rstd_k, ms, Hkv), *lse_l = L_(lse, ms, H);
+                op::matmul_backward(datt, grad(P_ATTN_PROJ, ms), dx, att_l, param(P_ATTN_PROJ, ms), N, H * D, C, false);
+                op::attention_backward(dq, dk, dv, datt, att_l, lse_l, qn_l, kn_l, v_l, B, T, H, Hkv, D, c.window[l]);
+                op::rope_qknorm_backward(dq, dk, dq, dk, qn_l, kn_l, rq_l, rk_l, rope_cos, rope_sin, B, T, H, Hkv, D);
+                op::rmsnorm_forward(ln, rstd1_l, xin_l, N, C);
+                op::zero(dln, NC);
+                if (c.has_ve[l]) {
+                    int s = ve_slot(l);
+                    const act_t* ve_s = ve + (size_t)s * N * Hkv * D;
+                    op::ve_gate_backward(dln, dve, grad(P_VE_GATE, s), dv, ln, ve_s, gamma + (size_t)s * N * Hkv, mparam(P_VE_GATE, s), N,
+                                         C, Hkv, D);
+                    op::embedding_backward(grad(P_VALUE_EMBEDS, s), dve, ix, N, Hkv * D);
+                }
+                op::matmul_backward(dln, grad(P_CQ, ms), dq, ln, param(P_CQ, ms), N, C, H * D, true);
+                op::matmul_backward(dln, grad(P_CK, ms), dk, ln, param(P_CK, ms), N, C, Hkv * D, true);
+                op::matmul_backward(dln, grad(P_CV, ms), dv, ln, param(P_CV, ms), N, C, Hkv * D, true);
+            }
             op::rmsnorm_backward(dx, dln, ln, rstd1_l, N, C);  // dx += : now the gradient of xin
             // lambdas: xin = a·x + b·x0 (x = previous layer's output, or x0 itself at layer 0)
             if (c.lambdas) {
@@ -564,11 +813,20 @@ struct GPT {
 #include "llmc/muon.h"
 #include "llmc/schedule.h"
 
+// Muon: every matrix under transformer.h (each expert of a stack its own matrix) except the MoE
+// router (AdamW group "router", docs/model.md#hybrid-params); AdamW: the rest but the buffers.
 inline bool is_muon_param(int id) {
-    return id == P_CQ || id == P_CK || id == P_CV || id == P_ATTN_PROJ || id == P_VE_GATE || id == P_FC || id == P_MLP_PROJ;
+    switch (id) {
+        case P_CQ: case P_CK: case P_CV: case P_ATTN_PROJ: case P_VE_GATE: case P_FC: case P_MLP_PROJ:
+        case P_LA_Q: case P_LA_K: case P_LA_V: case P_LA_GATE: case P_LA_PROJ:
+        case P_MOE_FC: case P_MOE_UP: case P_MOE_PROJ: case P_MOE_SHARED_FC: case P_MOE_SHARED_UP: case P_MOE_SHARED_PROJ: return true;
+    }
+    return false;
 }
 inline int adam_group_of(int id) {
     switch (id) {
+        case P_MOE_ROUTER: return llmc::ADAM_ROUTER;
+        case P_LA_NORM: return llmc::ADAM_LA_NORM;
         case P_LM_HEAD: return llmc::ADAM_LM_HEAD;
         case P_WTE: return llmc::ADAM_WTE;
         case P_VALUE_EMBEDS: return llmc::ADAM_VALUE_EMBEDS;
@@ -658,7 +916,7 @@ struct Optimizer {
         float wd = (float)llmc::muon_weight_decay(it, N, r.weight_decay_scaled);
         for (int id = 0; id < NUM_PARAM_TENSORS; id++) {
             const ParamSpec& sp = m.spec[id];
-            if (sp.count == 0) continue;
+            if (sp.count == 0 || is_buffer(id)) continue;
             float* P = m.params + sp.offset;
             const float* G = m.grads + sp.offset;
 #ifdef LLMC_GPU_BUILD
@@ -732,6 +990,18 @@ inline llmc::Json model_config_json(const GPTConfig& c) {
     j.set("lambdas", c.lambdas);
     j.set("backout", c.backout);
     j.set("windows", c.windows);
+    if (c.hybrid()) {  // (docs/model.md#hybrid; dense checkpoints have none of these)
+        j.set("attn_period", c.attn_period);
+        j.set("moe_dense_layers", c.n_experts ? c.moe_dense_layers : 0);
+        j.set("n_experts", c.n_experts);
+        j.set("moe_topk", c.moe_topk);
+        j.set("moe_shared", c.moe_shared);
+        j.set("moe_hidden", c.moe_hidden);
+        j.set("moe_act", c.moe_swiglu ? "swiglu" : "relu2");
+        j.set("moe_rho", c.moe_rho);
+        j.set("moe_groups", c.moe_groups);
+        j.set("moe_topk_groups", c.moe_topk_groups);
+    }
     return j;
 }
 
@@ -769,17 +1039,22 @@ inline std::string save_checkpoint(const std::string& dir, int step, Model& m, O
     opt.download();
     for (int id = 0; id < NUM_PARAM_TENSORS; id++) {
         const ParamSpec& sp = m.spec[id];
-        for (int j = 0; j < sp.count; j++) {
+        int group = param_group(m.config, id);  // matrices per named tensor (E for an expert stack)
+        std::vector<int64_t> shape = param_file_shape(m.config, id, sp);
+        for (int j = 0; j < sp.count; j += group) {
             std::string name = param_name(m.config, id, j);
             size_t o = sp.offset + (size_t)j * sp.matrix_numel();
-            w.add(name, param_file_shape(id, sp), hp + o);
+            w.add(name, shape, hp + o);
+            if (is_buffer(id)) continue;  // no optimizer state
             if (is_muon_param(id)) {
-                wo.add(name + ".momentum_buffer", param_file_shape(id, sp), opt.host_m() + o);
-                wo.add(name + ".second_momentum_buffer", {(int64_t)llmc::muon_second_moment_size(sp.rows, sp.cols)},
+                // a stack's per-matrix statistics are consecutive in opt_s: one (group, size) tensor
+                int64_t ns = (int64_t)llmc::muon_second_moment_size(sp.rows, sp.cols);
+                wo.add(name + ".momentum_buffer", shape, opt.host_m() + o);
+                wo.add(name + ".second_momentum_buffer", group > 1 ? std::vector<int64_t>{group, ns} : std::vector<int64_t>{ns},
                        opt.host_s() + opt.s_offset[id][j]);
             } else {
-                wo.add(name + ".exp_avg", param_file_shape(id, sp), opt.host_m() + o);
-                wo.add(name + ".exp_avg_sq", param_file_shape(id, sp), opt.host_v() + o);
+                wo.add(name + ".exp_avg", shape, opt.host_m() + o);
+                wo.add(name + ".exp_avg_sq", shape, opt.host_v() + o);
             }
         }
     }
@@ -883,24 +1158,32 @@ inline void load_checkpoint(const Checkpoint& ck, Model& m, Optimizer* opt) {
                    kv.first.c_str(), have.has(kv.first) ? llmc::json_dump(have[kv.first], -1).c_str() : "missing",
                    llmc::json_dump(kv.second, -1).c_str());
     }
+    if (have.is_object())  // a hybrid checkpoint's fields that this (dense) model lacks
+        for (auto& kv : have.as_object())
+            LLMC_CHECK(want.has(kv.first), "checkpoint '%s': model_config.%s is %s but this run has no such field (a %s model; model flags "
+                       "must match to resume)", ck.meta_path.c_str(), kv.first.c_str(), llmc::json_dump(kv.second, -1).c_str(),
+                       m.config.hybrid() ? "different" : "dense");
     LLMC_CHECK(!opt || ck.optim, "internal: checkpoint '%s' was opened without its optimizer file", ck.meta_path.c_str());
     const llmc::SafetensorsFile& f = *ck.model;
     float* hp = m.host_params();  // every tensor is overwritten below, then uploaded
     for (int id = 0; id < NUM_PARAM_TENSORS; id++) {
         const ParamSpec& sp = m.spec[id];
-        for (int j = 0; j < sp.count; j++) {
+        int group = param_group(m.config, id);
+        std::vector<int64_t> shape = param_file_shape(m.config, id, sp);
+        for (int j = 0; j < sp.count; j += group) {
             std::string name = param_name(m.config, id, j);
             size_t o = sp.offset + (size_t)j * sp.matrix_numel();
-            f.read(name, param_file_shape(id, sp), hp + o);
-            if (!opt) continue;
+            f.read(name, shape, hp + o);
+            if (!opt || is_buffer(id)) continue;
             const llmc::SafetensorsFile& fo = *ck.optim;
             if (is_muon_param(id)) {
-                fo.read(name + ".momentum_buffer", param_file_shape(id, sp), opt->host_m() + o);
-                fo.read(name + ".second_momentum_buffer", {(int64_t)llmc::muon_second_moment_size(sp.rows, sp.cols)},
+                int64_t ns = (int64_t)llmc::muon_second_moment_size(sp.rows, sp.cols);
+                fo.read(name + ".momentum_buffer", shape, opt->host_m() + o);
+                fo.read(name + ".second_momentum_buffer", group > 1 ? std::vector<int64_t>{group, ns} : std::vector<int64_t>{ns},
                         opt->host_s() + opt->s_offset[id][j]);
             } else {
-                fo.read(name + ".exp_avg", param_file_shape(id, sp), opt->host_m() + o);
-                fo.read(name + ".exp_avg_sq", param_file_shape(id, sp), opt->host_v() + o);
+                fo.read(name + ".exp_avg", shape, opt->host_m() + o);
+                fo.read(name + ".exp_avg_sq", shape, opt->host_v() + o);
             }
         }
     }
@@ -973,9 +1256,9 @@ inline void lock_out_dir(const std::string& dir) {
             ssize_t n = pread(fd, buf, sizeof(buf) - 1, 0);
             close(fd);
             std::string pid = n > 0 ? std::string(buf, strcspn(buf, "\n")) : "";
-            LLMC_FAIL("--out-dir '%s' is in use by another train_gpt run (%s holds '%s'): two runs in one directory would overwrite each "
+            LLMC_FAIL("--out-dir '%s' is in use by another %s run (%s holds '%s'): two runs in one directory would overwrite each "
                       "other's checkpoints; wait for it to end or choose another --out-dir",
-                      dir.c_str(), pid.empty() ? "a process" : ("pid " + pid).c_str(), path.c_str());
+                      dir.c_str(), kProgram, pid.empty() ? "a process" : ("pid " + pid).c_str(), path.c_str());
         }
         if (e == ENOLCK || e == EOPNOTSUPP || e == ENOSYS) {
             fprintf(stderr, "warning: cannot lock '%s' (%s): nothing stops a second run from writing to this directory\n", path.c_str(), strerror(e));
@@ -1060,11 +1343,15 @@ inline void sig_write(const char* s) {
 
 inline void on_stop_signal(int sig) {
     if (__atomic_fetch_add(&g_signals_seen, 1, __ATOMIC_SEQ_CST) > 0) {
-        sig_write("\ntrain_gpt: second signal: exiting at once, without saving (the checkpoints already saved are intact)\n");
+        sig_write("\n");
+        sig_write(kProgram);
+        sig_write(": second signal: exiting at once, without saving (the checkpoints already saved are intact)\n");
         _exit(128 + sig);
     }
     g_stop_signal = sig;
-    sig_write("\ntrain_gpt: ");
+    sig_write("\n");
+    sig_write(kProgram);
+    sig_write(": ");
     sig_write(signal_name(sig));
     sig_write(" received: finishing the current step, then saving a checkpoint (send another signal to exit at once)\n");
 }
@@ -1249,8 +1536,9 @@ inline void dump_grads(const std::string& path, Model& m) {
     const float* g = m.host_grads();
     llmc::SafetensorsWriter w;
     for (int id = 0; id < NUM_PARAM_TENSORS; id++)
-        for (int j = 0; j < m.spec[id].count; j++)
-            w.add(param_name(m.config, id, j), param_file_shape(id, m.spec[id]), g + m.spec[id].offset + (size_t)j * m.spec[id].matrix_numel());
+        for (int j = 0; j < m.spec[id].count; j += param_group(m.config, id))
+            w.add(param_name(m.config, id, j), param_file_shape(m.config, id, m.spec[id]),
+                  g + m.spec[id].offset + (size_t)j * m.spec[id].matrix_numel());
     w.write(path);
 }
 
@@ -1276,6 +1564,59 @@ inline void print_profile(int steps, double train_time) {
     for (auto& r : rows)
         printf("  %-22s %10.3f %8.1f %6.1f%%\n", r.first.c_str(), r.second.first / steps, (double)r.second.second / steps,
                100.0 * r.second.first / steps / step_ms);
+}
+
+// The routing metrics of each MoE layer for the log (docs/moe.md#metrics): the step's loads, maxvio,
+// cv, the experts dead over the window since the last metrics line, the routing entropy of the last
+// micro-batch (nats and / ln E) and the layer's aux loss (mean over the step's A micro-batches).
+inline llmc::Json moe_metrics_json(Model& m, const int64_t* load, const int64_t* window, int A) {
+    const GPTConfig& c = m.config;
+    int E = c.n_experts;
+    llmc::Json arr = llmc::Json::array();
+    for (int jl = 0; jl < c.n_moe; jl++) {
+        const int64_t* l = load + (size_t)jl * E;
+        llmc::Json x = llmc::Json::object();
+        x.set("layer", slot_layer(c.is_moe, true, jl));
+        llmc::Json ld = llmc::Json::array();
+        for (int e = 0; e < E; e++) ld.push(llmc::Json((long long)l[e]));
+        x.set("load", ld);
+        x.set("maxvio", moe_maxvio(l, E));
+        x.set("cv", moe_cv(l, E));
+        x.set("dead", moe_dead(window + (size_t)jl * E, E));
+        double h = m.moe_entropy_of(jl);
+        x.set("entropy", h);
+        x.set("entropy_norm", E > 1 ? h / std::log((double)E) : 1.0);
+        double aux = 0.0;
+        for (int a = 0; a < A; a++) aux += m.slot_aux(a, jl) / A;
+        x.set("aux", aux);
+        arr.push(x);
+    }
+    return arr;
+}
+
+// bias_min, bias_max, bias_std of each layer's b, added to moe_metrics_json's entries
+inline void add_bias_stats(Model& m, llmc::Json& arr) {
+    const float* hp = m.host_params();
+    for (int jl = 0; jl < m.config.n_moe; jl++) {
+        MoeBiasStats b = moe_bias_stats(hp + m.spec[P_MOE_BIAS].offset + (size_t)jl * m.config.n_experts, m.config.n_experts);
+        arr.arr[jl].set("bias_min", b.min);
+        arr.arr[jl].set("bias_max", b.max);
+        arr.arr[jl].set("bias_std", b.std);
+    }
+}
+
+// The last routing metrics, one line per MoE layer, at the end of training.
+inline void print_moe_summary(const llmc::Json& arr, int step, const GPTConfig& c) {
+    printf("moe balance at step %d (maxvio = max load / mean load - 1 of the step; dead over the last %s):\n", step, "metrics window");
+    double worst = 0.0;
+    for (auto& x : arr.as_array()) {
+        worst = std::max(worst, x["maxvio"].as_double());
+        printf("  layer %2lld: maxvio %.3f | cv %.3f | dead %lld/%d | entropy %.3f nats (%.3f of ln E) | bias [%+.4f, %+.4f] std %.4f | aux %.3g\n",
+               (long long)x["layer"].as_int(), x["maxvio"].as_double(), x["cv"].as_double(), (long long)x["dead"].as_int(), c.n_experts,
+               x["entropy"].as_double(), x["entropy_norm"].as_double(), x["bias_min"].as_double(), x["bias_max"].as_double(),
+               x["bias_std"].as_double(), x["aux"].as_double());
+    }
+    printf("moe maxvio (worst layer) at step %d: %.3f\n", step, worst);
 }
 
 struct TrainerOptions {
@@ -1304,7 +1645,17 @@ struct TrainerOptions {
     std::string prompt = "";
     // misc
     int seed = 42, threads = -1;
+    // hybrid layers and MoE (docs/model.md#hybrid): flags of train_moe only; train_gpt keeps these,
+    // the dense model's values, and train_moe.cu's program_defaults() sets the hybrid ones
+    int attn_period = 1, moe_dense_layers = 0, moe_experts = 0, moe_topk = 4, moe_shared = 1, moe_hidden = -1;
+    int moe_groups = 1, moe_topk_groups = 1, la_block = 64, moe_log_every = 10;
+    std::string moe_act = "relu2";
+    double moe_rho = 2.5, moe_aux_alpha = 1e-4, moe_bias_rate = 1e-3, moe_bias_freeze_frac = 0.0, router_lr = 1e-3, la_norm_lr = 0.005;
 };
+
+#ifdef LLMC_TRAIN_MOE
+void program_defaults(TrainerOptions& o);  // train_moe.cu
+#endif
 
 inline std::string fmt_duration(double s) {
     if (!std::isfinite(s) || s < 0) return "?";
@@ -1328,6 +1679,13 @@ inline void check_options(TrainerOptions& o) {
     finite_nonneg(o.matrix_lr, "matrix-lr");
     finite_nonneg(o.scalar_lr, "scalar-lr");
     finite_nonneg(o.weight_decay, "weight-decay");
+    finite_nonneg(o.router_lr, "router-lr");
+    finite_nonneg(o.la_norm_lr, "la-norm-lr");
+    LLMC_CHECK(std::isfinite(o.moe_bias_freeze_frac) && o.moe_bias_freeze_frac >= 0.0 && o.moe_bias_freeze_frac <= 1.0,
+               "--moe-bias-freeze-frac must be in [0, 1] (the fraction of the steps at the end without bias updates), got %g",
+               o.moe_bias_freeze_frac);
+    LLMC_CHECK(o.moe_log_every >= 1, "--moe-log-every must be >= 1 (got %d)", o.moe_log_every);
+    LLMC_CHECK(o.moe_act == "relu2" || o.moe_act == "swiglu", "--moe-act must be relu2 or swiglu (got '%s')", o.moe_act.c_str());
     LLMC_CHECK(std::isfinite(o.final_lr_frac) && o.final_lr_frac >= 0.0 && o.final_lr_frac <= 1.0,
                "--final-lr-frac must be in [0, 1] (the fraction of the peak lr the warmdown ends at), got %g", o.final_lr_frac);
     LLMC_CHECK(std::isfinite(o.warmdown_ratio) && o.warmdown_ratio >= 0.0 && o.warmdown_ratio <= 1.0,
@@ -1390,7 +1748,7 @@ inline MemoryNeed memory_need(const GPTConfig& c, int B, int T) {
     if (!Model::kWeightsAreMaster) m.weights += sizeof(Model::act_t) * (double)P;  // the matmuls' bf16 copy
     m.optimizer = 4.0 * (2 * (double)P + S) + 4.0 * (2 * mn + 3 * ss + 2 * mx) + 8.0 * mx;
     ActivationSize a = activation_numel(c, B, T);
-    m.activations = sizeof(Model::act_t) * (double)a.act + sizeof(Model::stat_t) * (double)a.stat + 16.0 * B * T;
+    m.activations = sizeof(Model::act_t) * (double)a.act + sizeof(Model::stat_t) * (double)a.stat + sizeof(int) * (double)a.ints + 16.0 * B * T;
     m.total = m.weights + m.optimizer + m.activations;
     return m;
 }
@@ -1454,6 +1812,10 @@ inline llmc::Json recipe_json(const llmc::Recipe& r, const Model& m) {
     const char* names[NUM_PARAM_TENSORS] = {};
     names[P_CQ] = "attn.c_q"; names[P_CK] = "attn.c_k"; names[P_CV] = "attn.c_v"; names[P_ATTN_PROJ] = "attn.c_proj";
     names[P_VE_GATE] = "attn.ve_gate"; names[P_FC] = "mlp.c_fc"; names[P_MLP_PROJ] = "mlp.c_proj";
+    names[P_LA_Q] = "lightning attn.c_q"; names[P_LA_K] = "lightning attn.c_k"; names[P_LA_V] = "lightning attn.c_v";
+    names[P_LA_GATE] = "lightning attn.c_gate"; names[P_LA_PROJ] = "lightning attn.c_proj"; names[P_MOE_FC] = "mlp.experts.c_fc";
+    names[P_MOE_UP] = "mlp.experts.c_up"; names[P_MOE_PROJ] = "mlp.experts.c_proj"; names[P_MOE_SHARED_FC] = "mlp.shared.c_fc";
+    names[P_MOE_SHARED_UP] = "mlp.shared.c_up"; names[P_MOE_SHARED_PROJ] = "mlp.shared.c_proj";
     for (int id = 0; id < NUM_PARAM_TENSORS; id++)
         if (is_muon_param(id) && m.spec[id].count > 0)
             per.set(names[id], r.muon_lr * llmc::muon_shape_factor(m.spec[id].rows, m.spec[id].cols));
@@ -1497,12 +1859,14 @@ inline llmc::Json options_json(const llmc::Cli& cli) {
 inline void take_options_from_checkpoint(llmc::Cli& cli, const Checkpoint& ck) {
     const llmc::Json* opts = ck.meta.find("options");
     if (!opts) {
-        fprintf(stderr, "note: checkpoint '%s' records no options (an older train_gpt): the model flags given here must match it\n",
-                ck.meta_path.c_str());
+        fprintf(stderr, "note: checkpoint '%s' records no options (an older %s): the model flags given here must match it\n",
+                ck.meta_path.c_str(), kProgram);
         return;
     }
     for (const char* name : {"depth", "aspect-ratio", "head-dim", "n-kv-head", "max-seq-len", "window-pattern", "short-window", "arch", "smear",
-                             "value-embeds", "lambdas", "backout", "windows", "device-batch-size", "loader", "seed"}) {
+                             "value-embeds", "lambdas", "backout", "windows", "device-batch-size", "loader", "seed", "attn-period",
+                             "moe-dense-layers", "moe-experts", "moe-topk", "moe-shared", "moe-hidden", "moe-act", "moe-rho", "moe-aux-alpha",
+                             "moe-groups", "moe-topk-groups", "la-block"}) {
         llmc::Cli::Flag* f = cli.find(name);
         if (!f || cli.given(name) || !opts->has(name)) continue;
         const llmc::Json& v = (*opts)[name];
@@ -1660,7 +2024,7 @@ inline int eval_only_main(TrainerOptions& o, const llmc::Cli& cli, const llmc::M
     std::vector<int> inputs((size_t)B * T), targets((size_t)B * T);
     EvalResult e = evaluate(model, val, B, T, o.eval_tokens, tok ? &tok->token_bytes : nullptr, inputs, targets, &g_stop_signal);
     if (!e.complete) {
-        fprintf(stderr, "train_gpt: stopped by %s during the evaluation (nothing written)\n", signal_name(g_stop_signal));
+        fprintf(stderr, "%s: stopped by %s during the evaluation (nothing written)\n", kProgram, signal_name(g_stop_signal));
         return 128 + g_stop_signal;
     }
     LLMC_CHECK(std::isfinite(e.loss), "checkpoint '%s': validation loss is %g: its weights diverged", ck.meta_path.c_str(), e.loss);
@@ -1687,7 +2051,7 @@ inline int eval_only_main(TrainerOptions& o, const llmc::Cli& cli, const llmc::M
     printf("logged to %s\n", log_path.c_str());
     // samples only when asked for: the defaults are for the end of training
     if (cli.given("num-samples") && o.num_samples > 0 && o.sample_tokens > 0 && !print_samples(model, o, tok, bos)) {
-        fprintf(stderr, "train_gpt: stopped by %s while sampling\n", signal_name(g_stop_signal));
+        fprintf(stderr, "%s: stopped by %s while sampling\n", kProgram, signal_name(g_stop_signal));
         return 128 + g_stop_signal;
     }
     if (fflush(stdout) != 0 || ferror(stdout)) LLMC_FAIL("writing to stdout failed: %s", strerror(errno));
@@ -1696,7 +2060,13 @@ inline int eval_only_main(TrainerOptions& o, const llmc::Cli& cli, const llmc::M
 
 inline int train_main(int argc, char** argv) {
     TrainerOptions o;
-    llmc::Cli cli("train_gpt", llmc::strfmt("Train a nanochat-architecture GPT. This build: %s.", op::backend_name()));
+#ifdef LLMC_TRAIN_MOE
+    program_defaults(o);
+    llmc::Cli cli(kProgram, llmc::strfmt("Train a hybrid GPT: Lightning Attention and softmax attention layers, mixture-of-experts FFNs "
+                                         "(docs/model.md#hybrid). This build: %s.", op::backend_name()));
+#else
+    llmc::Cli cli(kProgram, llmc::strfmt("Train a nanochat-architecture GPT. This build: %s.", op::backend_name()));
+#endif
     cli.add("depth", &o.depth, "model depth: every other size and hyperparameter derives from it");
     cli.add("aspect-ratio", &o.aspect_ratio, "n_embd = depth * aspect-ratio, rounded up to head-dim");
     cli.add("head-dim", &o.head_dim, "attention head dimension");
@@ -1749,6 +2119,25 @@ inline int train_main(int argc, char** argv) {
     cli.add("prompt", &o.prompt, "text the samples continue (after BOS)");
     cli.add("seed", &o.seed, "seed of the init and sampling RNG");
     cli.add("threads", &o.threads, "OpenMP threads; -1 = all cores (at most the cores there are)");
+#ifdef LLMC_TRAIN_MOE
+    cli.add("attn-period", &o.attn_period, "layer l is softmax attention iff (l+1) % P == 0, else Lightning Attention; 0 = no softmax layer");
+    cli.add("la-block", &o.la_block, "block size of the blocked lightning core (64 or 256; any >= 1)");
+    cli.add("moe-dense-layers", &o.moe_dense_layers, "the first layers keep the dense MLP (4C, ReLU²)");
+    cli.add("moe-experts", &o.moe_experts, "routed experts per MoE layer E; 0 = no MoE layer");
+    cli.add("moe-topk", &o.moe_topk, "experts chosen per token K");
+    cli.add("moe-shared", &o.moe_shared, "shared experts N_s (one always-on MLP of width N_s*F)");
+    cli.add("moe-hidden", &o.moe_hidden, "expert hidden width F; -1 = 128*round(4C/(128(K+N_s))) (SwiGLU: 2/3 of that)");
+    cli.add("moe-act", &o.moe_act, "expert activation: relu2 or swiglu");
+    cli.add("moe-rho", &o.moe_rho, "routed scaling factor rho");
+    cli.add("moe-aux-alpha", &o.moe_aux_alpha, "sequence-wise auxiliary balance loss coefficient; 0 = off");
+    cli.add("moe-bias-rate", &o.moe_bias_rate, "balancing bias step gamma per optimizer step; 0 = frozen");
+    cli.add("moe-bias-freeze-frac", &o.moe_bias_freeze_frac, "no bias updates in this last fraction of the steps");
+    cli.add("moe-groups", &o.moe_groups, "group-limited routing: G groups of E/G experts (1 = plain top-K)");
+    cli.add("moe-topk-groups", &o.moe_topk_groups, "group-limited routing: keep the M best groups");
+    cli.add("moe-log-every", &o.moe_log_every, "log the routing metrics (load, maxvio, cv, dead, entropy, bias) every N steps and at the end");
+    cli.add("router-lr", &o.router_lr, "AdamW lr of the MoE routers (times the batch and width scales)");
+    cli.add("la-norm-lr", &o.la_norm_lr, "AdamW lr of the lightning norm weights (times the batch scale)");
+#endif
     if (!cli.parse(argc, argv)) return 0;
     check_options(o);
 #ifdef _OPENMP
@@ -1809,12 +2198,17 @@ inline int train_main(int argc, char** argv) {
     };
     flag(o.smear, mo.smear, "smear"); flag(o.value_embeds, mo.value_embeds, "value-embeds"); flag(o.lambdas, mo.lambdas, "lambdas");
     flag(o.backout, mo.backout, "backout"); flag(o.windows, mo.windows, "windows");
+    mo.attn_period = o.attn_period; mo.la_block = o.la_block; mo.moe_dense_layers = o.moe_dense_layers; mo.n_experts = o.moe_experts;
+    mo.moe_topk = o.moe_topk; mo.moe_shared = o.moe_shared; mo.moe_hidden = o.moe_hidden; mo.moe_swiglu = o.moe_act == "swiglu";
+    mo.moe_rho = o.moe_rho; mo.moe_aux_alpha = o.moe_aux_alpha; mo.moe_bias_rate = o.moe_bias_rate; mo.moe_groups = o.moe_groups;
+    mo.moe_topk_groups = o.moe_topk_groups;
     if (o.eval_only) return eval_only_main(o, cli, mo, *eval_ck, tok.get(), vocab, bos, mode);
     llmc::RecipeOptions ro;
     ro.target_param_data_ratio = o.target_param_data_ratio; ro.num_iterations = o.num_iterations; ro.target_flops = o.target_flops;
     ro.total_batch_size = o.total_batch_size; ro.device_batch_size = o.device_batch_size;
     ro.unembedding_lr = o.unembedding_lr; ro.embedding_lr = o.embedding_lr; ro.scalar_lr = o.scalar_lr; ro.matrix_lr = o.matrix_lr;
     ro.weight_decay = o.weight_decay; ro.warmup_steps = o.warmup_steps; ro.warmdown_ratio = o.warmdown_ratio; ro.final_lr_frac = o.final_lr_frac;
+    ro.router_lr = o.router_lr; ro.la_norm_lr = o.la_norm_lr;
     llmc::Recipe r = llmc::derive_recipe(mo, ro);
     const GPTConfig& cfg = r.shape;
     int B = o.device_batch_size, T = cfg.sequence_len, A = r.grad_accum_steps, N = r.num_iterations;
@@ -1830,8 +2224,22 @@ inline int train_main(int argc, char** argv) {
            cfg.n_head, cfg.n_kv_head, cfg.head_dim, cfg.vocab_size, cfg.padded_vocab_size, T);
     for (int w : cfg.window) printf(" %d", w);
     printf("\nextras: smear %d value_embeds %d lambdas %d backout %d windows %d\n", cfg.smear, cfg.value_embeds, cfg.lambdas, cfg.backout, cfg.windows);
-    printf("parameters: %lld total, %lld scaling; %.3g FLOPs/token\n", (long long)cfg.params.total, (long long)cfg.params.scaling,
-           (double)cfg.flops_per_token);
+    if (cfg.hybrid()) {
+        std::string mix, ffn;
+        for (int l = 0; l < cfg.n_layer; l++) { mix += cfg.is_lightning[l] ? 'L' : 'S'; ffn += cfg.is_moe[l] ? 'M' : 'D'; }
+        printf("layers: mixers %s (L lightning, %d heads of %d, block %d; S softmax, full context), FFNs %s (D dense 4C; M MoE", mix.c_str(),
+               cfg.n_head, cfg.head_dim, cfg.la_block, ffn.c_str());
+        if (cfg.n_moe)
+            printf(": %d experts, top %d, %d shared, F %d, %s, rho %g, aux alpha %g, bias rate %g", cfg.n_experts, cfg.moe_topk, cfg.moe_shared,
+                   cfg.moe_hidden, cfg.moe_swiglu ? "SwiGLU" : "ReLU²", cfg.moe_rho, cfg.moe_aux_alpha, cfg.moe_bias_rate);
+        printf(")\n");
+        if (cfg.attn_period > 1 && cfg.n_layer % cfg.attn_period != 0)
+            fprintf(stderr, "warning: depth %d is not a multiple of --attn-period %d: the last %d layer(s) are lightning, not ending on a "
+                    "softmax layer\n", cfg.n_layer, cfg.attn_period, cfg.n_layer % cfg.attn_period);
+    }
+    printf("parameters: %lld total, %lld scaling", (long long)cfg.params.total, (long long)cfg.params.scaling);
+    if (cfg.n_moe) printf(" (%lld matrix elements per token of %lld)", (long long)cfg.params.active_matrices, (long long)cfg.params.transformer_matrices);
+    printf("; %.3g FLOPs/token\n", (double)cfg.flops_per_token);
     printf("recipe: %d steps (%s) x %lld tokens = %.3g tokens; grad accum %d x (%d x %d); muon lr %.5g, wd %.4g\n", N, r.horizon.c_str(),
            (long long)r.total_batch_size, (double)r.total_tokens, A, B, T, r.muon_lr, r.weight_decay_scaled);
 
@@ -2022,7 +2430,7 @@ inline int train_main(int argc, char** argv) {
                                           : llmc::strfmt("the newest checkpoint is '%s': continue with --resume %s", newest.c_str(),
                                                          llmc::dir_of(newest).c_str());
         if (sig) {
-            fprintf(stderr, "train_gpt: %s at step %d/%d: %s\n", why.c_str(), step, N, tail.c_str());
+            fprintf(stderr, "%s: %s at step %d/%d: %s\n", kProgram, why.c_str(), step, N, tail.c_str());
             return 128 + sig;
         }
         fprintf(stderr, "error: %s (at step %d/%d): %s\n", why.c_str(), step, N, tail.c_str());
@@ -2030,6 +2438,11 @@ inline int train_main(int argc, char** argv) {
     };
 
     if (o.profile) op::profile_enable(A * (60 * cfg.n_layer + 64) + 64);
+    // MoE loads summed over the steps since the last metrics line (for "dead"; after a resume the
+    // window starts at the resumed step), and the last metrics for the summary at the end
+    std::vector<int64_t> window_load((size_t)cfg.n_moe * cfg.n_experts, 0);
+    llmc::Json last_moe_log;
+    int last_moe_step = -1;
     std::vector<int> inputs((size_t)B * T), targets((size_t)B * T);
     double t_start = now_seconds(), train_time = 0.0;
     int timed_steps = 0;
@@ -2062,19 +2475,41 @@ inline int train_main(int argc, char** argv) {
         model.zero_grad();
         for (int a = 0; a < A; a++) {
             train.next_batch(inputs.data(), targets.data());
-            model.forward_async(inputs.data(), targets.data(), B, T, a);
+            model.forward_async(inputs.data(), targets.data(), B, T, a, true);
             model.backward(1.0f / A);
         }
-        // the step's loss: the first read of anything the device computed in this step
-        double loss = 0.0;
+        // the step's loss: the first read of anything the device computed in this step. The MoE
+        // aux loss is part of the objective but logged apart, so `loss` compares with val loss.
+        double loss = 0.0, aux = 0.0;
         for (int a = 0; a < A; a++) loss += model.slot_loss(a) / A;
+        for (int a = 0; a < A && cfg.n_moe; a++) aux += model.slot_aux(a) / A;
         // numbered like the step lines: the forward of step k+1 runs on the weights after step k
-        if (!std::isfinite(loss))
-            diverged(llmc::strfmt("the training loss is %g at step %d/%d (the forward pass on the weights after step %d)", loss, step + 1, N, step),
-                     step);
+        if (!std::isfinite(loss + aux))
+            diverged(llmc::strfmt("the training loss is %g at step %d/%d (the forward pass on the weights after step %d)", loss + aux, step + 1,
+                                  N, step), step);
         if (!o.dump_grads.empty() && step == start_step) dump_grads(o.dump_grads, model);
         double gn = model.grad_norm();  // logged only
         opt.step(model, r, step);
+        // MoE: the step's integer loads (summed over its micro-batches) give the metrics, then the
+        // balancing bias moves and the counters return to zero (docs/moe.md#bias, docs/moe.md#metrics)
+        double step_maxvio = 0.0;
+        llmc::Json moe_log;
+        if (cfg.n_moe) {
+            int E = cfg.n_experts;
+            const int64_t* ld = model.host_moe_load();
+            for (size_t i = 0; i < window_load.size(); i++) window_load[i] += ld[i];
+            for (int jl = 0; jl < cfg.n_moe; jl++) step_maxvio = std::max(step_maxvio, moe_maxvio(ld + (size_t)jl * E, E));
+            bool log_moe = (step + 1) % o.moe_log_every == 0 || step + 1 == N;
+            if (log_moe) moe_log = moe_metrics_json(model, ld, window_load.data(), A);
+            bool frozen = step >= N - (int)llmc::round_half_even(o.moe_bias_freeze_frac * N);
+            model.moe_update_bias(frozen ? 0.0 : cfg.moe_bias_rate);
+            if (log_moe) {
+                add_bias_stats(model, moe_log);  // b after this step's update: what the next forward routes with
+                std::fill(window_load.begin(), window_load.end(), 0);
+                last_moe_log = moe_log;
+                last_moe_step = step + 1;
+            }
+        }
         if (o.profile) {  // the first step (allocations, plan caches, clocks) is not representative
             if (step > start_step) op::profile_collect();
             else op::profile_discard();
@@ -2087,14 +2522,19 @@ inline int train_main(int argc, char** argv) {
         double lrm = llmc::lr_multiplier(step, N, r.warmup_steps, r.warmdown_ratio, r.final_lr_frac);
         double elapsed = now_seconds() - t_start;
         double eta = timed_steps ? train_time / timed_steps * (N - step - 1) : NAN;
-        printf("step %5d/%d | loss %.6f | lrm %.3f | gnorm %.4f | %.0f ms | %.0f tok/s | %.2f GFLOP/s%s | elapsed %s | eta %s\n", step + 1, N,
-               loss, lrm, gn, dt * 1e3, tok_s, tok_s * (double)cfg.flops_per_token * 1e-9, mfu_str(tok_s * (double)cfg.flops_per_token).c_str(),
-               fmt_duration(elapsed).c_str(), fmt_duration(eta).c_str());
+        std::string moe_str = cfg.n_moe ? llmc::strfmt(" | aux %.3g | maxvio %.3f", aux, step_maxvio) : std::string();
+        printf("step %5d/%d | loss %.6f | lrm %.3f | gnorm %.4f%s | %.0f ms | %.0f tok/s | %.2f GFLOP/s%s | elapsed %s | eta %s\n", step + 1, N,
+               loss, lrm, gn, moe_str.c_str(), dt * 1e3, tok_s, tok_s * (double)cfg.flops_per_token * 1e-9,
+               mfu_str(tok_s * (double)cfg.flops_per_token).c_str(), fmt_duration(elapsed).c_str(), fmt_duration(eta).c_str());
         check_stdout();
         llmc::Json j = llmc::Json::object();
         j.set("step", step + 1); j.set("tokens", (long long)(step + 1) * r.total_batch_size);
         j.set("loss", loss); j.set("lrm", lrm); j.set("grad_norm", std::isfinite(gn) ? llmc::Json(gn) : llmc::Json()); j.set("dt_ms", dt * 1e3);
         j.set("tok_per_s", tok_s); j.set("gflops", tok_s * (double)cfg.flops_per_token * 1e-9);
+        if (cfg.n_moe) {
+            j.set("aux", aux); j.set("maxvio", step_maxvio);
+            if (moe_log.is_array()) j.set("moe", moe_log);
+        }
         log_line(j);
     }
     if (timed_steps) {
@@ -2103,10 +2543,12 @@ inline int train_main(int argc, char** argv) {
                mfu_str(tps * (double)cfg.flops_per_token).c_str(), timed_steps);
     }
     if (o.profile) print_profile(timed_steps, train_time);
+    if (last_moe_step > 0) print_moe_summary(last_moe_log, last_moe_step, cfg);
 
     // ---- samples ----
     if (o.num_samples > 0 && o.sample_tokens > 0 && !print_samples(model, o, tok.get(), bos)) {
-        fprintf(stderr, "train_gpt: stopped by %s while sampling (training is done and its final checkpoint saved)\n", signal_name(g_stop_signal));
+        fprintf(stderr, "%s: stopped by %s while sampling (training is done and its final checkpoint saved)\n", kProgram,
+                signal_name(g_stop_signal));
         return 128 + g_stop_signal;
     }
     check_stdout();

@@ -22,7 +22,9 @@
 #include "llmc/cpu/backout.h"
 #include "llmc/cpu/crossentropy.h"
 #include "llmc/cpu/embedding.h"
+#include "llmc/cpu/lightning.h"
 #include "llmc/cpu/matmul.h"
+#include "llmc/cpu/moe.h"
 #include "llmc/cpu/qknorm.h"
 #include "llmc/cpu/relu2.h"
 #include "llmc/cpu/residual.h"
@@ -88,6 +90,8 @@ using ::attention_backward;
 using ::attention_forward;
 using ::embedding_backward;
 using ::embedding_forward;
+using ::lightning_backward;
+using ::lightning_forward;
 using ::matmul_forward;
 using ::relu2_backward;
 using ::relu2_forward;
@@ -188,6 +192,38 @@ void sum_squares(double* out, const Real* g, size_t n) {
         for (int k = 0; k < 8; k++) part[0] += acc[k];
     });
     *out = gn;
+}
+
+// ---- the hybrid layers (train_moe; docs/model.md#hybrid) ----
+
+// out (=) the MoE FFN of u (docs/moe.md#api). saved, saved_int: this layer's moe_saved_numel()
+// elements; work: the shared workspace. load (+=) the selection counts (training; null: not
+// counted). aux (=) the layer's aux loss. idx_override: a fixed routing (tests), else null.
+template <typename Real>
+void moe_forward(Real* out, Real* saved, int* saved_int, Real* work, const Real* u, const Real* router, const Real* bias, const Real* w1,
+                 const Real* w3, const Real* w2, const Real* s1, const Real* s3, const Real* s2, const MoeConfig& c, int B, int T,
+                 int64_t* load, double* aux, const int* idx_override) {
+    MoeSaved<Real> sv = moe_saved_bind(c, B, T, saved, saved_int);
+    MoeWeights<Real> w;
+    w.router = router; w.bias = bias; w.w1 = w1; w.w3 = w3; w.w2 = w2; w.s1 = s1; w.s3 = s3; w.s2 = s2;
+    *aux = ::moe_forward(out, sv, work, u, w, c, B, T, load, idx_override);
+}
+// du (=) dL/du; the parameter gradients (+=); dout = dL/d(out), daux = dL/d(aux loss)
+template <typename Real>
+void moe_backward(Real* du, Real* drouter, Real* dw1, Real* dw3, Real* dw2, Real* ds1, Real* ds3, Real* ds2, Real* work, const Real* dout,
+                  const Real* u, const Real* router, const Real* bias, const Real* w1, const Real* w3, const Real* w2, const Real* s1,
+                  const Real* s3, const Real* s2, Real* saved, int* saved_int, const MoeConfig& c, int B, int T, float daux) {
+    MoeSaved<Real> sv = moe_saved_bind(c, B, T, saved, saved_int);
+    MoeWeights<Real> w;
+    w.router = router; w.bias = bias; w.w1 = w1; w.w3 = w3; w.w2 = w2; w.s1 = s1; w.s3 = s3; w.s2 = s2;
+    MoeGrads<Real> g;
+    g.router = drouter; g.w1 = dw1; g.w3 = dw3; g.w2 = dw2; g.s1 = ds1; g.s3 = ds3; g.s2 = ds2;
+    ::moe_backward(du, g, work, dout, u, w, sv, c, B, T, (Real)daux);
+}
+// b += gamma·sign(sum(load) − E·load), load = 0 (docs/moe.md#bias)
+template <typename Real>
+void moe_bias_update(Real* b, int64_t* load, int E, double gamma) {
+    ::moe_bias_update(b, load, E, gamma);
 }
 
 }  // namespace op

@@ -36,6 +36,7 @@
 #include "llmc/cuda/rope.cuh"
 #include "llmc/cuda/smear.cuh"
 #include "llmc/cuda/value_embed.cuh"
+#include "llmc/cpu/moe.h"  // MoeConfig
 
 namespace op {
 
@@ -350,5 +351,34 @@ inline void crossentropy(float* losses, floatX* dlogits, const floatX* logits, c
 inline void loss_sum(double* out, const float* losses, int N) { OpTimer t_("loss_sum"); ::loss_sum(out, losses, N, g_ctx.stream); }
 // *out (device fp32) = sum of g^2 (double inside, rounded once)
 inline void sum_squares(float* out, const float* g, size_t n) { OpTimer t_("sum_squares"); global_norm_squared(out, g, n, g_ctx.scratch, g_ctx.stream); }
+
+// ---- the hybrid layers (train_moe; docs/model.md#hybrid): the signatures of llmc/ops_cpu.h, with
+// no kernels yet. A dense model never calls them; a hybrid one stops here with one clear error.
+[[noreturn]] inline void no_hybrid_kernel(const char* what) {
+    LLMC_FAIL("%s has no CUDA kernel yet: train_moe runs on the CPU (train_moe_cpu)", what);
+}
+inline void lightning_forward(floatX* out, floatX* p, floatX* o, float* r, floatX* a, const floatX* u, const floatX* wq, const floatX* wk,
+                              const floatX* wv, const floatX* wgate, const floatX* wo, const float* w, const float* slopes, int B, int T,
+                              int C, int H, int D, int blk, floatX* work) {
+    no_hybrid_kernel("lightning attention (forward)");
+}
+inline void lightning_backward(floatX* du, float* dwq, float* dwk, float* dwv, float* dwgate, float* dwo, float* dw, const floatX* dout,
+                               const floatX* u, const floatX* p, const floatX* o, const float* r, const floatX* a, const floatX* wq,
+                               const floatX* wk, const floatX* wv, const floatX* wgate, const floatX* wo, const float* w, const float* slopes,
+                               int B, int T, int C, int H, int D, int blk, floatX* work) {
+    no_hybrid_kernel("lightning attention (backward)");
+}
+inline void moe_forward(floatX* out, floatX* saved, int* saved_int, floatX* work, const floatX* u, const float* router, const float* bias,
+                        const floatX* w1, const floatX* w3, const floatX* w2, const floatX* s1, const floatX* s3, const floatX* s2,
+                        const MoeConfig& c, int B, int T, int64_t* load, double* aux, const int* idx_override) {
+    no_hybrid_kernel("the MoE FFN (forward)");
+}
+inline void moe_backward(floatX* du, float* drouter, float* dw1, float* dw3, float* dw2, float* ds1, float* ds3, float* ds2, floatX* work,
+                         const floatX* dout, const floatX* u, const float* router, const float* bias, const floatX* w1, const floatX* w3,
+                         const floatX* w2, const floatX* s1, const floatX* s3, const floatX* s2, floatX* saved, int* saved_int,
+                         const MoeConfig& c, int B, int T, float daux) {
+    no_hybrid_kernel("the MoE FFN (backward)");
+}
+inline void moe_bias_update(float* b, int64_t* load, int E, double gamma) { no_hybrid_kernel("the MoE bias update"); }
 
 }  // namespace op

@@ -47,6 +47,22 @@ struct ModelOptions {
     bool windows = true;
     void set_arch_core() { smear = value_embeds = lambdas = backout = windows = false; }
     void set_arch_nanochat() { smear = value_embeds = lambdas = backout = windows = true; }
+    // hybrid layout and mixture of experts (docs/model.md#hybrid, docs/moe.md, docs/lightning.md).
+    // The defaults are the dense model: softmax attention and the dense MLP in every layer.
+    int attn_period = 1;         // --attn-period P: layer l is softmax attention iff (l+1) % P == 0,
+                                 // else Lightning Attention; 1 = all softmax, 0 = no softmax layer
+    int moe_dense_layers = 0;    // --moe-dense-layers: layers l < this keep the dense MLP
+    int n_experts = 0;           // --moe-experts E: routed experts per MoE layer; 0 = no MoE layer
+    int moe_topk = 4;            // --moe-topk K: experts chosen per token
+    int moe_shared = 1;          // --moe-shared N_s: shared experts (one MLP of width N_s*F)
+    int moe_hidden = -1;         // --moe-hidden F: an expert's hidden width; -1 = the rule in moe_expert_hidden
+    bool moe_swiglu = false;     // --moe-act swiglu (default relu2)
+    double moe_rho = 2.5;        // --moe-rho: routed scaling factor
+    double moe_aux_alpha = 1e-4; // --moe-aux-alpha: sequence-wise auxiliary loss; 0 = off
+    double moe_bias_rate = 1e-3; // --moe-bias-rate gamma of the balancing bias update
+    int moe_groups = 1;          // --moe-groups G: group-limited routing (1 = plain top-K)
+    int moe_topk_groups = 1;     // --moe-topk-groups M
+    int la_block = 64;           // --la-block: block size of the blocked lightning core
 };
 
 // element counts per parameter family (docs/model.md#parameters)
@@ -54,10 +70,14 @@ struct ParamCounts {
     int64_t wte = 0;                  // Vp*C
     int64_t value_embeds = 0;         // (#VE layers)*Vp*Hkv*D
     int64_t lm_head = 0;              // Vp*C
-    int64_t transformer_matrices = 0; // every transformer.h.* element (c_q,c_k,c_v,c_proj,c_fc,mlp c_proj,ve_gate)
+    int64_t transformer_matrices = 0; // every transformer.h.* matrix element (c_q,c_k,c_v,c_proj,c_fc,mlp c_proj,ve_gate;
+                                      // lightning and MoE matrices, all experts)
+    int64_t active_matrices = 0;      // the transformer.h.* matrix elements one token touches: = transformer_matrices
+                                      // for a dense model; an MoE layer counts its router, shared expert and K experts
+    int64_t vectors = 0;              // lightning norm weights and the MoE balancing biases (buffers)
     int64_t scalars = 0;              // resid/x0 lambdas, smear gate+lambda, backout lambda (2L+26 all on)
     int64_t total = 0;                // sum of the above
-    int64_t scaling = 0;              // P = transformer_matrices + lm_head (docs/model.md#scaling)
+    int64_t scaling = 0;              // P = active_matrices + lm_head (docs/model.md#scaling)
 };
 
 struct ModelShape {
@@ -76,15 +96,42 @@ struct ModelShape {
     std::vector<bool> has_ve;    // layer i has value_embeds.{i} and attn.ve_gate: i % 2 == (L-1) % 2
     int n_ve_layers = 0;         // 0 when value embeddings are off
     int backout_layer = 0;       // floor(L/2): x_mid is this block's output (docs/model.md#backout)
+    // hybrid layout and MoE (docs/model.md#hybrid); the ModelOptions of the same names
+    int attn_period = 1, moe_dense_layers = 0, n_experts = 0, moe_topk = 0, moe_shared = 0;
+    int moe_hidden = 0;          // F actually used (0 without MoE)
+    bool moe_swiglu = false;
+    double moe_rho = 2.5, moe_aux_alpha = 0, moe_bias_rate = 0;
+    int moe_groups = 1, moe_topk_groups = 1, la_block = 64;
+    std::vector<bool> is_lightning;  // layer i's mixer: Lightning Attention (else softmax attention)
+    std::vector<bool> is_moe;        // layer i's FFN: MoE (else the dense MLP)
+    int n_softmax = 0, n_lightning = 0, n_moe = 0, n_dense_mlp = 0;
+    // anything but the dense model (its checkpoints record the hybrid fields, windows are off)
+    bool hybrid() const { return n_lightning > 0 || n_moe > 0; }
     // sizes
     ParamCounts params;
     int64_t n_matmul = 0;              // docs/model.md#flops: block matrices + lm_head (padded) + smear_gate
-    int64_t attn_flops_per_token = 0;  // sum_l 12*H*D*min(w_l, T)
+    int64_t attn_flops_per_token = 0;  // sum over softmax layers of 12*H*D*min(w_l, T), plus
+                                       // 12*H*D*(64+D) per lightning layer (docs/model.md#flops)
     int64_t flops_per_token = 0;       // 6*n_matmul + attention term
 };
 
 // S window: quarter context rounded up to a multiple of 128 (2048 -> 512, <= 512 -> 128)
 inline int default_short_window(int T) { return 128 * ((T + 511) / 512); }
+
+// An expert's hidden width (docs/model.md#hybrid): the active FFN width (K + N_s)*F matches the
+// dense MLP's 4C, in multiples of 128 (tensor-core tiles): F = 128*round(4C / (128 (K+N_s)));
+// SwiGLU, with three matrices instead of two, 64*round(2F / (3*64)) for the same FLOPs. A width
+// below one tile (toy models only) is not rounded to tiles: round(4C/(K+N_s)), 2F/3.
+inline int moe_expert_hidden(int C, int K, int Ns, bool swiglu) {
+    const double w = 4.0 * C / (K + Ns);
+    long F = 128 * round_half_even(w / 128.0);
+    if (F < 128) F = std::max(1L, round_half_even(w));
+    if (swiglu) {
+        long Fs = 64 * round_half_even(2.0 * F / (3 * 64.0));
+        F = Fs >= 64 ? Fs : std::max(1L, round_half_even(2.0 * F / 3.0));
+    }
+    return (int)F;
+}
 
 inline ModelShape derive_model_shape(const ModelOptions& o) {
     LLMC_CHECK(o.depth >= 1, "--depth must be >= 1 (got %d)", o.depth);
@@ -123,6 +170,52 @@ inline ModelShape derive_model_shape(const ModelOptions& o) {
     LLMC_CHECK(!o.value_embeds || C >= 12,
                "n_embd %d is too small for value embeddings (their gate reads 12 channels); use --value-embeds 0", C);
 
+    // hybrid layout (docs/model.md#hybrid)
+    LLMC_CHECK(o.attn_period >= 0, "--attn-period must be >= 0 (0 = no softmax layer, 1 = all softmax), got %d", o.attn_period);
+    LLMC_CHECK(o.n_experts >= 0, "--moe-experts must be >= 0 (0 = no MoE layer), got %d", o.n_experts);
+    LLMC_CHECK(o.la_block >= 1, "--la-block must be >= 1, got %d", o.la_block);
+    s.attn_period = o.attn_period;
+    s.la_block = o.la_block;
+    s.is_lightning.resize(L);
+    s.is_moe.resize(L);
+    if (o.n_experts > 0) {
+        LLMC_CHECK(o.moe_dense_layers >= 0, "--moe-dense-layers must be >= 0, got %d", o.moe_dense_layers);
+        LLMC_CHECK(o.moe_topk >= 1 && o.moe_topk <= o.n_experts && o.moe_topk <= 64,
+                   "--moe-topk %d must be in [1, min(--moe-experts %d, 64)]", o.moe_topk, o.n_experts);
+        LLMC_CHECK(o.moe_shared >= 0, "--moe-shared must be >= 0, got %d", o.moe_shared);
+        LLMC_CHECK(o.moe_hidden == -1 || o.moe_hidden >= 1, "--moe-hidden must be >= 1, or -1 for the rule (got %d)", o.moe_hidden);
+        LLMC_CHECK(std::isfinite(o.moe_rho) && o.moe_rho > 0, "--moe-rho must be > 0 (got %g)", o.moe_rho);
+        LLMC_CHECK(std::isfinite(o.moe_aux_alpha) && o.moe_aux_alpha >= 0, "--moe-aux-alpha must be >= 0 (got %g)", o.moe_aux_alpha);
+        LLMC_CHECK(std::isfinite(o.moe_bias_rate) && o.moe_bias_rate >= 0, "--moe-bias-rate must be >= 0 (got %g)", o.moe_bias_rate);
+        const int G = o.moe_groups, M = o.moe_topk_groups;
+        LLMC_CHECK(G >= 1 && G <= 64 && o.n_experts % G == 0, "--moe-groups %d must divide --moe-experts %d (at most 64 groups)", G,
+                   o.n_experts);
+        LLMC_CHECK(G == 1 || (M >= 1 && M <= G && o.moe_topk % M == 0 && o.moe_topk / M <= o.n_experts / G),
+                   "--moe-topk-groups %d must be in [1, --moe-groups %d] and divide --moe-topk %d, with K/M <= E/G", M, G, o.moe_topk);
+        s.moe_dense_layers = o.moe_dense_layers;
+        s.n_experts = o.n_experts;
+        s.moe_topk = o.moe_topk;
+        s.moe_shared = o.moe_shared;
+        s.moe_swiglu = o.moe_swiglu;
+        s.moe_hidden = o.moe_hidden == -1 ? moe_expert_hidden(C, o.moe_topk, o.moe_shared, o.moe_swiglu) : o.moe_hidden;
+        s.moe_rho = o.moe_rho;
+        s.moe_aux_alpha = o.moe_aux_alpha;
+        s.moe_bias_rate = o.moe_bias_rate;
+        s.moe_groups = G;
+        s.moe_topk_groups = G == 1 ? 1 : M;
+    }
+    for (int i = 0; i < L; i++) {
+        s.is_lightning[i] = o.attn_period == 0 || (i + 1) % o.attn_period != 0;
+        s.is_moe[i] = o.n_experts > 0 && i >= o.moe_dense_layers;
+        s.n_lightning += s.is_lightning[i];
+        s.n_moe += s.is_moe[i];
+    }
+    s.n_softmax = L - s.n_lightning;
+    s.n_dense_mlp = L - s.n_moe;
+    // a hybrid model's few softmax layers are its only exact long-range lookup: full context
+    LLMC_CHECK(!(s.hybrid() && o.windows), "sliding windows are for the dense model: the softmax layers of a hybrid or MoE model "
+               "use full causal context (use --windows 0)");
+
     // windows (docs/model.md#windows)
     s.short_window = o.short_window == -1 ? default_short_window(T) : o.short_window;
     if (o.windows) {
@@ -140,31 +233,42 @@ inline ModelShape derive_model_shape(const ModelOptions& o) {
         const char ch = s.window_pattern[i % s.window_pattern.size()];
         const bool is_long = (i == L - 1) || ch == 'L';   // last layer always L
         s.window[i] = is_long ? T : s.short_window;
-        s.has_ve[i] = o.value_embeds && (i % 2 == (L - 1) % 2);
+        // value embeddings by the parity rule, on softmax layers only (lightning has no v to gate)
+        s.has_ve[i] = o.value_embeds && !s.is_lightning[i] && (i % 2 == (L - 1) % 2);
         s.n_ve_layers += s.has_ve[i] ? 1 : 0;
     }
     s.backout_layer = L / 2;
 
-    // parameter counts (docs/model.md#parameters)
+    // parameter counts (docs/model.md#parameters, docs/model.md#hybrid)
     const int64_t CC = C;
-    const int64_t per_layer = (int64_t)H * D * CC        // c_q
-                            + 2 * (int64_t)Hkv * D * CC  // c_k, c_v
-                            + CC * H * D                  // attn c_proj
-                            + 8 * CC * CC;                // c_fc (4C x C), mlp c_proj (C x 4C)
+    const int64_t softmax_mixer = (int64_t)H * D * CC        // c_q
+                                + 2 * (int64_t)Hkv * D * CC  // c_k, c_v
+                                + CC * H * D;                // attn c_proj
+    const int64_t lightning_mixer = 5 * (int64_t)H * D * CC;  // c_q, c_k, c_v, c_gate (N x C), c_proj (C x N); N = H*D
+    const int64_t dense_mlp = 8 * CC * CC;                    // c_fc (4C x C), mlp c_proj (C x 4C)
+    const int64_t m = s.moe_swiglu ? 3 : 2, F = s.moe_hidden, E = s.n_experts;
+    const int64_t moe_total = E * CC + E * m * F * CC + m * s.moe_shared * F * CC;     // router, experts, shared
+    const int64_t moe_active = E * CC + s.moe_topk * m * F * CC + m * s.moe_shared * F * CC;
     const int64_t ve_gate = (int64_t)Hkv * 12;
     ParamCounts& p = s.params;
     p.wte = Vp * CC;
     p.lm_head = Vp * CC;
     p.value_embeds = (int64_t)s.n_ve_layers * Vp * Hkv * D;
-    p.transformer_matrices = (int64_t)L * per_layer + (int64_t)s.n_ve_layers * ve_gate;
+    const int64_t mixers = s.n_softmax * softmax_mixer + s.n_lightning * lightning_mixer + (int64_t)s.n_ve_layers * ve_gate;
+    p.transformer_matrices = mixers + s.n_dense_mlp * dense_mlp + s.n_moe * moe_total;
+    p.active_matrices = mixers + s.n_dense_mlp * dense_mlp + s.n_moe * moe_active;
+    p.vectors = (int64_t)s.n_lightning * H * D + (int64_t)s.n_moe * E;
     p.scalars = (o.lambdas ? 2 * (int64_t)L : 0) + (o.smear ? 24 + 1 : 0) + (o.backout ? 1 : 0);
-    p.total = p.wte + p.lm_head + p.value_embeds + p.transformer_matrices + p.scalars;
-    p.scaling = p.transformer_matrices + p.lm_head;
+    p.total = p.wte + p.lm_head + p.value_embeds + p.transformer_matrices + p.vectors + p.scalars;
+    p.scaling = p.active_matrices + p.lm_head;
 
-    // FLOPs per token (docs/model.md#flops): every matrix that multiplies the token stream, plus attention
-    s.n_matmul = p.transformer_matrices + p.lm_head + (o.smear ? 24 : 0);
+    // FLOPs per token (docs/model.md#flops): every matrix that multiplies the token stream (an MoE
+    // layer's active ones), plus the attention cores: softmax over its window, lightning's blocked
+    // core counted at a fixed block of 64 whatever --la-block is (docs/lightning.md#cost)
+    s.n_matmul = p.active_matrices + p.lm_head + (o.smear ? 24 : 0);
     s.attn_flops_per_token = 0;
-    for (int i = 0; i < L; i++) s.attn_flops_per_token += 12 * (int64_t)H * D * std::min(s.window[i], T);
+    for (int i = 0; i < L; i++)
+        s.attn_flops_per_token += s.is_lightning[i] ? 12 * (int64_t)H * D * (64 + D) : 12 * (int64_t)H * D * std::min(s.window[i], T);
     s.flops_per_token = 6 * s.n_matmul + s.attn_flops_per_token;
     return s;
 }
@@ -185,14 +289,16 @@ struct RecipeOptions {
     double scalar_lr = 0.5;
     double matrix_lr = 0.02;
     double weight_decay = 0.28;
+    double router_lr = 1e-3;               // --router-lr (MoE router, AdamW)
+    double la_norm_lr = 0.005;             // --la-norm-lr (lightning norm weights, AdamW)
     // schedule knobs (schedule.h)
     int warmup_steps = 40;
     double warmdown_ratio = 0.65;
     double final_lr_frac = 0.05;
 };
 
-// the six AdamW groups of docs/model.md#param-groups, in its order
-enum AdamGroupId { ADAM_LM_HEAD = 0, ADAM_WTE, ADAM_VALUE_EMBEDS, ADAM_RESID, ADAM_X0, ADAM_SMEAR, ADAM_NUM_GROUPS };
+// the AdamW groups of docs/model.md#param-groups, in its order (router and la_norm: hybrid models only)
+enum AdamGroupId { ADAM_LM_HEAD = 0, ADAM_WTE, ADAM_VALUE_EMBEDS, ADAM_RESID, ADAM_X0, ADAM_SMEAR, ADAM_ROUTER, ADAM_LA_NORM, ADAM_NUM_GROUPS };
 
 struct AdamGroup {
     const char* name = "";
@@ -288,6 +394,8 @@ inline Recipe derive_recipe(const ModelOptions& mo, const RecipeOptions& ro) {
     set(ADAM_RESID, "resid", s.lambdas, 0.01 * ro.scalar_lr * r.bls, 0.8, 0.95, 0.05);
     set(ADAM_X0, "x0", s.lambdas, ro.scalar_lr * r.bls, 0.96, 0.95, 0.0);
     set(ADAM_SMEAR, "smear", s.smear || s.backout, 0.2, 0.8, 0.95, 0.0);
+    set(ADAM_ROUTER, "router", s.n_moe > 0, ro.router_lr * r.bls * r.dms, 0.8, 0.95, 0.0);
+    set(ADAM_LA_NORM, "la_norm", s.n_lightning > 0, ro.la_norm_lr * r.bls, 0.8, 0.95, 0.0);
     r.muon_lr = ro.matrix_lr * r.bls;
 
     // docs/model.md#scaling step 7: horizon, precedence num_iterations > target_flops > ratio

@@ -690,7 +690,9 @@ TEST_CASE("scaling: learning rates for d4, d12, d24") {
     CHECK(r.adam[ADAM_X0].beta1 == 0.96);
     CHECK(r.adam[ADAM_RESID].weight_decay == 0.05);
     for (int k = 0; k < ADAM_NUM_GROUPS; k++) CHECK(r.adam[k].eps == 1e-10);
-    for (int k = 0; k < ADAM_NUM_GROUPS; k++) CHECK(r.adam[k].present);
+    for (int k = 0; k <= ADAM_SMEAR; k++) CHECK(r.adam[k].present);
+    CHECK(!r.adam[ADAM_ROUTER].present);   // the hybrid models' groups: absent in the dense model
+    CHECK(!r.adam[ADAM_LA_NORM].present);
     ModelOptions core;
     core.set_arch_core();
     Recipe rc = derive_recipe(core, RecipeOptions());
