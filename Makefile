@@ -1,5 +1,6 @@
 # llmc-nano: the build. Everything a user or CI needs is a target here.
-#   make run         train a small model on tinyshakespeare and sample from it (CPU unless a GPU build exists)
+#   make run         train a small model on tinyshakespeare and sample from it (CPU unless a GPU build exists);
+#                    MODEL=moe: the hybrid Lightning + MoE model (train_moe_cpu)
 #   make test        build and run every test (CPU ops, tokenizer, loader, optimizer, SIM kernels, ASan)
 #   make bench       benchmarks (throughput figures are measured here, never asserted in tests)
 #   make test_gpu    the kernel tests built with nvcc, run on a real GPU
@@ -241,8 +242,9 @@ test_gpu: programs $(GPU_TESTS) $(GPU_FP32_TESTS) $(if $(filter 1,$(USE_CUDNN)),
 bench: programs $(DEV_BINS)
 	@scripts/bench.sh
 
+# MODEL=moe: the hybrid trainer (train_moe_cpu) instead of the dense one
 run: programs
-	@scripts/run_demo.sh
+	@MODEL=$(MODEL) scripts/run_demo.sh
 
 clean:
 	rm -rf $(BUILD) $(PROGRAMS) train_gpt train_gpt_sim train_gpt_cpu_openblas

@@ -2222,7 +2222,10 @@ inline int train_main(int argc, char** argv) {
 
     printf("model: depth %d, n_embd %d, heads %d/%d (kv), head_dim %d, vocab %d (padded %d), T %d, windows", cfg.n_layer, cfg.n_embd,
            cfg.n_head, cfg.n_kv_head, cfg.head_dim, cfg.vocab_size, cfg.padded_vocab_size, T);
-    for (int w : cfg.window) printf(" %d", w);
+    for (int l = 0; l < cfg.n_layer; l++) {
+        if (cfg.is_lightning[l]) printf(" -");  // (no window: a lightning layer)
+        else printf(" %d", cfg.window[l]);
+    }
     printf("\nextras: smear %d value_embeds %d lambdas %d backout %d windows %d\n", cfg.smear, cfg.value_embeds, cfg.lambdas, cfg.backout, cfg.windows);
     if (cfg.hybrid()) {
         std::string mix, ffn;

@@ -8,6 +8,12 @@
 #     6 x matmul params + attention). Run with the nanochat extras on and with --arch core.
 #     Baseline for the ratio: the dense matmul rate of this machine (bench_matmul, same run).
 #     Also with OpenBLAS matmuls (train_gpt_cpu_openblas) when libopenblas-dev is installed.
+#  1b. The hybrid trainer (train_moe_cpu: Lightning Attention + MoE, docs/model.md#hybrid) against
+#     the dense one at about equal active FLOPs per token, same fixed config: mixers L L L S (3
+#     lightning layers, one softmax layer with full context), FFNs D M M M (a dense first layer, then
+#     MoE: 8 experts, top 2, one shared, F 341, so the active FFN width 3 x 341 = 1023 is the dense
+#     4C = 1024). The dense baseline runs with --windows 0 (full context, as the hybrid's softmax
+#     layer): 72.35 vs 72.4 MFLOPs per token (both printed). Same run, same machine state.
 #  2. bench_matmul: our CPU sgemm in the three layouts the model uses.
 #  3. bench_tokenizer: encode MB/s per core and 32k-vocabulary training time.
 #
@@ -67,6 +73,10 @@ else
   echo "  (OpenBLAS comparison skipped: apt-get install libopenblas-dev to build train_gpt_cpu_openblas)"
 fi
 echo
+echo "== 1b. hybrid MoE trainer vs dense at about equal active FLOPs (same config; dense with --windows 0)"
+train dense_full ./train_gpt_cpu --windows 0
+train moe ./train_moe_cpu --attn-period 4 --moe-dense-layers 1 --moe-experts 8 --moe-topk 2 --moe-shared 1 --moe-hidden 341
+echo
 echo "== 2. matmul (build/dev/bench_matmul)"
 build/dev/bench_matmul | tee "$tmp/matmul.log"
 if [ "${QUICK:-0}" != 1 ]; then
@@ -99,3 +109,12 @@ for row in "${rows[@]}"; do
   awk -v n="$1" -v t="$2" -v g="$3" -v m="${mm:-0}" 'BEGIN {
     printf "| %s | %d | %.1f | %.2fx | %s |\n", n, t, g, g / 30.0, (m > 0 ? sprintf("%.2f", g / m) : "?") }'
 done
+# the hybrid against the dense model at about equal FLOPs per token
+fpt() { grep -o '[0-9.e+]* FLOPs/token' "$tmp/$1.log" | head -1 | cut -d' ' -f1; }
+read -r dt dg <<< "$(tps dense_full)"
+read -r mt mg <<< "$(tps moe)"
+echo
+echo "| run (d4, T 256, B 4, V 32768) | FLOPs/token | tokens/s | model GFLOP/s | tokens/s vs dense |"
+echo "|---|---|---|---|---|"
+awk -v f="$(fpt dense_full)" -v t="$dt" -v g="$dg" 'BEGIN { printf "| dense, full context (train_gpt_cpu --windows 0) | %s | %d | %.1f | 1.00x |\n", f, t, g }'
+awk -v f="$(fpt moe)" -v t="$mt" -v g="$mg" -v d="$dt" 'BEGIN { printf "| hybrid: 3 lightning + 1 softmax, 3 MoE FFNs E 8 K 2 + shared (train_moe_cpu) | %s | %d | %.1f | %.2fx |\n", f, t, g, t / d }'

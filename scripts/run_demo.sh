@@ -8,12 +8,18 @@
 # Where nvidia-smi finds a GPU (and nvcc exists to build it) this trains with the GPU trainer
 # (train_gpt, bf16) a larger model; otherwise with train_gpt_cpu. GPU=0 forces the CPU.
 #
-# Knobs (environment): STEPS (default 300), DEPTH (4 on the CPU, 8 on a GPU), THREADS (all cores),
-# OUT (out/demo), GPU (auto, 0 or 1).
+# MODEL=moe (`make run MODEL=moe`) trains the hybrid model instead (train_moe_cpu: Lightning
+# Attention + softmax layers, mixture-of-experts FFNs; docs/model.md#hybrid), on the CPU (its CUDA
+# kernels do not exist yet), and prints the routing balance at the end.
+#
+# Knobs (environment): MODEL (gpt or moe), STEPS (default 300; 250 for moe), DEPTH (4 on the CPU,
+# 8 on a GPU), THREADS (all cores), OUT (out/demo, out/demo_moe), GPU (auto, 0 or 1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-STEPS=${STEPS:-300}
+MODEL=${MODEL:-gpt}
+case "$MODEL" in gpt|moe) ;; *) echo "error: MODEL must be gpt or moe (got '$MODEL')" >&2; exit 1;; esac
+if [ "$MODEL" = moe ]; then STEPS=${STEPS:-250}; GPU=0; else STEPS=${STEPS:-300}; fi
 GPU=${GPU:-auto}
 if [ "$GPU" = auto ]; then
   GPU=0
@@ -24,7 +30,7 @@ if [ "$GPU" = auto ]; then
 fi
 if [ "$GPU" = 1 ]; then DEPTH=${DEPTH:-8}; else DEPTH=${DEPTH:-4}; fi
 THREADS=${THREADS:--1}
-OUT=${OUT:-out/demo}
+if [ "$MODEL" = moe ]; then OUT=${OUT:-out/demo_moe}; else OUT=${OUT:-out/demo}; fi
 DATA=data/tinyshakespeare
 URL=https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt
 
@@ -55,7 +61,22 @@ if ! ls "$DATA"/tinyshakespeare_train_*.bin >/dev/null 2>&1 || [ ! -f "$DATA/tok
   ./prepare_data --input "$corpus" --out "$DATA" --prefix tinyshakespeare --vocab-size 4096
 fi
 
-if [ "$GPU" = 1 ]; then
+if [ "$MODEL" = moe ]; then
+TRAINER=./train_moe_cpu
+# The hybrid model at the dense demo's size: depth 4, n_embd 256, context 256, 2048 tokens per step.
+# Mixers L L L S (3 lightning layers of 4 heads of 64, blocks of 64; a softmax layer last), FFNs
+# D M M M (a dense first layer, then MoE: 8 experts, top 2, one shared, F 384, so the active FFN
+# width 3 x 384 is about the dense 4C = 1024). The learning rates are the dense demo's. The bias
+# step is 5e-3 instead of 1e-3: the bias moves at most steps x gamma, and 250 steps are short.
+echo "== training the hybrid MoE model, depth $DEPTH, for $STEPS steps on the CPU (out: $OUT)"
+./train_moe_cpu --data-dir "$DATA" --out-dir "$OUT" \
+  --depth "$DEPTH" --aspect-ratio 64 --head-dim 64 --max-seq-len 256 \
+  --attn-period 4 --moe-dense-layers 1 --moe-experts 8 --moe-topk 2 --moe-shared 1 --moe-bias-rate 0.005 \
+  --device-batch-size 8 --total-batch-size 2048 --num-iterations "$STEPS" \
+  --warmup-steps 20 --matrix-lr 0.08 --embedding-lr 1.2 --unembedding-lr 0.04 \
+  --eval-every 50 --eval-tokens 32768 --save-every -1 --moe-log-every 50 \
+  --num-samples 3 --sample-tokens 96 --prompt "ROMEO:" --threads "$THREADS"
+elif [ "$GPU" = 1 ]; then
   # On a GPU: depth 8 -> n_embd 512, 4 heads of 128, context 1024, 32 x 1024 tokens per step (not
   # measured on a GPU yet: no GPU was available when this was written; see dev/LOG.md).
   echo "== building the GPU trainer (make train_gpt)"
