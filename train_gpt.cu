@@ -5,6 +5,11 @@ This file reads like the model: the config, the parameter and activation layout,
 of op calls in model order, backward as the same list in reverse, then the optimizer groups, the
 checkpoint format and the training loop with its command line.
 
+The same model is also the hybrid one of train_moe.cu (docs/model.md#hybrid): each layer's mixer is
+softmax attention or Lightning Attention and its FFN the dense MLP or a mixture of experts, as the
+config says; the dense model has softmax and the MLP everywhere. train_moe.cu defines
+LLMC_TRAIN_MOE, includes this file and sets its defaults, which switches on the hybrid flags.
+
 Builds (see Makefile):
   make train_gpt_cpu   g++ -x c++ (this file), OpenMP, fp32 CPU reference ops from llmc/cpu/
   (the GPU build of this file, with the kernels of llmc/cuda/, is a later milestone)
