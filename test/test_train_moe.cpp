@@ -40,7 +40,7 @@ std::string data_dir() {
 // lightning blocks of 16 (4 per row); 512 tokens per step in 2 micro-batches
 const std::string kTiny = " --depth 3 --aspect-ratio 32 --head-dim 32 --max-seq-len 64 --device-batch-size 4 --total-batch-size 512"
                           " --attn-period 3 --moe-dense-layers 1 --moe-experts 8 --moe-topk 2 --moe-shared 1 --la-block 16"
-                          " --warmup-steps 10 --matrix-lr 0.04 --embedding-lr 0.6 --unembedding-lr 0.02 --threads 2";
+                          " --warmup-steps 10 --matrix-lr 0.04 --embedding-lr 0.6 --unembedding-lr 0.02 --threads 1";
 
 }  // namespace
 
