@@ -229,3 +229,18 @@ TEST_CASE("SIM build: bad input gives one clear error, as the CPU build does") {
     expect_error(kSim + bf16_flags("nanochat", 2) + " --device-batch-size 4000000 --total-batch-size 256000000 --out-dir " + d + "/bad2",
                  "GiB");
 }
+
+TEST_CASE("the nvcc build on a machine without a GPU: one clear error, no log or checkpoint written") {
+    const std::string gpu = "./build/gpu/train_gpt";
+    if (!llmc::file_exists(gpu)) {
+        MESSAGE("skipped: " << gpu << " not built (no nvcc)");
+        return;
+    }
+    if (run("nvidia-smi -L").status == 0) {
+        MESSAGE("skipped: this machine has a GPU (make test_gpu runs the trainer tests on it)");
+        return;
+    }
+    std::string d = data_dir();
+    expect_error(gpu + bf16_flags("nanochat", 2) + " --out-dir " + d + "/nogpu", "no CUDA GPU found");
+    CHECK(!llmc::file_exists(d + "/nogpu/log.jsonl"));
+}
