@@ -324,11 +324,12 @@ struct GPT {
     std::vector<int64_t> h_load;
     double* aux_slots = nullptr;      // (loss slots, MoE layers): each micro-batch's aux losses
     std::vector<const int*> moe_idx_override;  // tests: a fixed routing (N, K) per MoE layer, or null
-    // the current micro-batch's ids and targets: two slots each (the GPU uploads the next batch
-    // into one while the other is read), and the host's copy of the targets
+    // the micro-batches' ids and targets: a ring of slots, one more than a step's micro-batches
+    // (the GPU uploads the next batches while the current one is read; llmc/ops_cuda.cuh), and the
+    // host's copy of the current targets
     int* tokens = nullptr;
-    int* idx_slot[2] = {nullptr, nullptr};
-    int* tgt_slot[2] = {nullptr, nullptr};
+    int n_tok_slots = 2;
+    std::vector<int*> idx_slot, tgt_slot;
     int cur = 0;
     std::vector<int> h_targets;
     int last_valid = 0;
@@ -507,16 +508,31 @@ struct GPT {
         for (auto& s : aslots) { *s.ptr = acts + off; off += round8(s.n); }
         off = 0;
         for (auto& s : sslots) { *s.ptr = stats + off; off += round8(s.n); }
-        tokens = op::alloc<int>(4 * round8(N));
-        for (int k = 0; k < 2; k++) { idx_slot[k] = tokens + (2 * k) * round8(N); tgt_slot[k] = tokens + (2 * k + 1) * round8(N); }
+        alloc_token_slots();
         h_targets.assign(N, -1);
         if (op::kDevice) h_losses.assign(N, stat_t(0));
         op::setup((int)N, c.vocab_size, c.n_embd, c.n_head, c.n_kv_head);
         reserve_loss_slots(1);
     }
 
-    // Room for the summed losses of n micro-batches (one optimizer step's), before training.
+    void alloc_token_slots() {
+        size_t n = (size_t)B * T, stride = (n + 7) / 8 * 8;
+        op::release(tokens);
+        tokens = nullptr;
+        tokens = op::alloc<int>(2 * n_tok_slots * stride);
+        idx_slot.assign(n_tok_slots, nullptr);
+        tgt_slot.assign(n_tok_slots, nullptr);
+        for (int k = 0; k < n_tok_slots; k++) { idx_slot[k] = tokens + (2 * k) * stride; tgt_slot[k] = tokens + (2 * k + 1) * stride; }
+    }
+
+    // Room for the summed losses of n micro-batches (one optimizer step's), and n + 1 token slots,
+    // before training.
     void reserve_loss_slots(int n) {
+        if (n + 1 > n_tok_slots) {
+            n_tok_slots = n + 1;
+            op::reserve_token_slots(n_tok_slots);
+            if (acts) alloc_token_slots();
+        }
         if (n <= n_loss_slots) return;
         op::release(loss_slots); op::release(aux_slots);
         loss_slots = nullptr; aux_slots = nullptr;
@@ -554,7 +570,7 @@ struct GPT {
         }
         last_valid = valid;
         LLMC_CHECK(slot >= 0 && slot < n_loss_slots, "internal: loss slot %d of %d", slot, n_loss_slots);
-        cur = op::set_tokens(idx_slot, tgt_slot, idx, targets, N);
+        cur = op::set_tokens(idx_slot.data(), tgt_slot.data(), n_tok_slots, idx, targets, N);
         const int* ix = idx_slot[cur];
 
         // 1. token embedding, then RMSNorm

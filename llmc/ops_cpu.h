@@ -62,9 +62,10 @@ inline void synchronize() {}
 // the matmul copy of the master weights: the same buffer here (the model never calls this then)
 template <typename Real> void to_weights(Real* w, const Real* master, size_t n) { copy(w, master, n); }
 inline void setup(int max_N, int V, int C, int H, int Hkv) {}
+inline void reserve_token_slots(int n) {}
 // a micro-batch's ids and targets (targets may be null: no loss) into slot 0 (the CPU needs no
-// double buffering: nothing runs ahead of the host); returns the slot
-inline int set_tokens(int* const idx[2], int* const tgt[2], const int* h_idx, const int* h_tgt, int N) {
+// ring of slots: nothing runs ahead of the host); returns the slot
+inline int set_tokens(int* const* idx, int* const* tgt, int nslots, const int* h_idx, const int* h_tgt, int N) {
     copy(idx[0], h_idx, (size_t)N);
     if (h_tgt) copy(tgt[0], h_tgt, (size_t)N);
     else std::fill(tgt[0], tgt[0] + N, -1);

@@ -10,11 +10,15 @@
 // backward plan (built on the host from each batch's ids), and the token upload machinery:
 //
 // Token upload (no idle GPU, no host sync in a step): each micro-batch's ids and targets go from a
-// pinned host buffer to a device buffer on a separate copy stream. Two slots alternate. Before the
-// copy into slot s, the copy stream waits for `consumed[s]` (recorded on the compute stream after
+// pinned host buffer to a device buffer on a separate copy stream, with the embedding backward's
+// plan for those ids. The slots form a ring, one more than the micro-batches of a step. Before the
+// upload into slot s, the copy stream waits for `consumed[s]` (recorded on the compute stream after
 // the last work that read slot s was enqueued), and the compute stream waits for `uploaded[s]`
-// before the forward reads it. The host waits only before it overwrites slot s's pinned buffer,
-// for that buffer's previous copy (two micro-batches ago) to have finished.
+// before the forward reads it. The host waits only before it reuses slot s, for s's previous upload
+// to have finished: in training that was in an earlier step, which ended with a synchronising read
+// (the loss), so the host never waits inside a step; evaluation cycles through the slots and may.
+// (The plan's staging is pageable memory, which the driver may copy synchronously with respect to
+// the copy stream, i.e. after `consumed[s]`: that too is the previous step's work.)
 #pragma once
 #include <algorithm>
 #include <vector>
@@ -61,13 +65,14 @@ struct Context {
     float* scratch = nullptr;      // partial sums of the deterministic reductions (reduce.cuh)
     float* att_scratch = nullptr;  // attention backward: D_i per (b, h, i)
     size_t att_scratch_floats = 0;
-    EmbeddingBackwardPlan plan;
-    int max_N = 0;
-    // token upload (see the top of the file)
-    int slot = 0;
-    int* pinned[2] = {nullptr, nullptr};  // ids then targets, 2 * max_N ints per slot
-    cudaEvent_t uploaded[2] = {nullptr, nullptr}, consumed[2] = {nullptr, nullptr};
-    bool slot_used[2] = {false, false};
+    int max_N = 0, V = 0, C = 0;
+    // token upload (see the top of the file): per slot a pinned host buffer (ids then targets), the
+    // embedding backward's plan, and the events that order the slot's upload and use
+    int nslots = 2, slot = 0;
+    std::vector<int*> pinned;
+    std::vector<EmbeddingBackwardPlan> plans;
+    std::vector<cudaEvent_t> uploaded, consumed;
+    std::vector<char> slot_used;
     // what alloc() handed out: the peak is the trainer's own measure of its device memory
     std::vector<std::pair<void*, size_t>> live;
     size_t bytes = 0, peak_bytes = 0;
@@ -154,6 +159,8 @@ inline void setup_device() {
     }
 }
 
+inline void make_token_slots(int n);
+
 // One-time set-up for micro-batches of up to max_N positions (never called inside a step).
 inline void setup(int max_N, int V, int C, int H, int Hkv) {
     Context& g = g_ctx;
@@ -162,41 +169,68 @@ inline void setup(int max_N, int V, int C, int H, int Hkv) {
         setup_device();
         cudaCheck(cudaStreamCreate(&g.stream));
         cudaCheck(cudaStreamCreate(&g.copy_stream));
-        for (int s = 0; s < 2; s++) {
-            cudaCheck(cudaEventCreateWithFlags(&g.uploaded[s], cudaEventDisableTiming));
-            cudaCheck(cudaEventCreateWithFlags(&g.consumed[s], cudaEventDisableTiming));
-        }
         matmul_init();
         int K = std::max({LAMBDAS_PARTIALS, BACKOUT_PARTIALS, SMEAR_PARTIALS, ve_gate_partials(Hkv), 2});
         g.scratch = alloc<float>(std::max(reduce_scratch_floats(K), global_norm_scratch_floats()));
     } else {
         synchronize();
         release(g.att_scratch);
-        embedding_plan_destroy(&g.plan);
-        for (int s = 0; s < 2; s++) cudaCheck(cudaFreeHost(g.pinned[s]));
     }
-    g.max_N = max_N;
+    g.max_N = max_N; g.V = V; g.C = C;
     g.att_scratch_floats = attention_backward_scratch_floats(1, H, max_N);
     g.att_scratch = alloc<float>(g.att_scratch_floats);
-    embedding_plan_create(&g.plan, max_N, V, C);
-    for (int s = 0; s < 2; s++) {
-        cudaCheck(cudaMallocHost(&g.pinned[s], 2 * (size_t)max_N * sizeof(int)));
-        g.slot_used[s] = false;
-    }
     g.ready = true;
+    make_token_slots(g.nslots);
 }
 
-// Upload one micro-batch's ids and targets (targets may be null: no loss) into the device buffers
-// idx[slot], tgt[slot] (2 slots each, max_N ints), returns the slot the forward must read. Builds
-// the embedding backward's plan from the host ids.
-inline int set_tokens(int* const idx[2], int* const tgt[2], const int* h_idx, const int* h_tgt, int N) {
+// The token slots (see the top of the file), made again for n slots.
+inline void make_token_slots(int n) {
     Context& g = g_ctx;
-    LLMC_CHECK(g.ready && N <= g.max_N, "internal: set_tokens with N=%d before setup (max %d)", N, g.max_N);
-    // everything that read the current slot is enqueued by now: mark it, then move to the other slot
+    cudaCheck(cudaDeviceSynchronize());  // nothing may still use the old ones
+    for (size_t s = 0; s < g.pinned.size(); s++) {
+        cudaCheck(cudaFreeHost(g.pinned[s]));
+        embedding_plan_destroy(&g.plans[s]);
+        cudaCheck(cudaEventDestroy(g.uploaded[s]));
+        cudaCheck(cudaEventDestroy(g.consumed[s]));
+    }
+    g.nslots = n;
+    g.pinned.assign(n, nullptr);
+    g.plans.assign(n, EmbeddingBackwardPlan());
+    g.uploaded.assign(n, nullptr);
+    g.consumed.assign(n, nullptr);
+    g.slot_used.assign(n, 0);
+    g.slot = 0;
+    for (int s = 0; s < n; s++) {
+        cudaCheck(cudaMallocHost(&g.pinned[s], 2 * (size_t)g.max_N * sizeof(int)));
+        embedding_plan_create(&g.plans[s], g.max_N, g.V, g.C);
+        cudaCheck(cudaEventCreateWithFlags(&g.uploaded[s], cudaEventDisableTiming));
+        cudaCheck(cudaEventCreateWithFlags(&g.consumed[s], cudaEventDisableTiming));
+    }
+}
+
+// At least n token slots (one more than the micro-batches of a step: then no slot is reused inside
+// a step, so the host never waits in one). Before training, never inside a step.
+inline void reserve_token_slots(int n) {
+    if (n > g_ctx.nslots) {
+        g_ctx.nslots = n;
+        if (g_ctx.ready) make_token_slots(n);
+    }
+}
+
+// Upload one micro-batch's ids and targets (targets may be null: no loss) into the next slot's
+// device buffers idx[slot], tgt[slot] (nslots slots of max_N ints each), and build that slot's
+// embedding backward plan from the host ids, both on the copy stream; returns the slot the forward
+// must read. The host waits only when a slot is reused before its last upload finished (never
+// inside a training step, see reserve_token_slots).
+inline int set_tokens(int* const* idx, int* const* tgt, int nslots, const int* h_idx, const int* h_tgt, int N) {
+    Context& g = g_ctx;
+    LLMC_CHECK(g.ready && N <= g.max_N && nslots == g.nslots, "internal: set_tokens with N=%d, %d slots (set up for %d, %d)", N,
+               nslots, g.max_N, g.nslots);
+    // everything that read the current slot is enqueued by now: mark it, then move to the next slot
     cudaCheck(cudaEventRecord(g.consumed[g.slot], g.stream));
-    g.slot_used[g.slot] = true;
-    int s = g.slot ^ 1;
-    if (g.slot_used[s]) cudaCheck(cudaEventSynchronize(g.uploaded[s]));  // the pinned buffer's previous copy is done
+    g.slot_used[g.slot] = 1;
+    int s = (g.slot + 1) % g.nslots;
+    if (g.slot_used[s]) cudaCheck(cudaEventSynchronize(g.uploaded[s]));  // the slot's previous upload is done
     int* pin = g.pinned[s];
     memcpy(pin, h_idx, (size_t)N * sizeof(int));
     if (h_tgt) memcpy(pin + N, h_tgt, (size_t)N * sizeof(int));
@@ -204,10 +238,10 @@ inline int set_tokens(int* const idx[2], int* const tgt[2], const int* h_idx, co
     if (g.slot_used[s]) cudaCheck(cudaStreamWaitEvent(g.copy_stream, g.consumed[s], 0));
     cudaCheck(cudaMemcpyAsync(idx[s], pin, (size_t)N * sizeof(int), cudaMemcpyHostToDevice, g.copy_stream));
     cudaCheck(cudaMemcpyAsync(tgt[s], pin + N, (size_t)N * sizeof(int), cudaMemcpyHostToDevice, g.copy_stream));
+    embedding_plan_build(&g.plans[s], h_idx, N, g.copy_stream);
     cudaCheck(cudaEventRecord(g.uploaded[s], g.copy_stream));
     cudaCheck(cudaStreamWaitEvent(g.stream, g.uploaded[s], 0));
     g.slot = s;
-    embedding_plan_build(&g.plan, h_idx, N, g.stream);
     return s;
 }
 
@@ -263,7 +297,7 @@ inline void embedding_forward(floatX* out, const int* idx, const floatX* table, 
 }
 inline void embedding_backward(float* dtable, const floatX* dout, const int* idx, int N, int C) {
     OpTimer t_("embedding_backward");
-    ::embedding_backward(dtable, dout, idx, N, C, g_ctx.plan, g_ctx.stream);
+    ::embedding_backward(dtable, dout, idx, N, C, g_ctx.plans[g_ctx.slot], g_ctx.stream);
 }
 inline void rmsnorm_forward(floatX* out, float* rstd, const floatX* inp, int N, int C) {
     OpTimer t_("rmsnorm_forward");
