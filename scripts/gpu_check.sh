@@ -99,20 +99,31 @@ elif [ "${SAN:-1}" != 0 ]; then
   rows+=("compute-sanitizer not found: sanitizer pass skipped")
 fi
 
-# the benchmark: its lines (device, peaks, one per kernel) now, its markdown table at the very end
-bench_table=""
-if [ "$bench" != 0 ]; then
-  echo "=== build/gpu/bench_kernels"
-  if ! make build/gpu/bench_kernels; then
-    bench_table="bench_kernels: build failed"; total_fail=$((total_fail + 1))
+# A benchmark: build it (make arguments before the target), run it, print its lines now and keep
+# its header lines (matching $3) and markdown table for the very end, in $bench_out.
+run_bench() {
+  local target=$1 make_args=$2 head=$3 out rc
+  echo "=== $target"
+  if ! make $make_args "$target"; then
+    bench_out="$(basename "$target"): build failed"; total_fail=$((total_fail + 1)); return
+  fi
+  out=$("$target" 2>&1); rc=$?
+  echo "$out" | grep -v -e '^|' -e '^$'
+  if [ "$rc" -ne 0 ]; then
+    bench_out="$(basename "$target"): FAILED (exit $rc): $(echo "$out" | tail -n 1)"; total_fail=$((total_fail + 1))
   else
-    bout=$(build/gpu/bench_kernels 2>&1); rc=$?
-    echo "$bout" | grep -v -e '^|' -e '^$'
-    if [ "$rc" -ne 0 ]; then
-      bench_table="bench_kernels: FAILED (exit $rc): $(echo "$bout" | tail -n 1)"; total_fail=$((total_fail + 1))
-    else
-      bench_table=$(echo "$bout" | grep -E '^(device|peak)'; echo; echo "$bout" | grep -E '^\|')
-    fi
+    bench_out=$(echo "$out" | grep -E "$head"; echo; echo "$out" | grep -E '^\|')
+  fi
+}
+
+# the kernel benchmark (device, peaks, one line per kernel), then ours and cuDNN's attention timed
+# in the same run
+bench_table=""
+cudnn_table=""
+if [ "$bench" != 0 ]; then
+  run_bench build/gpu/bench_kernels "" '^(device|peak)'; bench_table=$bench_out
+  if [ "$cudnn" = 1 ]; then
+    run_bench build/gpu/bench_attention_cudnn USE_CUDNN=1 '^(device|correctness)'; cudnn_table=$bench_out
   fi
 fi
 
@@ -139,23 +150,6 @@ if [ "${#rows[@]}" -gt 0 ]; then
   printf '%-28s %7s %7s %8s  %s\n' "test binary" "passed" "failed" "seconds" "status"
   for r in "${rows[@]}"; do echo "$r"; done
 fi
-# ours and cuDNN's attention timed in the same run
-cudnn_table=""
-if [ "$bench" != 0 ] && [ "$cudnn" = 1 ]; then
-  echo "=== build/gpu/bench_attention_cudnn"
-  if ! make USE_CUDNN=1 build/gpu/bench_attention_cudnn; then
-    cudnn_table="bench_attention_cudnn: build failed"; total_fail=$((total_fail + 1))
-  else
-    cout=$(build/gpu/bench_attention_cudnn 2>&1); rc=$?
-    echo "$cout" | grep -v -e '^|' -e '^$'
-    if [ "$rc" -ne 0 ]; then
-      cudnn_table="bench_attention_cudnn: FAILED (exit $rc): $(echo "$cout" | tail -n 1)"; total_fail=$((total_fail + 1))
-    else
-      cudnn_table=$(echo "$cout" | grep -E '^(device|correctness)'; echo; echo "$cout" | grep -E '^\|')
-    fi
-  fi
-fi
-
 if [ -n "$bench_table" ]; then
   echo
   echo "$bench_table"
