@@ -1049,6 +1049,15 @@ inline std::vector<std::pair<int, std::string>> list_checkpoints(const std::stri
     return v;
 }
 
+// Every named tensor of the model (nanochat's names and file shapes; an expert stack is one tensor)
+// from `base`, a host buffer laid out like the parameters: the weights, or the gradient.
+inline void add_param_tensors(llmc::SafetensorsWriter& w, const Model& m, const float* base) {
+    for (int id = 0; id < NUM_PARAM_TENSORS; id++)
+        for (int j = 0; j < m.spec[id].count; j += param_group(m.config, id))
+            w.add(param_name(m.config, id, j), param_file_shape(m.config, id, m.spec[id]),
+                  base + m.spec[id].offset + (size_t)j * m.spec[id].matrix_numel());
+}
+
 // Write the checkpoint of `step`; returns its meta path. On any failure every file of this step is
 // removed (AtomicFile removes its own temporary) and the error says so.
 inline std::string save_checkpoint(const std::string& dir, int step, Model& m, Optimizer& opt, const std::string& run_id,
@@ -1056,17 +1065,16 @@ inline std::string save_checkpoint(const std::string& dir, int step, Model& m, O
     std::string model_path = ckpt_path(dir, "model", step, "safetensors"), optim_path = ckpt_path(dir, "optim", step, "safetensors");
     std::string meta_path = ckpt_path(dir, "meta", step, "json");
     llmc::SafetensorsWriter w, wo;
-    const float* hp = m.host_params();  // (device builds: fetched from the device)
+    add_param_tensors(w, m, m.host_params());  // (device builds: fetched from the device)
     opt.download();
     for (int id = 0; id < NUM_PARAM_TENSORS; id++) {
         const ParamSpec& sp = m.spec[id];
         int group = param_group(m.config, id);  // matrices per named tensor (E for an expert stack)
         std::vector<int64_t> shape = param_file_shape(m.config, id, sp);
+        if (is_buffer(id)) continue;  // no optimizer state
         for (int j = 0; j < sp.count; j += group) {
             std::string name = param_name(m.config, id, j);
             size_t o = sp.offset + (size_t)j * sp.matrix_numel();
-            w.add(name, shape, hp + o);
-            if (is_buffer(id)) continue;  // no optimizer state
             if (is_muon_param(id)) {
                 // a stack's per-matrix statistics are consecutive in opt_s: one (group, size) tensor
                 int64_t ns = (int64_t)llmc::muon_second_moment_size(sp.rows, sp.cols);
@@ -1554,12 +1562,8 @@ inline std::vector<uint32_t> generate(Model& m, std::vector<uint32_t> ids, int m
 
 // The current gradient (fp32), one tensor per parameter matrix under its nanochat name.
 inline void dump_grads(const std::string& path, Model& m) {
-    const float* g = m.host_grads();
     llmc::SafetensorsWriter w;
-    for (int id = 0; id < NUM_PARAM_TENSORS; id++)
-        for (int j = 0; j < m.spec[id].count; j += param_group(m.config, id))
-            w.add(param_name(m.config, id, j), param_file_shape(m.config, id, m.spec[id]),
-                  g + m.spec[id].offset + (size_t)j * m.spec[id].matrix_numel());
+    add_param_tensors(w, m, m.host_grads());
     w.write(path);
 }
 
