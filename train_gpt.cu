@@ -512,7 +512,7 @@ struct GPT {
         h_targets.assign(N, -1);
         if (op::kDevice) h_losses.assign(N, stat_t(0));
         op::setup((int)N, c.vocab_size, c.n_embd, c.n_head, c.n_kv_head);
-        reserve_loss_slots(1);
+        reserve_micro_batches(1);
     }
 
     void alloc_token_slots() {
@@ -525,9 +525,9 @@ struct GPT {
         for (int k = 0; k < n_tok_slots; k++) { idx_slot[k] = tokens + (2 * k) * stride; tgt_slot[k] = tokens + (2 * k + 1) * stride; }
     }
 
-    // Room for the summed losses of n micro-batches (one optimizer step's), and n + 1 token slots,
+    // Room for n micro-batches per optimizer step: their summed losses, and n + 1 token slots,
     // before training.
-    void reserve_loss_slots(int n) {
+    void reserve_micro_batches(int n) {
         if (n + 1 > n_tok_slots) {
             n_tok_slots = n + 1;
             op::reserve_token_slots(n_tok_slots);
@@ -2282,7 +2282,7 @@ inline int train_main(int argc, char** argv) {
         model.init(cfg);
         model.init_weights((uint64_t)o.seed);
         model.build_activations(B, T);
-        model.reserve_loss_slots(A);
+        model.reserve_micro_batches(A);
         opt.init(model);
     } catch (const std::bad_alloc&) {
         fail_out_of_memory(cfg, need.total);
