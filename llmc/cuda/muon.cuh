@@ -56,6 +56,15 @@
 // the X buffers at a stride rounded up to 8 elements (and the Gram matrices likewise), so every
 // batch entry is 16-byte aligned as cuBLASLt requires (ve_gate's 10 x 10 Gram matrix is 200 bytes).
 // muon_update allocates nothing; the first call per shape builds the matmul plans (matmul.cuh).
+//
+// Matrix stride ldm: the GPU trainer stores a layer's c_q, c_k and c_v weights as one matrix
+// [Wq; Wk; Wv] (one GEMM computes the packed q, k, v), so a stack of c_q (or c_k, c_v) matrices,
+// one per layer, has its matrices ldm elements apart in P, P_bf16, M and G, with the other
+// projections' matrices in between (0 means m*n: dense). The kernels that touch those arrays
+// (momentum, scaling, apply) only compute the address k*ldm + r instead of k*m*n + r: the same
+// arithmetic on the same values (a strided call gives the dense call's bits), and the elements
+// between the matrices are never read or written (other muon_update calls own them). S, the
+// scratch and the returned X stay dense.
 #pragma once
 #include <algorithm>
 #include <cmath>
@@ -140,15 +149,19 @@ __device__ __forceinline__ float muon_lerp(float a, float b, float w) {
 }
 
 // rows = K*m rows of n, one warp each: M <- lerp(M, G, w); stat[row] = sum_j U_j^2 (double),
-// U = lerp(G, M, mu). W = 4 (16-byte packs) when n % 4 == 0 and M, G are 16-byte aligned.
+// U = lerp(G, M, mu). Matrix k of M, G at k*ldm. W = 4 (16-byte packs) when n % 4 == 0,
+// ldm % 4 == 0 and M, G are 16-byte aligned.
 template <int W>
 __global__ void __launch_bounds__(MUON_BLOCK)
-muon_momentum_kernel(float* M, const float* G, double* stat, long rows, int n, float w, float mu) {
+muon_momentum_kernel(float* M, const float* G, double* stat, long rows, int m_rows, int n, long long ldm, float w,
+                     float mu) {
     const int lane = threadIdx.x % WARP_SIZE;
     const long row = (long)blockIdx.x * MUON_ROWS_PER_BLOCK + threadIdx.x / WARP_SIZE;
     if (row >= rows) return;  // the whole warp (rows are warp-uniform): no collective is left half-called
-    float* m = M + row * n;
-    const float* g = G + row * n;
+    const long k = row / m_rows;
+    const long long off = k * ldm + (row - k * m_rows) * n;
+    float* m = M + off;
+    const float* g = G + off;
     double acc = 0.0;
     for (int j = lane * W; j < n; j += WARP_SIZE * W) {
         Pack<float, W> pm = load_pack<float, W>(m + j);
@@ -192,19 +205,21 @@ muon_prescale_kernel(float* h, const double* stat, int m) {
 }
 
 // elementwise over the stack (total = K*m*n, mn = m*n): X[k*sx + r] = bf16(U * h[row]),
-// U = lerp(G, M, mu) from the updated M (the same expression and inputs as muon_momentum_kernel).
-// W = 4 when n % 4 == 0 and M, G are 16-byte aligned (a pack then lies in one row).
+// U = lerp(G, M, mu) from the updated M (the same expression and inputs as muon_momentum_kernel),
+// matrix k of M, G at k*ldm. W = 4 when n % 4 == 0, ldm % 4 == 0 and M, G are 16-byte aligned (a
+// pack then lies in one row).
 template <int W>
 __global__ void __launch_bounds__(MUON_BLOCK)
 muon_scale_kernel(floatX* X, const float* M, const float* G, const float* h, size_t npacks, int n, size_t mn,
-                  long long sx, float mu) {
+                  long long ldm, long long sx, float mu) {
     const size_t p = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (p >= npacks) return;
     const size_t e = p * W;
     const size_t k = e / mn, r = e - k * mn;
-    const float hr = h[e / n];  // rows are contiguous over the stack: global row = k*m + r/n = e/n
-    const Pack<float, W> pm = load_pack<float, W>(M + e);
-    const Pack<float, W> pg = load_pack<float, W>(G + e);
+    const float hr = h[e / n];  // h is dense over the stack: global row = k*m + r/n = e/n
+    const size_t a = k * (size_t)ldm + r;
+    const Pack<float, W> pm = load_pack<float, W>(M + a);
+    const Pack<float, W> pg = load_pack<float, W>(G + a);
     PackX<W> out;
     #pragma unroll
     for (int t = 0; t < W; t++) out.v[t] = llmc::to_floatX(muon_lerp(pg.v[t], pm.v[t], mu) * hr);
@@ -287,12 +302,13 @@ muon_normuon_kernel(float* factor, float* S, float* mscale, const double* stat, 
 }
 
 // elementwise over the stack: g = (X * s1[k]) * factor[row or column]; P <- P - (lr_eff g + decay),
-// decay = lrwd P where g P >= 0; P_bf16 <- bf16(P) (skipped if null). W = 4 when n % 4 == 0 and
-// P (16 bytes), P_bf16 (a 4-wide floatX pack: 8 bytes, 16 in the fp32 build) are aligned.
+// decay = lrwd P where g P >= 0; P_bf16 <- bf16(P) (skipped if null); matrix k of P, P_bf16 at k*ldm.
+// W = 4 when n % 4 == 0, ldm % 4 == 0 and P (16 bytes), P_bf16 (a 4-wide floatX pack: 8 bytes, 16
+// in the fp32 build) are aligned.
 template <int W>
 __global__ void __launch_bounds__(MUON_BLOCK)
 muon_apply_kernel(float* P, floatX* Pb, const floatX* X, const float* factor, const float* mscale, size_t npacks, int m,
-                  int n, size_t mn, long long sx, bool per_row, int nq, float lr_eff, float lrwd) {
+                  int n, size_t mn, long long ldm, long long sx, bool per_row, int nq, float lr_eff, float lrwd) {
     const size_t p = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (p >= npacks) return;
     const size_t e = p * W;
@@ -300,7 +316,8 @@ muon_apply_kernel(float* P, floatX* Pb, const floatX* X, const float* factor, co
     const size_t i = r / n, j = r - i * n;
     const float s1 = mscale[k];
     const float* fk = factor + k * nq;
-    Pack<float, W> pp = load_pack<float, W>(P + e);
+    const size_t a = k * (size_t)ldm + r;
+    Pack<float, W> pp = load_pack<float, W>(P + a);
     const PackX<W> px = load_pack<floatX, W>(X + k * sx + r);
     PackX<W> pb;
     #pragma unroll
@@ -311,8 +328,8 @@ muon_apply_kernel(float* P, floatX* Pb, const floatX* X, const float* factor, co
         pp.v[t] = pv - (lr_eff * g + decay);
         pb.v[t] = llmc::to_floatX(pp.v[t]);
     }
-    store_pack<float, W>(P + e, pp);
-    if (Pb) store_pack<floatX, W>(Pb + e, pb);
+    store_pack<float, W>(P + a, pp);
+    if (Pb) store_pack<floatX, W>(Pb + a, pb);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -350,15 +367,20 @@ inline floatX* muon_polar_express(MuonGPUScratch& s, int K, int m, int n, cudaSt
     return X;
 }
 
-// One Muon step on a stack of K matrices of shape m x n stored one after another: P (fp32 master
-// weights), P_bf16 (their bf16 copy, written; may be null), M (momentum), G (gradients), each K*m*n
-// floats; S: K * muon_second_moment_size(m, n) floats. lr is the group's rate before the shape
-// factor, momentum = mu(step), weight_decay = wd(step), as for llmc::muon_update. Returns the
+// One Muon step on a stack of K matrices of shape m x n, matrix k (row-major) starting at element
+// k*ldm of each of P (fp32 master weights), P_bf16 (their bf16 copy, written; may be null), M
+// (momentum), G (gradients); ldm = 0 means m*n (one after another), else ldm >= m*n and the gaps are
+// not touched. S: K * muon_second_moment_size(m, n) floats (dense). lr is the group's rate before the
+// shape factor, momentum = mu(step), weight_decay = wd(step), as for llmc::muon_update. Returns the
 // scratch buffer that holds the Polar Express output X (bf16, stride muon_x_stride), valid until the
 // next call (the tests read it).
 inline floatX* muon_update(float* P, floatX* P_bf16, float* M, float* S, const float* G, int K, int m, int n, float lr,
-                           float momentum, float weight_decay, MuonGPUScratch& s, cudaStream_t stream) {
+                           float momentum, float weight_decay, MuonGPUScratch& s, cudaStream_t stream,
+                           long long ldm = 0) {
     LLMC_CHECK(K >= 0 && m > 0 && n > 0, "muon_update: bad stack %d x (%d x %d)", K, m, n);
+    if (ldm == 0) ldm = (long long)m * n;
+    LLMC_CHECK(ldm >= (long long)m * n, "muon_update: ldm=%lld is less than m*n=%lld (the matrices would overlap)", ldm,
+               (long long)m * n);
     if (K == 0) return nullptr;
     LLMC_CHECK(s.base != nullptr && (size_t)K * (size_t)muon_x_stride(m, n) <= s.cap_x &&
                    (size_t)K * (size_t)muon_gram_stride(m, n) <= s.cap_gram &&
@@ -377,17 +399,17 @@ inline floatX* muon_update(float* P, floatX* P_bf16, float* M, float* S, const f
 
     // 1-4: momentum, row statistics, the per-row factor, X = bf16(U h)
     const unsigned row_grid = (unsigned)CEIL_DIV(rows, (long)MUON_ROWS_PER_BLOCK);
-    const bool vec_mg = n % 4 == 0 && aligned16(M) && aligned16(G);
-    if (vec_mg) LAUNCH(muon_momentum_kernel<4>, row_grid, MUON_BLOCK, 0, stream, M, G, s.stat, rows, n, w, momentum);
-    else        LAUNCH(muon_momentum_kernel<1>, row_grid, MUON_BLOCK, 0, stream, M, G, s.stat, rows, n, w, momentum);
+    const bool vec_mg = n % 4 == 0 && ldm % 4 == 0 && aligned16(M) && aligned16(G);
+    if (vec_mg) LAUNCH(muon_momentum_kernel<4>, row_grid, MUON_BLOCK, 0, stream, M, G, s.stat, rows, m, n, ldm, w, momentum);
+    else        LAUNCH(muon_momentum_kernel<1>, row_grid, MUON_BLOCK, 0, stream, M, G, s.stat, rows, m, n, ldm, w, momentum);
     LAUNCH(muon_prescale_kernel, K, WARP_SIZE, 0, stream, s.vec, s.stat, m);
     if (vec_mg) {
         const size_t np = total / 4;
         LAUNCH(muon_scale_kernel<4>, (unsigned)CEIL_DIV(np, (size_t)MUON_BLOCK), MUON_BLOCK, 0, stream, s.X0, M, G, s.vec,
-               np, n, mn, sx, momentum);
+               np, n, mn, ldm, sx, momentum);
     } else {
         LAUNCH(muon_scale_kernel<1>, (unsigned)CEIL_DIV(total, (size_t)MUON_BLOCK), MUON_BLOCK, 0, stream, s.X0, M, G,
-               s.vec, total, n, mn, sx, momentum);
+               s.vec, total, n, mn, ldm, sx, momentum);
     }
 
     // 5: Polar Express
@@ -407,13 +429,13 @@ inline floatX* muon_update(float* P, floatX* P_bf16, float* M, float* S, const f
     // 9: cautious weight decay, the step and the bf16 copy
     // a 4-wide floatX pack: 8-byte aligned (bf16) or 16 (fp32)
     const bool copy_ok = P_bf16 == nullptr || reinterpret_cast<uintptr_t>(P_bf16) % alignof(PackX<4>) == 0;
-    if (n % 4 == 0 && aligned16(P) && copy_ok) {
+    if (n % 4 == 0 && ldm % 4 == 0 && aligned16(P) && copy_ok) {
         const size_t np = total / 4;
         LAUNCH(muon_apply_kernel<4>, (unsigned)CEIL_DIV(np, (size_t)MUON_BLOCK), MUON_BLOCK, 0, stream, P, P_bf16, X, s.vec,
-               s.mscale, np, m, n, mn, sx, per_row, nq, lr_eff, lrwd);
+               s.mscale, np, m, n, mn, ldm, sx, per_row, nq, lr_eff, lrwd);
     } else {
         LAUNCH(muon_apply_kernel<1>, (unsigned)CEIL_DIV(total, (size_t)MUON_BLOCK), MUON_BLOCK, 0, stream, P, P_bf16, X,
-               s.vec, s.mscale, total, m, n, mn, sx, per_row, nq, lr_eff, lrwd);
+               s.vec, s.mscale, total, m, n, mn, ldm, sx, per_row, nq, lr_eff, lrwd);
     }
     return X;
 }

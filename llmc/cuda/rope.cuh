@@ -28,7 +28,15 @@
 // whose row is past the end contribute 0), so the full mask is always correct. Each lane reads its
 // elements twice (reduction pass, then the output pass, an L1 hit), and only ever writes elements
 // it has already read, so in-place calls are safe. W = XPACK (16-byte accesses) needs D/2 % XPACK == 0
-// (each half row starts 16-byte aligned) and 16-byte aligned pointers; otherwise W = 1.
+// (each half row starts 16-byte aligned), 16-byte aligned pointers and row strides that are
+// multiples of XPACK; otherwise W = 1.
+//
+// Row strides (ldq, ldk): the GPU trainer computes q, k and v with one GEMM whose output rows are
+// [q | k | v] per token, and runs both directions in place on that packed buffer, so the token rows
+// of the q-shaped tensors (q, qn; dq, dqn, qn) are ldq elements apart and those of the k-shaped ones
+// ldk (head h of token n at n*ld + h*D; 0 means dense, H*D or Hkv*D). Only the row's address
+// changes: every value goes through the same arithmetic, so a strided call gives the dense call's
+// bits, and elements outside the rows (v, in the trainer) are never touched.
 #pragma once
 #include "llmc/cuda/common.cuh"
 #include "llmc/cuda/reduce.cuh"
@@ -45,24 +53,29 @@ inline int rope_lanes_per_row(int half, int W) {
     return lpr;
 }
 
-// The row this lane works on; false if past the end. Sets the row's tensor (q or k) base
-// pointers via the index r within that tensor and the position t.
+// The row this lane works on; false if past the end. Gives the row's tensor (q or k), its index r
+// within that tensor (for rstd), its element offset in the (strided) tensors and the position t.
 struct RopeRow {
     long row;   // global row (q rows first, then k rows)
     bool is_q;
-    long r;     // row within its tensor
+    long r;     // row within its tensor: token n = r / NH, head r % NH
+    long off;   // n * ld + (r % NH) * D: where the row starts in its tensors
     int t;      // position in the sequence
     bool valid;
 };
 
-__device__ __forceinline__ RopeRow rope_row(int lpr, int T, int H, int Hkv, long q_rows, long total_rows) {
+__device__ __forceinline__ RopeRow rope_row(int lpr, int T, int H, int Hkv, int D, long ldq, long ldk, long q_rows,
+                                            long total_rows) {
     const int lane = threadIdx.x % WARP_SIZE;
     RopeRow R;
     R.row = ((long)blockIdx.x * (blockDim.x / WARP_SIZE) + threadIdx.x / WARP_SIZE) * (WARP_SIZE / lpr) + lane / lpr;
     R.valid = R.row < total_rows;
     R.is_q = R.row < q_rows;
     R.r = R.is_q ? R.row : R.row - q_rows;
-    R.t = (int)((R.r / (R.is_q ? H : Hkv)) % T);
+    const int NH = R.is_q ? H : Hkv;
+    const long n = R.r / NH;
+    R.off = n * (R.is_q ? ldq : ldk) + (R.r - n * NH) * D;
+    R.t = (int)(n % T);
     return R;
 }
 
@@ -75,13 +88,13 @@ __device__ __forceinline__ float rope_group_sum(float v, int lpr) {
 template <int W>
 __global__ void __launch_bounds__(ROPE_BLOCK)
 rope_qknorm_forward_kernel(floatX* qn, float* rstd_q, floatX* kn, float* rstd_k, const floatX* q, const floatX* k,
-                           const floatX* cos, const floatX* sin, int T, int H, int Hkv, int D, int pos0, long q_rows,
-                           long total_rows, int lpr) {
-    const RopeRow R = rope_row(lpr, T, H, Hkv, q_rows, total_rows);
+                           const floatX* cos, const floatX* sin, int T, int H, int Hkv, int D, int pos0, long ldq,
+                           long ldk, long q_rows, long total_rows, int lpr) {
+    const RopeRow R = rope_row(lpr, T, H, Hkv, D, ldq, ldk, q_rows, total_rows);
     const int sub = threadIdx.x % lpr;
     const int half = D / 2;
-    const floatX* x = R.valid ? (R.is_q ? q : k) + R.r * D : nullptr;
-    floatX* y = R.valid ? (R.is_q ? qn : kn) + R.r * D : nullptr;
+    const floatX* x = R.valid ? (R.is_q ? q : k) + R.off : nullptr;
+    floatX* y = R.valid ? (R.is_q ? qn : kn) + R.off : nullptr;
     const floatX* cr = cos + (size_t)(pos0 + R.t) * half;
     const floatX* sr = sin + (size_t)(pos0 + R.t) * half;
 
@@ -124,14 +137,14 @@ template <int W>
 __global__ void __launch_bounds__(ROPE_BLOCK)
 rope_qknorm_backward_kernel(floatX* dq, floatX* dk, const floatX* dqn, const floatX* dkn, const floatX* qn,
                             const floatX* kn, const float* rstd_q, const float* rstd_k, const floatX* cos,
-                            const floatX* sin, int T, int H, int Hkv, int D, int pos0, long q_rows, long total_rows,
-                            int lpr) {
-    const RopeRow R = rope_row(lpr, T, H, Hkv, q_rows, total_rows);
+                            const floatX* sin, int T, int H, int Hkv, int D, int pos0, long ldq, long ldk, long q_rows,
+                            long total_rows, int lpr) {
+    const RopeRow R = rope_row(lpr, T, H, Hkv, D, ldq, ldk, q_rows, total_rows);
     const int sub = threadIdx.x % lpr;
     const int half = D / 2;
-    const floatX* g = R.valid ? (R.is_q ? dqn : dkn) + R.r * D : nullptr;
-    const floatX* y = R.valid ? (R.is_q ? qn : kn) + R.r * D : nullptr;
-    floatX* dx = R.valid ? (R.is_q ? dq : dk) + R.r * D : nullptr;
+    const floatX* g = R.valid ? (R.is_q ? dqn : dkn) + R.off : nullptr;
+    const floatX* y = R.valid ? (R.is_q ? qn : kn) + R.off : nullptr;
+    floatX* dx = R.valid ? (R.is_q ? dq : dk) + R.off : nullptr;
 
     float dot = 0.0f;
     if (R.valid) {
@@ -175,50 +188,64 @@ inline void rope_check_shape(const char* name, int B, int T, int H, int Hkv, int
     LLMC_CHECK(B >= 0 && T >= 0 && H > 0 && Hkv > 0 && D >= 2 && D % 2 == 0 && pos0 >= 0,
                "%s: bad shape B=%d T=%d H=%d Hkv=%d D=%d pos0=%d (D must be even)", name, B, T, H, Hkv, D, pos0);
 }
+// the row strides: 0 -> dense; else at least a row (a smaller one would overlap the next token's heads)
+inline void rope_resolve_strides(const char* name, int H, int Hkv, int D, long& ldq, long& ldk) {
+    const long dq = (long)H * D, dk = (long)Hkv * D;
+    if (ldq == 0) ldq = dq;
+    if (ldk == 0) ldk = dk;
+    LLMC_CHECK(ldq >= dq, "%s: ldq=%ld is less than H*D=%ld (q rows would overlap)", name, ldq, dq);
+    LLMC_CHECK(ldk >= dk, "%s: ldk=%ld is less than Hkv*D=%ld (k rows would overlap)", name, ldk, dk);
+}
 }  // namespace llmc
 
 // q (B,T,H,D), k (B,T,Hkv,D) -> qn, kn (same shapes; may alias q, k), rstd_q (B,T,H), rstd_k
-// (B,T,Hkv) (all overwritten). cos, sin: floatX tables (max_pos, D/2), rows pos0 .. pos0+T-1 used.
+// (B,T,Hkv) (all overwritten; rstd dense). cos, sin: floatX tables (max_pos, D/2), rows pos0 ..
+// pos0+T-1 used. ldq: elements between consecutive tokens' rows of q and qn (0: H*D); ldk: of k and
+// kn (0: Hkv*D). Elements between the rows are not touched.
 inline void rope_qknorm_forward(floatX* qn, float* rstd_q, floatX* kn, float* rstd_k, const floatX* q, const floatX* k,
                                 const floatX* cos, const floatX* sin, int B, int T, int H, int Hkv, int D, int pos0,
-                                cudaStream_t stream) {
+                                cudaStream_t stream, long ldq = 0, long ldk = 0) {
     llmc::rope_check_shape("rope_qknorm_forward", B, T, H, Hkv, D, pos0);
+    llmc::rope_resolve_strides("rope_qknorm_forward", H, Hkv, D, ldq, ldk);
     const long q_rows = (long)B * T * H, total = q_rows + (long)B * T * Hkv;
     if (total == 0) return;
-    const bool vec = D % (2 * XPACK) == 0 && aligned16(qn) && aligned16(kn) && aligned16(q) && aligned16(k) && aligned16(cos) &&
-                     aligned16(sin);
+    const bool vec = D % (2 * XPACK) == 0 && ldq % XPACK == 0 && ldk % XPACK == 0 && aligned16(qn) && aligned16(kn) &&
+                     aligned16(q) && aligned16(k) && aligned16(cos) && aligned16(sin);
     const int W = vec ? XPACK : 1;
     const int lpr = rope_lanes_per_row(D / 2, W);
     const long rows_per_block = (long)(ROPE_BLOCK / WARP_SIZE) * (WARP_SIZE / lpr);
     const unsigned grid = (unsigned)CEIL_DIV(total, rows_per_block);
     if (vec) {
         LAUNCH(rope_qknorm_forward_kernel<XPACK>, grid, ROPE_BLOCK, 0, stream, qn, rstd_q, kn, rstd_k, q, k, cos, sin, T, H,
-               Hkv, D, pos0, q_rows, total, lpr);
+               Hkv, D, pos0, ldq, ldk, q_rows, total, lpr);
     } else {
         LAUNCH(rope_qknorm_forward_kernel<1>, grid, ROPE_BLOCK, 0, stream, qn, rstd_q, kn, rstd_k, q, k, cos, sin, T, H,
-               Hkv, D, pos0, q_rows, total, lpr);
+               Hkv, D, pos0, ldq, ldk, q_rows, total, lpr);
     }
 }
 
 // dq (B,T,H,D), dk (B,T,Hkv,D) = the gradients of the forward's inputs (overwrite; dq may alias
 // dqn, dk may alias dkn), from dqn, dkn (gradients of its outputs), the outputs qn, kn and rstd.
+// ldq: token row stride of dq, dqn and qn (0: H*D); ldk: of dk, dkn and kn (0: Hkv*D).
 inline void rope_qknorm_backward(floatX* dq, floatX* dk, const floatX* dqn, const floatX* dkn, const floatX* qn,
                                  const floatX* kn, const float* rstd_q, const float* rstd_k, const floatX* cos,
-                                 const floatX* sin, int B, int T, int H, int Hkv, int D, int pos0, cudaStream_t stream) {
+                                 const floatX* sin, int B, int T, int H, int Hkv, int D, int pos0, cudaStream_t stream,
+                                 long ldq = 0, long ldk = 0) {
     llmc::rope_check_shape("rope_qknorm_backward", B, T, H, Hkv, D, pos0);
+    llmc::rope_resolve_strides("rope_qknorm_backward", H, Hkv, D, ldq, ldk);
     const long q_rows = (long)B * T * H, total = q_rows + (long)B * T * Hkv;
     if (total == 0) return;
-    const bool vec = D % (2 * XPACK) == 0 && aligned16(dq) && aligned16(dk) && aligned16(dqn) && aligned16(dkn) &&
-                     aligned16(qn) && aligned16(kn) && aligned16(cos) && aligned16(sin);
+    const bool vec = D % (2 * XPACK) == 0 && ldq % XPACK == 0 && ldk % XPACK == 0 && aligned16(dq) && aligned16(dk) &&
+                     aligned16(dqn) && aligned16(dkn) && aligned16(qn) && aligned16(kn) && aligned16(cos) && aligned16(sin);
     const int W = vec ? XPACK : 1;
     const int lpr = rope_lanes_per_row(D / 2, W);
     const long rows_per_block = (long)(ROPE_BLOCK / WARP_SIZE) * (WARP_SIZE / lpr);
     const unsigned grid = (unsigned)CEIL_DIV(total, rows_per_block);
     if (vec) {
         LAUNCH(rope_qknorm_backward_kernel<XPACK>, grid, ROPE_BLOCK, 0, stream, dq, dk, dqn, dkn, qn, kn, rstd_q, rstd_k, cos,
-               sin, T, H, Hkv, D, pos0, q_rows, total, lpr);
+               sin, T, H, Hkv, D, pos0, ldq, ldk, q_rows, total, lpr);
     } else {
         LAUNCH(rope_qknorm_backward_kernel<1>, grid, ROPE_BLOCK, 0, stream, dq, dk, dqn, dkn, qn, kn, rstd_q, rstd_k, cos,
-               sin, T, H, Hkv, D, pos0, q_rows, total, lpr);
+               sin, T, H, Hkv, D, pos0, ldq, ldk, q_rows, total, lpr);
     }
 }

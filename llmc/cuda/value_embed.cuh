@@ -24,8 +24,14 @@
 // floats per warp; entry (h, c) is only ever touched by lane c of its warp). At the end each block
 // adds its warps' accumulators in warp order into Hkv*12 partials (after a barrier) and
 // reduce_partials sums the P blocks' partials in a fixed order: deterministic, no float atomics.
-// W = XPACK (16-byte packs) needs D % XPACK == 0 and 16-byte aligned v, ve (dv, dve in the backward);
-// otherwise W = 1.
+// W = XPACK (16-byte packs) needs D % XPACK == 0, 16-byte aligned v, ve (dv, dve in the backward)
+// and ldv % XPACK == 0; otherwise W = 1.
+//
+// Row stride ldv: the GPU trainer's v is the last part of the packed [q | k | v] rows that one GEMM
+// writes, so the token rows of v (forward, updated in place) and of dv (backward) are ldv elements
+// apart (head h of token n at n*ldv + h*D; 0 means dense, Hkv*D). Only the addresses change (the
+// same arithmetic on the same values: a strided call gives the dense call's bits), and elements
+// between the rows (q and k there) are never read or written.
 #pragma once
 #include "llmc/cuda/common.cuh"
 #include "llmc/cuda/reduce.cuh"
@@ -44,7 +50,7 @@ inline int ve_gate_lanes_per_row(int D, int W) {
 template <int W>
 __global__ void __launch_bounds__(VE_GATE_BLOCK)
 ve_gate_forward_kernel(floatX* v, float* gamma, const floatX* u, const floatX* ve, const float* wg, int C, int Hkv,
-                       int D, long rows, int lpr) {
+                       int D, long ldv, long rows, int lpr) {
     const int lane = threadIdx.x % WARP_SIZE, sub = lane % lpr;
     const long row = ((long)blockIdx.x * (blockDim.x / WARP_SIZE) + threadIdx.x / WARP_SIZE) * (WARP_SIZE / lpr) + lane / lpr;
     if (row >= rows) return;  // no barrier or collective in this kernel
@@ -57,8 +63,8 @@ ve_gate_forward_kernel(floatX* v, float* gamma, const floatX* u, const floatX* v
     for (int c = 0; c < VE_GATE_CHANNELS; c++) b += llmc::to_float(un[c]) * wh[c];
     const float gam = 3.0f / (1.0f + __expf(-b));
     if (sub == 0) gamma[row] = gam;
-    floatX* vr = v + row * D;  // v is (N, Hkv*D): row n*Hkv + h starts at (n*Hkv + h)*D
-    const floatX* er = ve + row * D;
+    floatX* vr = v + n * ldv + (long)h * D;  // v: token rows ldv apart, heads D apart
+    const floatX* er = ve + row * D;          // ve: dense (N, Hkv*D)
     for (int j = sub * W; j < D; j += lpr * W) {
         PackX<W> pv = load_pack<floatX, W>(vr + j), pe = load_pack<floatX, W>(er + j);
         #pragma unroll
@@ -71,7 +77,7 @@ ve_gate_forward_kernel(floatX* v, float* gamma, const floatX* u, const floatX* v
 template <int W>
 __global__ void __launch_bounds__(VE_GATE_BLOCK)
 ve_gate_backward_kernel(floatX* du, floatX* dve, float* partials, const floatX* dv, const floatX* u, const floatX* ve,
-                        const float* gamma, const float* wg, int N, int C, int Hkv, int D, int lpr) {
+                        const float* gamma, const float* wg, int N, int C, int Hkv, int D, long ldv, int lpr) {
     constexpr int NWARPS = VE_GATE_BLOCK / WARP_SIZE;
     DYNAMIC_SMEM(float, s_acc);
     const int K = Hkv * VE_GATE_CHANNELS;
@@ -90,7 +96,7 @@ ve_gate_backward_kernel(floatX* du, floatX* dve, float* partials, const floatX* 
             if (h < Hkv) {
                 const long row = n * Hkv + h;
                 gam = gamma[row];
-                const floatX* gr = dv + row * D;
+                const floatX* gr = dv + n * ldv + (long)h * D;  // dv strided like v
                 const floatX* er = ve + row * D;
                 floatX* dr = dve + row * D;
                 for (int j = sub * W; j < D; j += lpr * W) {
@@ -134,47 +140,58 @@ inline void ve_gate_check_shape(const char* name, int N, int C, int Hkv, int D) 
     LLMC_CHECK(N >= 0 && Hkv > 0 && D > 0, "%s: bad shape N=%d C=%d Hkv=%d D=%d", name, N, C, Hkv, D);
     LLMC_CHECK(C >= VE_GATE_CHANNELS, "%s: n_embd %d < %d channels read by the gate", name, C, VE_GATE_CHANNELS);
 }
+// v's token row stride: 0 -> dense; else at least a row (a smaller one would overlap the next token's heads)
+inline long ve_gate_resolve_ldv(const char* name, int Hkv, int D, long ldv) {
+    const long dense = (long)Hkv * D;
+    if (ldv == 0) return dense;
+    LLMC_CHECK(ldv >= dense, "%s: ldv=%ld is less than Hkv*D=%ld (v rows would overlap)", name, ldv, dense);
+    return ldv;
+}
 }  // namespace llmc
 
 // partial sums of the backward: K = Hkv * 12 (dWg)
 inline int ve_gate_partials(int Hkv) { return Hkv * VE_GATE_CHANNELS; }
 
-// v(N, Hkv*D) += gamma * ve, gamma(N, Hkv) = 3 sigmoid(u[:, :12] Wg^T) (overwritten, fp32)
+// v(N, Hkv*D) += gamma * ve, gamma(N, Hkv) = 3 sigmoid(u[:, :12] Wg^T) (overwritten, fp32).
+// ldv: elements between consecutive tokens' rows of v (0: Hkv*D); the rest of v's rows untouched.
 inline void ve_gate_forward(floatX* v, float* gamma, const floatX* u, const floatX* ve, const float* wg, int N, int C,
-                            int Hkv, int D, cudaStream_t stream) {
+                            int Hkv, int D, cudaStream_t stream, long ldv = 0) {
     llmc::ve_gate_check_shape("ve_gate_forward", N, C, Hkv, D);
+    ldv = llmc::ve_gate_resolve_ldv("ve_gate_forward", Hkv, D, ldv);
     const long rows = (long)N * Hkv;
     if (rows == 0) return;
-    const bool vec = D % XPACK == 0 && aligned16(v) && aligned16(ve);
+    const bool vec = D % XPACK == 0 && ldv % XPACK == 0 && aligned16(v) && aligned16(ve);
     const int lpr = ve_gate_lanes_per_row(D, vec ? XPACK : 1);
     const long rows_per_block = (long)(VE_GATE_BLOCK / WARP_SIZE) * (WARP_SIZE / lpr);
     const unsigned grid = (unsigned)CEIL_DIV(rows, rows_per_block);
     if (vec) {
-        LAUNCH(ve_gate_forward_kernel<XPACK>, grid, VE_GATE_BLOCK, 0, stream, v, gamma, u, ve, wg, C, Hkv, D, rows, lpr);
+        LAUNCH(ve_gate_forward_kernel<XPACK>, grid, VE_GATE_BLOCK, 0, stream, v, gamma, u, ve, wg, C, Hkv, D, ldv, rows,
+               lpr);
     } else {
-        LAUNCH(ve_gate_forward_kernel<1>, grid, VE_GATE_BLOCK, 0, stream, v, gamma, u, ve, wg, C, Hkv, D, rows, lpr);
+        LAUNCH(ve_gate_forward_kernel<1>, grid, VE_GATE_BLOCK, 0, stream, v, gamma, u, ve, wg, C, Hkv, D, ldv, rows, lpr);
     }
 }
 
-// du(N,C) += (channels < 12), dve(N, Hkv*D) = (overwrite), dwg(Hkv,12) += (fp32). dv = G.
-// scratch: reduce_scratch_floats(ve_gate_partials(Hkv)) floats of device memory.
+// du(N,C) += (channels < 12), dve(N, Hkv*D) = (overwrite), dwg(Hkv,12) += (fp32). dv = G, token
+// rows ldv apart (0: Hkv*D). scratch: reduce_scratch_floats(ve_gate_partials(Hkv)) floats of device memory.
 inline void ve_gate_backward(floatX* du, floatX* dve, float* dwg, const floatX* dv, const floatX* u, const floatX* ve,
                              const float* gamma, const float* wg, int N, int C, int Hkv, int D, float* scratch,
-                             cudaStream_t stream) {
+                             cudaStream_t stream, long ldv = 0) {
     llmc::ve_gate_check_shape("ve_gate_backward", N, C, Hkv, D);
+    ldv = llmc::ve_gate_resolve_ldv("ve_gate_backward", Hkv, D, ldv);
     if (N == 0) return;
     const int K = ve_gate_partials(Hkv);
     const size_t smem = (size_t)(VE_GATE_BLOCK / WARP_SIZE) * K * sizeof(float);
     LLMC_CHECK(smem <= 48 * 1024, "ve_gate_backward: Hkv=%d needs %zu bytes of shared memory (max 48 KiB)", Hkv, smem);
-    const bool vec = D % XPACK == 0 && aligned16(dve) && aligned16(dv) && aligned16(ve);
+    const bool vec = D % XPACK == 0 && ldv % XPACK == 0 && aligned16(dve) && aligned16(dv) && aligned16(ve);
     const int lpr = ve_gate_lanes_per_row(D, vec ? XPACK : 1);
     const int P = reduce_grid((size_t)N, VE_GATE_BLOCK / WARP_SIZE);
     if (vec) {
         LAUNCH(ve_gate_backward_kernel<XPACK>, P, VE_GATE_BLOCK, smem, stream, du, dve, scratch, dv, u, ve, gamma, wg, N, C,
-               Hkv, D, lpr);
+               Hkv, D, ldv, lpr);
     } else {
         LAUNCH(ve_gate_backward_kernel<1>, P, VE_GATE_BLOCK, smem, stream, du, dve, scratch, dv, u, ve, gamma, wg, N, C,
-               Hkv, D, lpr);
+               Hkv, D, ldv, lpr);
     }
     reduce_partials(dwg, K, nullptr, 0, scratch, P, stream);
 }

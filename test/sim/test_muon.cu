@@ -60,10 +60,17 @@
 // Momentum M: PyTorch's lerp in fp32 on both sides; the GPU may contract a multiply-add into an FMA:
 // 2^-23 (|M'| + |w (G - M)|).
 // Determinism: two runs of two steps from the same state are bitwise equal (P, its bf16 copy, M, S).
+// Matrix stride ldm (check_strided): stacks whose matrices are ldm >= m*n elements apart in P, P_bf16,
+// M and G (a gap after each matrix; and the GPU trainer's layout, [Wq_l; Wk_l; Wv_l] per layer, three
+// stacks interleaved) against dense calls on the same values: bitwise, and every element outside the
+// call's stack keeps its bits.
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 #include <algorithm>
 #include <cmath>
+#include <cstring>
+#include <memory>
+#include <type_traits>
 #include <vector>
 #include "llmc/cuda/muon.cuh"
 #include "llmc/muon.h"
@@ -514,6 +521,141 @@ void check_group(const Shape& sh, float lr, float mu, float wd, uint64_t seed) {
     muon_scratch_free(scr);
 }
 
+// ---------------------------------------------------------------------------------------------
+// matrix strides
+
+// one stack inside a shared buffer: matrix k at base + k*ldm (m x n, row-major)
+struct Stack { long long base; int K, m, n; long long ldm; };
+
+// Runs kSteps steps of muon_update for each stack, one call after the other (in the given order) on
+// shared buffers P, P_bf16, M, G of `size` elements, and the same steps as dense calls (ldm = 0) on
+// each stack's own dense copies, whose values start equal. Checks, per call: X (the Polar Express
+// output), the stack's P, P_bf16, M and its S bitwise equal to the dense call's; every element of the
+// shared buffers outside the stack (the gaps and the other stacks) unchanged bitwise. Elements no stack
+// owns are poisoned (NaN): a kernel reading them would also spread NaN into the results.
+// Why bitwise: a stride changes only where an element is read and written (k*ldm + r instead of
+// k*m*n + r); the scratch, S, the per-row statistics and the GEMMs are the dense ones, and with the
+// same pack width W (4 or 1: which elements a lane takes, so the order of the row sums) every value
+// goes through the same operations. W = 4 needs ldm % 4 == 0; where a stride breaks that (and n %
+// 4 == 0), dense_off = 1 puts the dense copies at a 1-element offset (misaligned: W = 1 too). The dense
+// calls' agreement with the CPU op is the subject of the tests above.
+void check_strided(const std::vector<Stack>& stacks, long long size, int dense_off, float lr, float mu, float wd,
+                   uint64_t seed) {
+    llmc::Rng rng(seed);
+    std::vector<int> owner(size, -1);
+    for (size_t si = 0; si < stacks.size(); si++) {
+        const Stack& st = stacks[si];
+        REQUIRE(st.ldm >= (long long)st.m * st.n);
+        for (int k = 0; k < st.K; k++)
+            for (long long r = 0; r < (long long)st.m * st.n; r++) {
+                const long long e = st.base + k * st.ldm + r;
+                REQUIRE((e < size && owner[e] == -1));
+                owner[e] = (int)si;
+            }
+    }
+    float nanf;
+    std::memset(&nanf, 0xFF, sizeof nanf);
+    auto fill = [&](double sd) {  // random where a stack owns the element, the poison elsewhere
+        std::vector<float> v(size);
+        for (long long e = 0; e < size; e++) v[e] = owner[e] >= 0 ? (float)rng.normal(0.0, sd) : nanf;
+        return v;
+    };
+    // the elements of stack st as a dense K*m*n array
+    auto gather = [](const auto& v, const Stack& st) {
+        const size_t mn = (size_t)st.m * st.n;
+        std::remove_const_t<std::remove_reference_t<decltype(v)>> out(st.K * mn);
+        for (int k = 0; k < st.K; k++) std::memcpy(&out[k * mn], &v[st.base + k * st.ldm], mn * sizeof(v[0]));
+        return out;
+    };
+    // elements outside stack si where a and b differ bitwise
+    auto changed_outside = [&](const auto& a, const auto& b, int si) {
+        long bad = 0;
+        for (long long e = 0; e < size; e++)
+            if (owner[e] != si && std::memcmp(&a[e], &b[e], sizeof(a[0])) != 0) bad++;
+        return bad;
+    };
+    auto shifted = [&](const std::vector<float>& v) {  // dense copy at the offset
+        std::vector<float> r(dense_off, 0.0f);
+        r.insert(r.end(), v.begin(), v.end());
+        return r;
+    };
+
+    matmul_init();
+    MuonGPUScratch scr;
+    for (const Stack& st : stacks) muon_scratch_reserve(scr, st.K, st.m, st.n);
+    muon_scratch_alloc(scr);
+    DeviceBuffer<float> dP(fill(0.05)), dM(fill(0.02)), dG(size);
+    DeviceBuffer<floatX> dPb(size);
+    dPb.poison();
+    // per stack: its S (shared run), and the dense run's P, P_bf16, M, S, G
+    std::vector<std::unique_ptr<DeviceBuffer<float>>> sS, dnP, dnM, dnS, dnG;
+    std::vector<std::unique_ptr<DeviceBuffer<floatX>>> dnPb;
+    {
+        const std::vector<float> P0 = dP.download(), M0 = dM.download();
+        for (const Stack& st : stacks) {
+            const size_t mn = (size_t)st.m * st.n, ns = (size_t)st.K * llmc::muon_second_moment_size(st.m, st.n);
+            std::vector<float> S0(ns);
+            for (float& x : S0) x = (float)(0.5 + rng.uniform());
+            sS.emplace_back(new DeviceBuffer<float>(S0));
+            dnS.emplace_back(new DeviceBuffer<float>(S0));
+            dnP.emplace_back(new DeviceBuffer<float>(shifted(gather(P0, st))));
+            dnM.emplace_back(new DeviceBuffer<float>(shifted(gather(M0, st))));
+            dnG.emplace_back(new DeviceBuffer<float>(st.K * mn + dense_off));
+            dnPb.emplace_back(new DeviceBuffer<floatX>(st.K * mn + dense_off));
+            dnPb.back()->poison();
+        }
+    }
+    for (int step = 0; step < kSteps; step++) {
+        CAPTURE(step);
+        const std::vector<float> G = fill(1.0);
+        dG.upload(G);
+        for (size_t si = 0; si < stacks.size(); si++) {
+            const Stack& st = stacks[si];
+            CAPTURE(si); CAPTURE(st.m); CAPTURE(st.n); CAPTURE(st.ldm);
+            const size_t mn = (size_t)st.m * st.n;
+            const std::vector<float> P0 = dP.download(), M0 = dM.download();
+            const std::vector<floatX> Pb0 = dPb.download();
+            floatX* dX = muon_update(dP.ptr + st.base, dPb.ptr + st.base, dM.ptr + st.base, sS[si]->ptr, dG.ptr + st.base,
+                                     st.K, st.m, st.n, lr, mu, wd, scr, 0, st.ldm);
+            REQUIRE(dX != nullptr);
+            const std::vector<floatX> xs = download_stack(dX, st.K, mn, muon_x_stride(st.m, st.n));
+            const std::vector<float> P1 = dP.download(), M1 = dM.download();
+            const std::vector<floatX> Pb1 = dPb.download();
+            CHECK(changed_outside(P1, P0, (int)si) == 0);
+            CHECK(changed_outside(M1, M0, (int)si) == 0);
+            CHECK(changed_outside(Pb1, Pb0, (int)si) == 0);
+            CHECK(bits_equal(dG.download(), G));
+
+            dnG[si]->upload(shifted(gather(G, st)));
+            floatX* dXd = muon_update(dnP[si]->ptr + dense_off, dnPb[si]->ptr + dense_off, dnM[si]->ptr + dense_off,
+                                      dnS[si]->ptr, dnG[si]->ptr + dense_off, st.K, st.m, st.n, lr, mu, wd, scr, 0);
+            const std::vector<floatX> xd = download_stack(dXd, st.K, mn, muon_x_stride(st.m, st.n));
+            CHECK(std::memcmp(xs.data(), xd.data(), xs.size() * sizeof(floatX)) == 0);
+            auto dense = [&](const auto& buf) {
+                auto v = buf->download();
+                v.erase(v.begin(), v.begin() + dense_off);
+                return v;
+            };
+            CHECK(bits_equal(gather(P1, st), dense(dnP[si])));
+            CHECK(bits_equal(gather(M1, st), dense(dnM[si])));
+            const std::vector<floatX> pb_s = gather(Pb1, st), pb_d = dense(dnPb[si]);
+            CHECK(std::memcmp(pb_s.data(), pb_d.data(), pb_s.size() * sizeof(floatX)) == 0);
+            CHECK(bits_equal(sS[si]->download(), dnS[si]->download()));
+        }
+    }
+    muon_scratch_free(scr);
+}
+
+// the trainer's c_q, c_k, c_v stacks: L layers of [Wq_l (H*D x C); Wk_l (Hkv*D x C); Wv_l (Hkv*D x C)]
+void check_qkv_layout(int L, int H, int Hkv, int D, int C, int dense_off, uint64_t seed) {
+    CAPTURE(L); CAPTURE(H); CAPTURE(Hkv); CAPTURE(D); CAPTURE(C);
+    const long long ld = (long long)(H + 2 * Hkv) * D * C;
+    const std::vector<Stack> stacks = {{0, L, H * D, C, ld},
+                                       {(long long)H * D * C, L, Hkv * D, C, ld},
+                                       {(long long)(H + Hkv) * D * C, L, Hkv * D, C, ld}};
+    check_strided(stacks, L * ld, dense_off, 0.02f, 0.95f, 0.2f, seed);
+}
+
 }  // namespace
 
 TEST_CASE("muon_update matches llmc/muon.h: tall, wide and square stacks over two steps") {
@@ -595,6 +737,22 @@ TEST_CASE("muon_update is deterministic (two runs of two steps, bitwise)") {
     muon_scratch_free(scr);
 }
 
+TEST_CASE("muon_update with a matrix stride (a gap after each matrix): bitwise the dense calls, gaps untouched") {
+    auto one = [](int K, int m, int n, int extra) {
+        const long long ldm = (long long)m * n + extra;
+        return std::vector<Stack>{{0, K, m, n, ldm}};
+    };
+    check_strided(one(2, 32, 48, 8), 2 * (32 * 48 + 8), 0, 0.02f, 0.95f, 0.1f, 61);  // wide, 4-wide paths
+    check_strided(one(2, 48, 32, 12), 2 * (48 * 32 + 12), 0, 0.02f, 0.9f, 0.2f, 62); // tall, 4-wide paths
+    check_strided(one(2, 24, 13, 3), 2 * (24 * 13 + 3), 0, 0.03f, 0.85f, 0.0f, 63);  // n odd: scalar in both calls
+    check_strided(one(2, 16, 32, 2), 2 * (16 * 32 + 2), 1, 0.02f, 0.95f, 0.1f, 64);  // ldm % 4 != 0 forces scalar
+}
+
+TEST_CASE("muon_update on the trainer's [Wq; Wk; Wv] layout: three interleaved stacks, bitwise the dense calls") {
+    check_qkv_layout(2, 3, 1, 16, 32, 0, 71);  // GQA; Wq 48 x 32 (tall), Wk, Wv 16 x 32 (wide); 4-wide paths
+    check_qkv_layout(2, 2, 1, 8, 13, 0, 72);   // C odd: the scalar paths
+}
+
 TEST_CASE("muon_update rejects bad shapes and a scratch that is too small") {
     matmul_init();
     MuonGPUScratch scr;
@@ -605,6 +763,11 @@ TEST_CASE("muon_update rejects bad shapes and a scratch that is too small") {
     CHECK_THROWS_AS(muon_update(buf.ptr, nullptr, buf.ptr, buf.ptr, buf.ptr, 3, 16, 32, 0.02f, 0.9f, 0.0f, scr, 0), llmc::Error);
     CHECK_THROWS_AS(muon_update(buf.ptr, nullptr, buf.ptr, buf.ptr, buf.ptr, 1, 32, 32, 0.02f, 0.9f, 0.0f, scr, 0), llmc::Error);
     CHECK_THROWS_AS(muon_scratch_reserve(scr, 1, 8, 8), llmc::Error);  // after alloc
+    // matrix strides shorter than a matrix (16 x 32 = 512 elements)
+    CHECK_THROWS_AS(muon_update(buf.ptr, nullptr, buf.ptr, buf.ptr, buf.ptr, 2, 16, 32, 0.02f, 0.9f, 0.0f, scr, 0, 511),
+                    llmc::Error);
+    CHECK_THROWS_AS(muon_update(buf.ptr, nullptr, buf.ptr, buf.ptr, buf.ptr, 2, 16, 32, 0.02f, 0.9f, 0.0f, scr, 0, -512),
+                    llmc::Error);
     CHECK(muon_update(buf.ptr, nullptr, buf.ptr, buf.ptr, buf.ptr, 0, 16, 32, 0.02f, 0.9f, 0.0f, scr, 0) == nullptr);
     muon_scratch_free(scr);
     MuonGPUScratch none;

@@ -21,6 +21,10 @@
 // per row, 32 rows per warp), 256, 96 (6 packs per half: 2 idle lanes in each group), D % 16 != 0
 // (10, 6, 2: the scalar path), odd head counts, GQA (Hkv < H), row counts that end inside a warp
 // and inside a block, pos0 > 0, a misaligned pointer (scalar path with D % 16 == 0), in place.
+//
+// Row strides (ldq, ldk): the GPU trainer's call, in place on a packed [q | k | v] buffer (token row
+// stride (H + 2 Hkv) D, here plus a pad), against the dense call on the same values: bitwise (see
+// check_packed), with v and the pad poisoned and required to keep their bits.
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 #include "llmc/cuda/rope.cuh"
@@ -170,6 +174,124 @@ void check(const Shape& s, int offset, bool in_place, uint64_t seed) {
     }
 }
 
+// v without its first off elements (the misalignment offset)
+template <typename T>
+std::vector<T> drop(const std::vector<T>& v, int off) { return std::vector<T>(v.begin() + off, v.end()); }
+
+template <typename T>
+bool same_bits(const std::vector<T>& a, const std::vector<T>& b) {
+    return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0;
+}
+
+// columns [c0, c0 + w) of the N rows of a row-major (N, ld) array, as a dense (N, w) array, and back
+template <typename T>
+std::vector<T> get_cols(const std::vector<T>& buf, long N, long ld, long c0, long w) {
+    std::vector<T> out((size_t)(N * w));
+    for (long n = 0; n < N; n++) std::memcpy(&out[n * w], &buf[n * ld + c0], w * sizeof(T));
+    return out;
+}
+template <typename T>
+void put_cols(std::vector<T>& buf, const std::vector<T>& src, long N, long ld, long c0, long w) {
+    for (long n = 0; n < N; n++) std::memcpy(&buf[n * ld + c0], &src[n * w], w * sizeof(T));
+}
+
+// elements of the (N, ld) buffer outside columns [lo, hi) that lost DeviceBuffer::poison's bits
+long gaps_changed(const std::vector<floatX>& buf, long N, long ld, long lo, long hi) {
+    floatX poison;
+    std::memset(&poison, 0xFF, sizeof poison);
+    long bad = 0;
+    for (long n = 0; n < N; n++)
+        for (long c = 0; c < ld; c++)
+            if ((c < lo || c >= hi) && std::memcmp(&buf[n * ld + c], &poison, sizeof poison) != 0) bad++;
+    return bad;
+}
+
+// In place on a packed buffer of N = B*T token rows [q (H*D) | k (Hkv*D) | v (Hkv*D) | pad], row stride
+// ld = (H + 2 Hkv) D + pad, q = buf, k = buf + H*D, ldq = ldk = ld (the trainer's call), against the
+// dense call (checked against the CPU ops first) on the same values. Bitwise: a stride changes only
+// where a row starts (n*ld + h*D instead of (n*NH + h)*D); the lanes per row, the elements each lane
+// takes and so the order of every fp32 sum follow from W and D alone, so with the same W each value
+// goes through the same operations. W = XPACK needs ld % XPACK == 0: where the pad breaks that, the
+// dense call gets its tensors at a 1-element offset (misaligned) so that it takes W = 1 as well.
+// v and the pad are poisoned (NaN) before each call and must keep their bits; a kernel reading them
+// would also turn results into NaN.
+void check_packed(const Shape& s, int pad, uint64_t seed) {
+    CAPTURE(s.B); CAPTURE(s.T); CAPTURE(s.H); CAPTURE(s.Hkv); CAPTURE(s.D); CAPTURE(s.pos0);
+    CAPTURE(pad);
+    llmc::Rng rng(seed);
+    const int max_pos = s.pos0 + s.T + 3, half = s.D / 2;
+    std::vector<float> cos32((size_t)max_pos * half), sin32((size_t)max_pos * half);
+    rope_table(cos32.data(), sin32.data(), max_pos, s.D, 100000.0);
+    const std::vector<float> cosf = x_round(cos32), sinf = x_round(sin32);
+    Tensor Q{s.H}, K{s.Hkv};
+    reference(Q, s, cosf, sinf, rng);
+    reference(K, s, cosf, sinf, rng);
+    const long N = (long)s.B * s.T, qw = (long)s.H * s.D, kw = (long)s.Hkv * s.D, ld = qw + 2 * kw + pad;
+    const int off = ld % XPACK != 0 ? 1 : 0;
+    CAPTURE(off);
+
+    // dense forward (out of place), held to the CPU ops
+    DeviceBuffer<floatX> d_cos(padded(cosf, off)), d_sin(padded(sinf, off));
+    DeviceBuffer<floatX> d_q(padded(Q.x, off)), d_k(padded(K.x, off)), d_qn(Q.x.size() + off), d_kn(K.x.size() + off);
+    DeviceBuffer<float> d_rq(Q.rows), d_rk(K.rows);
+    d_qn.poison(); d_kn.poison();
+    rope_qknorm_forward(d_qn.ptr + off, d_rq.ptr, d_kn.ptr + off, d_rk.ptr, d_q.ptr + off, d_k.ptr + off, d_cos.ptr + off,
+                        d_sin.ptr + off, s.B, s.T, s.H, s.Hkv, s.D, s.pos0, 0);
+    const std::vector<floatX> qn_dense = drop(d_qn.download(), off);
+    const std::vector<floatX> kn_dense = drop(d_kn.download(), off);
+    const std::vector<float> rq_dense = d_rq.download(), rk_dense = d_rk.download();
+    check_forward_result("q (dense)", Q, s.D, to_f32(qn_dense), rq_dense);
+    check_forward_result("k (dense)", K, s.D, to_f32(kn_dense), rk_dense);
+
+    // strided forward, in place on the packed buffer
+    DeviceBuffer<floatX> d_buf((size_t)(N * ld)), d_tab_c(to_x(cosf)), d_tab_s(to_x(sinf));
+    DeviceBuffer<float> d_rq2(Q.rows), d_rk2(K.rows);
+    d_buf.poison(); d_rq2.poison(); d_rk2.poison();
+    std::vector<floatX> buf = d_buf.download();
+    put_cols(buf, to_x(Q.x), N, ld, 0, qw);
+    put_cols(buf, to_x(K.x), N, ld, qw, kw);
+    d_buf.upload(buf);
+    rope_qknorm_forward(d_buf.ptr, d_rq2.ptr, d_buf.ptr + qw, d_rk2.ptr, d_buf.ptr, d_buf.ptr + qw, d_tab_c.ptr, d_tab_s.ptr,
+                        s.B, s.T, s.H, s.Hkv, s.D, s.pos0, 0, ld, ld);
+    buf = d_buf.download();
+    CHECK(same_bits(get_cols(buf, N, ld, 0, qw), qn_dense));
+    CHECK(same_bits(get_cols(buf, N, ld, qw, kw), kn_dense));
+    CHECK(bits_equal(d_rq2.download(), rq_dense));
+    CHECK(bits_equal(d_rk2.download(), rk_dense));
+    CHECK(gaps_changed(buf, N, ld, 0, qw + kw) == 0);
+
+    // backward from the CPU's outputs and rstd: dense out of place (held to the CPU ops), then in
+    // place on a packed gradient buffer with the saved outputs in a packed buffer too
+    DeviceBuffer<floatX> d_gq(padded(Q.g, off)), d_gk(padded(K.g, off));
+    DeviceBuffer<floatX> d_oq(padded(Q.out_bf16, off)), d_ok(padded(K.out_bf16, off));
+    DeviceBuffer<float> d_rq_ref(Q.rstd_ref), d_rk_ref(K.rstd_ref);
+    DeviceBuffer<floatX> d_dq(Q.x.size() + off), d_dk(K.x.size() + off);
+    d_dq.poison(); d_dk.poison();
+    rope_qknorm_backward(d_dq.ptr + off, d_dk.ptr + off, d_gq.ptr + off, d_gk.ptr + off, d_oq.ptr + off, d_ok.ptr + off,
+                         d_rq_ref.ptr, d_rk_ref.ptr, d_cos.ptr + off, d_sin.ptr + off, s.B, s.T, s.H, s.Hkv, s.D, s.pos0, 0);
+    const std::vector<floatX> dq_dense = drop(d_dq.download(), off);
+    const std::vector<floatX> dk_dense = drop(d_dk.download(), off);
+    check_backward_result("q (dense)", Q, s.D, to_f32(dq_dense));
+    check_backward_result("k (dense)", K, s.D, to_f32(dk_dense));
+
+    DeviceBuffer<floatX> d_gbuf((size_t)(N * ld)), d_obuf((size_t)(N * ld));
+    d_gbuf.poison(); d_obuf.poison();
+    std::vector<floatX> gbuf = d_gbuf.download(), obuf = d_obuf.download();
+    put_cols(gbuf, to_x(Q.g), N, ld, 0, qw);
+    put_cols(gbuf, to_x(K.g), N, ld, qw, kw);
+    put_cols(obuf, to_x(Q.out_bf16), N, ld, 0, qw);
+    put_cols(obuf, to_x(K.out_bf16), N, ld, qw, kw);
+    d_gbuf.upload(gbuf);
+    d_obuf.upload(obuf);
+    rope_qknorm_backward(d_gbuf.ptr, d_gbuf.ptr + qw, d_gbuf.ptr, d_gbuf.ptr + qw, d_obuf.ptr, d_obuf.ptr + qw, d_rq_ref.ptr,
+                         d_rk_ref.ptr, d_tab_c.ptr, d_tab_s.ptr, s.B, s.T, s.H, s.Hkv, s.D, s.pos0, 0, ld, ld);
+    gbuf = d_gbuf.download();
+    CHECK(same_bits(get_cols(gbuf, N, ld, 0, qw), dq_dense));
+    CHECK(same_bits(get_cols(gbuf, N, ld, qw, kw), dk_dense));
+    CHECK(gaps_changed(gbuf, N, ld, 0, qw + kw) == 0);
+    CHECK(same_bits(d_obuf.download(), obuf));  // the saved outputs: read only
+}
+
 }  // namespace
 
 TEST_CASE("rope_qknorm forward and backward match rope + qknorm on the CPU") {
@@ -187,6 +309,14 @@ TEST_CASE("rope_qknorm in place (qn == q, dq == dqn)") {
     check({2, 3, 3, 1, 10, 2}, 0, true, 32);
 }
 
+TEST_CASE("rope_qknorm with row strides, in place on a packed [q | k | v] buffer: bitwise the dense call") {
+    check_packed({2, 5, 3, 1, 128, 0}, 0, 41);  // the trainer's layout, GQA, 16-byte path
+    check_packed({2, 4, 4, 2, 64, 3}, 8, 42);   // rows padded, 16-byte path
+    check_packed({2, 3, 3, 1, 10, 2}, 0, 43);   // D % 16 != 0: scalar path in both calls
+    check_packed({1, 4, 2, 1, 32, 1}, 1, 44);   // ld % XPACK != 0: the stride forces the scalar path
+    check_packed({1, 3, 2, 2, 16, 0}, 4, 45);   // ld = 100: scalar in bf16, 16-byte in fp32
+}
+
 TEST_CASE("rope_qknorm launchers reject bad shapes") {
     CHECK_THROWS_AS(rope_qknorm_forward(nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, 1, 1, 1, 1,
                                         7, 0, 0),
@@ -194,4 +324,23 @@ TEST_CASE("rope_qknorm launchers reject bad shapes") {
     CHECK_THROWS_AS(rope_qknorm_backward(nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr,
                                          nullptr, 1, 1, 0, 1, 8, 0, 0),
                     llmc::Error);  // H = 0
+}
+
+TEST_CASE("rope_qknorm launchers reject row strides shorter than a row") {
+    // B=1, T=1, H=2, Hkv=1, D=8: rows of 16 (q) and 8 (k) elements
+    CHECK_THROWS_AS(rope_qknorm_forward(nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, 1, 1, 2, 1,
+                                        8, 0, 0, 15, 0),
+                    llmc::Error);
+    CHECK_THROWS_AS(rope_qknorm_forward(nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, 1, 1, 2, 1,
+                                        8, 0, 0, 0, 7),
+                    llmc::Error);
+    CHECK_THROWS_AS(rope_qknorm_forward(nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, 1, 1, 2, 1,
+                                        8, 0, 0, -32, 32),
+                    llmc::Error);
+    CHECK_THROWS_AS(rope_qknorm_backward(nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr,
+                                         nullptr, 1, 1, 2, 1, 8, 0, 0, 15, 32),
+                    llmc::Error);
+    CHECK_THROWS_AS(rope_qknorm_backward(nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr,
+                                         nullptr, 1, 1, 2, 1, 8, 0, 0, 32, 7),
+                    llmc::Error);
 }

@@ -20,6 +20,10 @@
 // head), 32, 8 (one lane per row, 32 heads per warp step), D % 8 != 0 (scalar path), Hkv = 1,
 // tokens not a multiple of the 8 per block, more tokens than the fixed grid's warps (8192), a
 // misaligned pointer.
+//
+// Row stride ldv: v (and dv) inside a packed [q | k | v] buffer (token row stride (H + 2 Hkv) D,
+// here plus a pad), against the dense call on the same values: bitwise (see check_packed), with q, k
+// and the pad poisoned and required to keep their bits.
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 #include "llmc/cuda/value_embed.cuh"
@@ -114,6 +118,132 @@ void check(const Shape& s, int offset, uint64_t seed) {
     CHECK(bits_equal(unpad(d_dve.download(), offset), dve));
 }
 
+template <typename T>
+std::vector<T> drop(const std::vector<T>& v, int off) { return std::vector<T>(v.begin() + off, v.end()); }
+
+template <typename T>
+bool same_bits(const std::vector<T>& a, const std::vector<T>& b) {
+    return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0;
+}
+
+// columns [c0, c0 + w) of the N rows of a row-major (N, ld) array, as a dense (N, w) array, and back
+std::vector<floatX> get_cols(const std::vector<floatX>& buf, long N, long ld, long c0, long w) {
+    std::vector<floatX> out((size_t)(N * w));
+    for (long n = 0; n < N; n++) std::memcpy(&out[n * w], &buf[n * ld + c0], w * sizeof(floatX));
+    return out;
+}
+void put_cols(std::vector<floatX>& buf, const std::vector<floatX>& src, long N, long ld, long c0, long w) {
+    for (long n = 0; n < N; n++) std::memcpy(&buf[n * ld + c0], &src[n * w], w * sizeof(floatX));
+}
+
+// elements of the (N, ld) buffer outside columns [lo, hi) that lost DeviceBuffer::poison's bits
+long gaps_changed(const std::vector<floatX>& buf, long N, long ld, long lo, long hi) {
+    floatX poison;
+    std::memset(&poison, 0xFF, sizeof poison);
+    long bad = 0;
+    for (long n = 0; n < N; n++)
+        for (long c = 0; c < ld; c++)
+            if ((c < lo || c >= hi) && std::memcmp(&buf[n * ld + c], &poison, sizeof poison) != 0) bad++;
+    return bad;
+}
+
+// v (forward, in place) and dv (backward) as the v part of packed buffers of N token rows
+// [q (H*D) | k (Hkv*D) | v (Hkv*D) | pad], ldv = (H + 2 Hkv) D + pad, against the dense calls on the
+// same values. Bitwise: the stride changes only where a row of v/dv starts (n*ldv + h*D instead of
+// (n*Hkv + h)*D); the gate, the lanes per row, the elements each lane takes and so the order of every
+// fp32 sum (the dot products, du, the dWg partials) follow from W, D, Hkv and N alone, so with the same
+// W every value goes through the same operations. W = XPACK needs ldv % XPACK == 0: where the pad
+// breaks that, the dense calls get v, ve (dv, dve) at a 1-element offset so that they take W = 1 too.
+// The rest of each row (q, k, pad) is poisoned (NaN) and must keep its bits; reading it would also
+// turn results into NaN.
+void check_packed(const Shape& s, int H, int pad, uint64_t seed) {
+    CAPTURE(s.N); CAPTURE(s.C); CAPTURE(H); CAPTURE(s.Hkv); CAPTURE(s.D); CAPTURE(pad);
+    const int N = s.N, C = s.C, Hkv = s.Hkv, D = s.D;
+    const long vw = (long)Hkv * D, v0 = (long)(H + Hkv) * D, ld = v0 + vw + pad;
+    const size_t nv = (size_t)N * vw, K = (size_t)Hkv * VE_GATE_CHANNELS;
+    const int off = ld % XPACK != 0 ? 1 : 0;
+    CAPTURE(off);
+    llmc::Rng rng(seed);
+    const std::vector<float> u = x_round(randn((size_t)N * C, rng, 1.0));
+    const std::vector<float> v = x_round(randn(nv, rng, 0.5)), ve = x_round(randn(nv, rng, 0.5));
+    const std::vector<float> wg = randn(K, rng, 0.5), g = x_round(randn(nv, rng, 1.0));
+    const std::vector<float> du_old = x_round(randn((size_t)N * C, rng, 0.3)), dwg0 = randn(K, rng, 0.1);
+    DeviceBuffer<floatX> d_u(to_x(u));
+    DeviceBuffer<float> d_wg(wg);
+
+    // forward: dense (held to the CPU op), then v inside the packed buffer
+    std::vector<float> v_ref = v, gamma_ref((size_t)N * Hkv);
+    ve_gate_forward<float>(v_ref.data(), gamma_ref.data(), u.data(), ve.data(), wg.data(), N, C, Hkv, D);
+    DeviceBuffer<floatX> d_v(padded(v, off)), d_ve(padded(ve, off));
+    DeviceBuffer<float> d_gamma((size_t)N * Hkv), d_gamma2((size_t)N * Hkv);
+    d_gamma.poison(); d_gamma2.poison();
+    ve_gate_forward(d_v.ptr + off, d_gamma.ptr, d_u.ptr, d_ve.ptr + off, d_wg.ptr, N, C, Hkv, D, 0);
+    const std::vector<floatX> v_dense = drop(d_v.download(), off);
+    const std::vector<float> gamma_dense = d_gamma.download();
+    CHECK(count_mismatches("gamma (dense)", gamma_dense, gamma_ref, [&](size_t i) { return 1e-5 * gamma_ref[i]; }) == 0);
+    CHECK(count_mismatches("v (dense)", to_f32(v_dense), v_ref, [&](size_t i) {
+        const double ge = std::fabs(gamma_ref[i / D] * ve[i]);
+        return X_ROUND * std::fabs(v_ref[i]) + 1e-5 * ge + 0x1p-22 * (std::fabs(v[i]) + ge);
+    }) == 0);
+
+    DeviceBuffer<floatX> d_buf((size_t)N * ld), d_ve2(to_x(ve));
+    d_buf.poison();
+    std::vector<floatX> buf = d_buf.download();
+    put_cols(buf, to_x(v), N, ld, v0, vw);
+    d_buf.upload(buf);
+    ve_gate_forward(d_buf.ptr + v0, d_gamma2.ptr, d_u.ptr, d_ve2.ptr, d_wg.ptr, N, C, Hkv, D, 0, ld);
+    buf = d_buf.download();
+    CHECK(same_bits(get_cols(buf, N, ld, v0, vw), v_dense));
+    CHECK(bits_equal(d_gamma2.download(), gamma_dense));
+    CHECK(gaps_changed(buf, N, ld, v0, v0 + vw) == 0);
+
+    // backward from the dense forward's gamma: dense (dv, dve at the offset), then dv in a packed buffer
+    DeviceBuffer<floatX> d_g(padded(g, off)), d_dve(nv + off), d_du(to_x(du_old));
+    DeviceBuffer<float> d_dwg(dwg0), d_scratch(reduce_scratch_floats(ve_gate_partials(Hkv)));
+    d_dve.poison();
+    ve_gate_backward(d_du.ptr, d_dve.ptr + off, d_dwg.ptr, d_g.ptr + off, d_u.ptr, d_ve.ptr + off, d_gamma.ptr, d_wg.ptr,
+                     N, C, Hkv, D, d_scratch.ptr, 0);
+    const std::vector<floatX> dve_dense = drop(d_dve.download(), off), du_dense = d_du.download();
+    const std::vector<float> dwg_dense = d_dwg.download();
+    {  // held to the CPU op (tolerances at the top; gamma here is the GPU's, so the reference uses it)
+        std::vector<float> du_ref = du_old, dve_ref(nv), dwg_ref = dwg0;
+        ve_gate_backward<float>(du_ref.data(), dve_ref.data(), dwg_ref.data(), g.data(), u.data(), ve.data(),
+                                gamma_dense.data(), wg.data(), N, C, Hkv, D);
+        CHECK(count_mismatches("dve (dense)", to_f32(dve_dense), x_round(dve_ref), [](size_t) { return 0.0; }) == 0);
+        std::vector<double> M((size_t)N * Hkv, 0.0);
+        for (size_t r = 0; r < M.size(); r++) {
+            for (int d = 0; d < D; d++) M[r] += std::fabs((double)g[r * D + d] * ve[r * D + d]);
+            M[r] *= gamma_dense[r] * (1.0 - gamma_dense[r] / 3.0);
+        }
+        CHECK(count_mismatches("du (dense)", to_f32(du_dense), du_ref, [&](size_t i) {
+            const size_t n = i / C, c = i % C;
+            if (c >= (size_t)VE_GATE_CHANNELS) return 0.0;
+            double mag = 0.0;
+            for (int h = 0; h < Hkv; h++) mag += std::fabs(wg[h * VE_GATE_CHANNELS + c]) * M[n * Hkv + h];
+            return X_ROUND * std::fabs(du_ref[i]) + 1e-5 * mag + 0x1p-22 * std::fabs(du_old[i]);
+        }) == 0);
+        CHECK(count_mismatches("dwg (dense)", dwg_dense, dwg_ref, [&](size_t k) {
+            const size_t h = k / VE_GATE_CHANNELS, c = k % VE_GATE_CHANNELS;
+            double mag = 0.0;
+            for (int n = 0; n < N; n++) mag += M[(size_t)n * Hkv + h] * std::fabs(u[(size_t)n * C + c]);
+            return 1e-5 * mag + 0x1p-22 * std::fabs(dwg_ref[k]);
+        }) == 0);
+    }
+
+    DeviceBuffer<floatX> d_gbuf((size_t)N * ld), d_dve2(nv), d_du2(to_x(du_old));
+    DeviceBuffer<float> d_dwg2(dwg0);
+    d_gbuf.poison(); d_dve2.poison(); d_scratch.poison();
+    std::vector<floatX> gbuf = d_gbuf.download();
+    put_cols(gbuf, to_x(g), N, ld, v0, vw);
+    d_gbuf.upload(gbuf);
+    ve_gate_backward(d_du2.ptr, d_dve2.ptr, d_dwg2.ptr, d_gbuf.ptr + v0, d_u.ptr, d_ve2.ptr, d_gamma.ptr, d_wg.ptr, N, C,
+                     Hkv, D, d_scratch.ptr, 0, ld);
+    CHECK(same_bits(d_dve2.download(), dve_dense));
+    CHECK(same_bits(d_du2.download(), du_dense));
+    CHECK(bits_equal(d_dwg2.download(), dwg_dense));
+    CHECK(same_bits(d_gbuf.download(), gbuf));  // dv is read only; q, k and the pad keep the poison
+}
+
 }  // namespace
 
 TEST_CASE("ve_gate forward and backward match the CPU op (vector and scalar paths)") {
@@ -139,4 +269,21 @@ TEST_CASE("ve_gate launchers reject bad shapes") {
     CHECK_THROWS_AS(ve_gate_backward(nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, 4, 12, 200,
                                      8, nullptr, 0),
                     llmc::Error);  // too much shared memory
+}
+
+TEST_CASE("ve_gate with v inside a packed [q | k | v] buffer (row stride ldv): bitwise the dense call") {
+    check_packed({10, 16, 2, 128}, 4, 0, 31);  // the trainer's layout, GQA (H = 4, Hkv = 2), 16-byte path
+    check_packed({7, 12, 3, 64}, 3, 8, 32);    // rows padded, 16-byte path
+    check_packed({9, 13, 1, 10}, 2, 0, 33);    // D % 8 != 0: scalar path in both calls
+    check_packed({6, 12, 2, 32}, 2, 1, 34);    // ldv % XPACK != 0: the stride forces the scalar path
+    check_packed({300, 24, 4, 16}, 6, 4, 35);  // ldv = 228: scalar in bf16, 16-byte in fp32; many tokens
+}
+
+TEST_CASE("ve_gate launchers reject row strides shorter than a row") {
+    // Hkv = 2, D = 8: v rows of 16 elements
+    CHECK_THROWS_AS(ve_gate_forward(nullptr, nullptr, nullptr, nullptr, nullptr, 4, 12, 2, 8, 0, 15), llmc::Error);
+    CHECK_THROWS_AS(ve_gate_forward(nullptr, nullptr, nullptr, nullptr, nullptr, 4, 12, 2, 8, 0, -16), llmc::Error);
+    CHECK_THROWS_AS(ve_gate_backward(nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, 4, 12, 2, 8,
+                                     nullptr, 0, 15),
+                    llmc::Error);
 }
