@@ -10,6 +10,15 @@
 //   ds_ij = p_ij (<dO_i, v_j> - D_i), dq_i = sum_j ds_ij k_j / sqrt(D),
 //   dk_j = sum_{h in group, i} ds_ij q_i / sqrt(D), dv_j = sum_{h in group, i} p_ij dO_i.
 //
+// Row strides (the trailing ldq, ldkv of every entry point; 0 = contiguous, H*D and Hkv*D): the
+// trainer computes q, k, v with one GEMM whose output rows are [q | k | v] per token ((H + 2 Hkv) D
+// elements), and its backward GEMM reads dq, dk, dv as one such matrix, so q, k, v and dq, dk, dv are
+// strided views into one buffer each and are read and written in place, never copied: head h of
+// token n starts at q + n ldq + h D (dq likewise; k, v, dk, dv with ldkv). out, dout and lse stay
+// contiguous. Every store writes exactly the D elements of a head's row, because in that layout the
+// dq pass and the dk/dv pass write interleaved columns of one buffer (and a caller's gap columns,
+// if ld exceeds the packed width, are not ours either). dq, dk, dv must not overlap q, k, v.
+//
 // Strategy (FlashAttention-2 on mma.sync m16n8k16 bf16 -> fp32, llmc/cuda/mma.cuh). A block is 4
 // warps; each warp owns 16 rows of the block's 64-row tile (queries in the forward and the dq pass,
 // keys in the dk/dv pass) and keeps everything about its rows in registers: the accumulators
@@ -52,7 +61,7 @@
 // Registers: forward D=128 holds O (64 fp32) + Q fragments (32) + S (32); dk/dv D=128 dK 64 + dV 64
 // + Sᵀ and dPᵀ 16 each, so its query tile is 32 rows for D=128 (64 for D=64); dq D=128 dQ 64 + S 32
 // + dP 32, with the Q and dO fragments reloaded from shared memory. nvcc 13 -Xptxas -v for sm_90
-// (D = 64 / 128): forward 131 / 242 registers, dk/dv 179 / 243, dq 166 / 246, no spills; at D = 128
+// (D = 64 / 128): forward 133 / 251 registers, dk/dv 181 / 238, dq 166 / 242, no spills; at D = 128
 // that is 2 blocks (8 warps) per SM.
 //
 // fp32 variant (attention_forward_fp32 / attention_backward_fp32): plain fp32 tensors, one warp per
@@ -64,10 +73,12 @@
 // (attention_forward_bf16 / attention_backward_bf16, explicitly bf16) in the default build, the fp32
 // variant in the fp32 build (-DLLMC_FP32, common.cuh), which rounds nothing to bf16.
 //
-// Limits (checked): bf16 path D = 64 or 128, all pointers 16-byte aligned; any T, H, Hkv with
+// Limits (checked): bf16 path D = 64 or 128, all pointers 16-byte aligned, ldq and ldkv multiples of
+// 8 (16-byte rows); ldq >= H*D, ldkv >= Hkv*D, both < 2^31; any T, H, Hkv with
 // H % Hkv == 0, H and B <= 65535. Shared memory per block (opted in with cudaFuncSetAttribute):
 // forward 45 / 85 KiB (D = 64 / 128), dk/dv 55 / 68.5 KiB, dq 54 / 102 KiB.
 #pragma once
+#include <limits.h>
 #include <math.h>
 #include <stdint.h>
 #include "llmc/cuda/common.cuh"
@@ -172,11 +183,12 @@ __device__ __forceinline__ void att_store_rows(att_bf16* st, const float acc[][4
 // ------------------------------------------------------------------------------------------------
 // forward
 
-// grid (ceil(T/64), H, B). sc = log2(e)/sqrt(D), w = min(window, T-1).
+// grid (ceil(T/64), H, B). sc = log2(e)/sqrt(D), w = min(window, T-1). qstride, kstride: token row
+// strides of q and of k, v (elements); out is contiguous (H*D).
 template <int D>
 __global__ void __launch_bounds__(ATT_THREADS)
 attention_forward_kernel(att_bf16* out, float* lse, const att_bf16* q, const att_bf16* k, const att_bf16* v, int T, int H, int Hkv, int w,
-                         float sc) {
+                         float sc, int qstride, int kstride) {
     constexpr int LD = D + 8, TILE = ATT_BK * LD;
     DYNAMIC_SMEM(att_bf16, smem);
     att_bf16* Qs = smem;                // ATT_BQ x LD
@@ -184,7 +196,7 @@ attention_forward_kernel(att_bf16* out, float* lse, const att_bf16* q, const att
     const int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE, g = lane >> 2, t = lane & 3;
     const int h = blockIdx.y, b = blockIdx.z, kvh = h / (H / Hkv);
     const int q0 = (gridDim.x - 1 - blockIdx.x) * ATT_BQ, q_last = min(q0 + ATT_BQ, T) - 1;
-    const long qstride = (long)H * D, kstride = (long)Hkv * D;
+    const long ostride = (long)H * D;
     const att_bf16* qh = q + (long)b * T * qstride + (long)h * D;
     const att_bf16* kh = k + (long)b * T * kstride + (long)kvh * D;
     const att_bf16* vh = v + (long)b * T * kstride + (long)kvh * D;
@@ -301,7 +313,7 @@ attention_forward_kernel(att_bf16* out, float* lse, const att_bf16* q, const att
         if (t == 0 && i_row[r] < T) lse[((long)b * H + h) * T + i_row[r]] = (m[r] + log2f(l[r])) * ATT_LN2;
     }
     // the warp's own 16 rows of Qs were read only by its own ldmatrix (first iteration)
-    att_store_rows<D>(Qs + warp * 16 * LD, o, 1.0f / l[0], 1.0f / l[1], out + (long)b * T * qstride + (long)h * D, qstride,
+    att_store_rows<D>(Qs + warp * 16 * LD, o, 1.0f / l[0], 1.0f / l[1], out + (long)b * T * ostride + (long)h * D, ostride,
                       q0 + warp * 16, T);
 }
 
@@ -327,11 +339,13 @@ attention_backward_prep_kernel(float* Dbuf, const Tx* dout, const Tx* out, int B
     }
 }
 
-// grid (ceil(T/64), Hkv, B): dk, dv of 64 keys of one kv head, summed over the group's query heads
+// grid (ceil(T/64), Hkv, B): dk, dv of 64 keys of one kv head, summed over the group's query heads.
+// qstride: token row stride of q; kstride: of k, v, dk, dv; dout is contiguous (H*D).
 template <int D>
 __global__ void __launch_bounds__(ATT_THREADS)
 attention_backward_dkdv_kernel(att_bf16* dk, att_bf16* dv, const att_bf16* dout, const float* lse, const float* Dbuf, const att_bf16* q,
-                               const att_bf16* k, const att_bf16* v, int T, int H, int Hkv, int w, float sc, float scale) {
+                               const att_bf16* k, const att_bf16* v, int T, int H, int Hkv, int w, float sc, float scale, int qstride,
+                               int kstride) {
     constexpr int LD = D + 8, BQ = att_bq_dkdv<D>(), QT = BQ * LD;
     DYNAMIC_SMEM(att_bf16, smem);
     att_bf16* Ks = smem;               // ATT_BK x LD, loaded once
@@ -341,7 +355,7 @@ attention_backward_dkdv_kernel(att_bf16* dk, att_bf16* dv, const att_bf16* dout,
     const int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE, g = lane >> 2, t = lane & 3;
     const int kvh = blockIdx.y, b = blockIdx.z, group = H / Hkv;
     const int k0 = blockIdx.x * ATT_BK, k_last = min(k0 + ATT_BK, T) - 1;
-    const long qstride = (long)H * D, kstride = (long)Hkv * D;
+    const long gstride = (long)H * D;
     // query tiles that see a key of the block: i in [k0, k_last + w]
     const int qt_lo = k0 / BQ, nqt = min(T - 1, k_last + w) / BQ - qt_lo + 1, nsteps = group * nqt;
     const int j_row[2] = {k0 + warp * 16 + g, k0 + warp * 16 + g + 8};
@@ -349,9 +363,8 @@ attention_backward_dkdv_kernel(att_bf16* dk, att_bf16* dv, const att_bf16* dout,
     // step n: query head kvh*group + n/nqt, query tile qt_lo + n%nqt, into stage st
     auto load_step = [&](int n, int st) {
         const int h = kvh * group + n / nqt, qq = (qt_lo + n % nqt) * BQ;
-        const long off = (long)b * T * qstride + (long)h * D;
-        att_load_rows<D, BQ>(QG + 2 * st * QT, q + off, qstride, qq, T);
-        att_load_rows<D, BQ>(QG + 2 * st * QT + QT, dout + off, qstride, qq, T);
+        att_load_rows<D, BQ>(QG + 2 * st * QT, q + (long)b * T * qstride + (long)h * D, qstride, qq, T);
+        att_load_rows<D, BQ>(QG + 2 * st * QT + QT, dout + (long)b * T * gstride + (long)h * D, gstride, qq, T);
         float* ls = LS + 2 * st * BQ;
         for (int x = threadIdx.x; x < BQ; x += ATT_THREADS) {
             const int i = qq + x;
@@ -451,11 +464,12 @@ attention_backward_dkdv_kernel(att_bf16* dk, att_bf16* dv, const att_bf16* dout,
     att_store_rows<D>(Vs + warp * 16 * LD, dV, 1.0f, 1.0f, dv + off, kstride, k0 + warp * 16, T);
 }
 
-// grid (ceil(T/64), H, B): dq of 64 queries of one head
+// grid (ceil(T/64), H, B): dq of 64 queries of one head. qstride: token row stride of q and dq;
+// kstride: of k, v; dout is contiguous (H*D).
 template <int D>
 __global__ void __launch_bounds__(ATT_THREADS)
 attention_backward_dq_kernel(att_bf16* dq, const att_bf16* dout, const float* lse, const float* Dbuf, const att_bf16* q, const att_bf16* k,
-                             const att_bf16* v, int T, int H, int Hkv, int w, float sc, float scale) {
+                             const att_bf16* v, int T, int H, int Hkv, int w, float sc, float scale, int qstride, int kstride) {
     constexpr int LD = D + 8, TILE = ATT_BK * LD;
     DYNAMIC_SMEM(att_bf16, smem);
     att_bf16* Qs = smem;                   // ATT_BQ x LD
@@ -464,7 +478,7 @@ attention_backward_dq_kernel(att_bf16* dq, const att_bf16* dout, const float* ls
     const int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE, g = lane >> 2, t = lane & 3;
     const int h = blockIdx.y, b = blockIdx.z, kvh = h / (H / Hkv);
     const int q0 = (gridDim.x - 1 - blockIdx.x) * ATT_BQ, q_last = min(q0 + ATT_BQ, T) - 1;
-    const long qstride = (long)H * D, kstride = (long)Hkv * D;
+    const long gstride = (long)H * D;
     const long qoff = (long)b * T * qstride + (long)h * D, koff = (long)b * T * kstride + (long)kvh * D;
     const int kt_lo = max(0, q0 - w) / ATT_BK, kt_hi = q_last / ATT_BK;
     const int i_row[2] = {q0 + warp * 16 + g, q0 + warp * 16 + g + 8};
@@ -477,7 +491,7 @@ attention_backward_dq_kernel(att_bf16* dq, const att_bf16* dout, const float* ls
     }
 
     att_load_rows<D, ATT_BQ>(Qs, q + qoff, qstride, q0, T);
-    att_load_rows<D, ATT_BQ>(Gs, dout + qoff, qstride, q0, T);
+    att_load_rows<D, ATT_BQ>(Gs, dout + (long)b * T * gstride + (long)h * D, gstride, q0, T);
     att_load_rows<D, ATT_BK>(KV, k + koff, kstride, kt_lo * ATT_BK, T);
     att_load_rows<D, ATT_BK>(KV + TILE, v + koff, kstride, kt_lo * ATT_BK, T);
     cp_async_commit();
@@ -572,25 +586,27 @@ __device__ __forceinline__ float att32_dot(const float (&a)[NV], const float* x,
     return warp_reduce_sum(part);
 }
 
-// one warp per query row (b, i, h), 8 rows per block; keys in increasing order
+// one warp per query row (b, i, h), 8 rows per block; keys in increasing order. ldq, ldkv: token row
+// strides of q (and dq) and of k, v (and dk, dv); out, dout are contiguous (row * D).
 template <int NV>
 __global__ void __launch_bounds__(256)
 attention_forward_fp32_kernel(float* out, float* lse, const float* q, const float* k, const float* v, int B, int T, int H, int Hkv, int D,
-                              int w, float scale) {
+                              int w, float scale, int ldq, int ldkv) {
     const long row = (long)blockIdx.x * 8 + threadIdx.x / WARP_SIZE;
     if (row >= (long)B * T * H) return;
     const int lane = threadIdx.x % WARP_SIZE;
     const int h = (int)(row % H), i = (int)(row / H % T), b = (int)(row / H / T), kvh = h / (H / Hkv);
+    const float* qr = q + (row / H) * ldq + (long)h * D;
     float qv[NV], acc[NV];
     #pragma unroll
     for (int u = 0; u < NV; u++) {
         const int d = lane + WARP_SIZE * u;
-        qv[u] = d < D ? q[row * D + d] : 0.0f;
+        qv[u] = d < D ? qr[d] : 0.0f;
         acc[u] = 0.0f;
     }
     float m = -INFINITY, l = 0.0f;
     for (int j = max(0, i - w); j <= i; j++) {
-        const long kr = (((long)b * T + j) * Hkv + kvh) * D;
+        const long kr = ((long)b * T + j) * ldkv + (long)kvh * D;
         const float s = att32_dot<NV>(qv, k + kr, D) * scale;
         const float mn = fmaxf(m, s);
         const float alpha = expf(m - mn), p = expf(s - mn);
@@ -615,22 +631,23 @@ attention_forward_fp32_kernel(float* out, float* lse, const float* q, const floa
 template <int NV>
 __global__ void __launch_bounds__(256)
 attention_backward_dq_fp32_kernel(float* dq, const float* dout, const float* lse, const float* Dbuf, const float* q, const float* k,
-                                  const float* v, int B, int T, int H, int Hkv, int D, int w, float scale) {
+                                  const float* v, int B, int T, int H, int Hkv, int D, int w, float scale, int ldq, int ldkv) {
     const long row = (long)blockIdx.x * 8 + threadIdx.x / WARP_SIZE;
     if (row >= (long)B * T * H) return;
     const int lane = threadIdx.x % WARP_SIZE;
     const int h = (int)(row % H), i = (int)(row / H % T), b = (int)(row / H / T), kvh = h / (H / Hkv);
     const float lse_i = lse[((long)b * H + h) * T + i], D_i = Dbuf[((long)b * H + h) * T + i];
+    const long qr = (row / H) * ldq + (long)h * D;  // this row in q and dq
     float qv[NV], gv[NV], acc[NV];
     #pragma unroll
     for (int u = 0; u < NV; u++) {
         const int d = lane + WARP_SIZE * u;
-        qv[u] = d < D ? q[row * D + d] : 0.0f;
+        qv[u] = d < D ? q[qr + d] : 0.0f;
         gv[u] = d < D ? dout[row * D + d] : 0.0f;
         acc[u] = 0.0f;
     }
     for (int j = max(0, i - w); j <= i; j++) {
-        const long kr = (((long)b * T + j) * Hkv + kvh) * D;
+        const long kr = ((long)b * T + j) * ldkv + (long)kvh * D;
         const float p = expf(att32_dot<NV>(qv, k + kr, D) * scale - lse_i);
         const float ds = p * (att32_dot<NV>(gv, v + kr, D) - D_i);
         #pragma unroll
@@ -642,7 +659,7 @@ attention_backward_dq_fp32_kernel(float* dq, const float* dout, const float* lse
     #pragma unroll
     for (int u = 0; u < NV; u++) {
         const int d = lane + WARP_SIZE * u;
-        if (d < D) dq[row * D + d] = acc[u] * scale;
+        if (d < D) dq[qr + d] = acc[u] * scale;
     }
 }
 
@@ -651,30 +668,32 @@ attention_backward_dq_fp32_kernel(float* dq, const float* dout, const float* lse
 template <int NV>
 __global__ void __launch_bounds__(256, 1)
 attention_backward_dkdv_fp32_kernel(float* dk, float* dv, const float* dout, const float* lse, const float* Dbuf, const float* q,
-                                    const float* k, const float* v, int B, int T, int H, int Hkv, int D, int w, float scale) {
+                                    const float* k, const float* v, int B, int T, int H, int Hkv, int D, int w, float scale, int ldq,
+                                    int ldkv) {
     const long row = (long)blockIdx.x * 8 + threadIdx.x / WARP_SIZE;
     if (row >= (long)B * T * Hkv) return;
     const int lane = threadIdx.x % WARP_SIZE;
     const int kvh = (int)(row % Hkv), j = (int)(row / Hkv % T), b = (int)(row / Hkv / T), group = H / Hkv;
+    const long kr = (row / Hkv) * ldkv + (long)kvh * D;  // this row in k, v, dk, dv
     float kv[NV], vv[NV], ak[NV], av[NV];
     #pragma unroll
     for (int u = 0; u < NV; u++) {
         const int d = lane + WARP_SIZE * u;
-        kv[u] = d < D ? k[row * D + d] : 0.0f;
-        vv[u] = d < D ? v[row * D + d] : 0.0f;
+        kv[u] = d < D ? k[kr + d] : 0.0f;
+        vv[u] = d < D ? v[kr + d] : 0.0f;
         ak[u] = av[u] = 0.0f;
     }
     const int i_end = min(T - 1, j + w);
     for (int h = kvh * group; h < (kvh + 1) * group; h++) {
         for (int i = j; i <= i_end; i++) {
-            const long qr = (((long)b * T + i) * H + h) * D, bh = ((long)b * H + h) * T;
+            const long qr = ((long)b * T + i) * ldq + (long)h * D, gr = (((long)b * T + i) * H + h) * D, bh = ((long)b * H + h) * T;
             const float p = expf(att32_dot<NV>(kv, q + qr, D) * scale - lse[bh + i]);
-            const float ds = p * (att32_dot<NV>(vv, dout + qr, D) - Dbuf[bh + i]);
+            const float ds = p * (att32_dot<NV>(vv, dout + gr, D) - Dbuf[bh + i]);
             #pragma unroll
             for (int u = 0; u < NV; u++) {
                 const int d = lane + WARP_SIZE * u;
                 if (d < D) {
-                    av[u] += p * dout[qr + d];
+                    av[u] += p * dout[gr + d];
                     ak[u] += ds * q[qr + d];
                 }
             }
@@ -684,8 +703,8 @@ attention_backward_dkdv_fp32_kernel(float* dk, float* dv, const float* dout, con
     for (int u = 0; u < NV; u++) {
         const int d = lane + WARP_SIZE * u;
         if (d < D) {
-            dk[row * D + d] = ak[u] * scale;
-            dv[row * D + d] = av[u];
+            dk[kr + d] = ak[u] * scale;
+            dv[kr + d] = av[u];
         }
     }
 }
@@ -700,93 +719,117 @@ inline void attention_check_args_cuda_(const char* what, int B, int T, int H, in
     LLMC_CHECK(B <= 65535 && H <= 65535, "%s: B=%d and H=%d must be <= 65535 (grid y/z)", what, B, H);
 }
 
+// Token row strides (elements): ldq of q and dq, ldkv of k, v, dk, dv; 0 is contiguous (H*D, Hkv*D).
+// Resolved in place. vec16: the tensor-core kernels move rows in 16-byte chunks (cp.async, uint4 stores).
+inline void attention_resolve_ld_(const char* what, int H, int Hkv, int D, long& ldq, long& ldkv, bool vec16) {
+    if (ldq == 0) ldq = (long)H * D;
+    if (ldkv == 0) ldkv = (long)Hkv * D;
+    LLMC_CHECK(ldq >= (long)H * D && ldkv >= (long)Hkv * D,
+               "%s: row strides ldq=%ld, ldkv=%ld must be at least H*D=%ld and Hkv*D=%ld (0 means contiguous)", what, ldq, ldkv, (long)H * D,
+               (long)Hkv * D);
+    LLMC_CHECK(ldq <= INT_MAX && ldkv <= INT_MAX, "%s: row strides ldq=%ld, ldkv=%ld must fit in an int", what, ldq, ldkv);
+    LLMC_CHECK(!vec16 || (ldq % 8 == 0 && ldkv % 8 == 0), "%s: row strides ldq=%ld, ldkv=%ld must be multiples of 8 (16-byte rows)", what,
+               ldq, ldkv);
+}
+
 // floats of scratch attention_backward needs: D_i for every (b, h, i)
 inline size_t attention_backward_scratch_floats(int B, int H, int T) { return (size_t)B * H * T; }
 
 template <int D>
 inline void attention_forward_d_(att_bf16* out, float* lse, const att_bf16* q, const att_bf16* k, const att_bf16* v, int B, int T, int H,
-                                 int Hkv, int w, cudaStream_t stream) {
+                                 int Hkv, int w, int ldq, int ldkv, cudaStream_t stream) {
     constexpr size_t smem = att_forward_smem<D>();
     cudaCheck(cudaFuncSetAttribute(attention_forward_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
     const float sc = (float)(1.4426950408889634 / sqrt((double)D));
-    LAUNCH(attention_forward_kernel<D>, dim3(CEIL_DIV(T, ATT_BQ), H, B), ATT_THREADS, smem, stream, out, lse, q, k, v, T, H, Hkv, w, sc);
+    LAUNCH(attention_forward_kernel<D>, dim3(CEIL_DIV(T, ATT_BQ), H, B), ATT_THREADS, smem, stream, out, lse, q, k, v, T, H, Hkv, w, sc,
+           ldq, ldkv);
 }
 
-// out (B,T,H,D) bf16 and lse (B,H,T) fp32, both overwritten. D = 64 or 128.
+// out (B,T,H,D) bf16 and lse (B,H,T) fp32, both overwritten. D = 64 or 128. ldq, ldkv: token row
+// strides of q and of k, v (0: contiguous; multiples of 8).
 inline void attention_forward_bf16(att_bf16* out, float* lse, const att_bf16* q, const att_bf16* k, const att_bf16* v, int B, int T, int H,
-                                   int Hkv, int D, int window, cudaStream_t stream) {
+                                   int Hkv, int D, int window, cudaStream_t stream, long ldq = 0, long ldkv = 0) {
     attention_check_args_cuda_("attention_forward", B, T, H, Hkv, D, window);
     LLMC_CHECK(D == 64 || D == 128, "attention_forward: head dim %d: the tensor-core kernel supports 64 and 128", D);
     LLMC_CHECK(aligned16(out) && aligned16(q) && aligned16(k) && aligned16(v), "attention_forward: out, q, k, v must be 16-byte aligned");
+    attention_resolve_ld_("attention_forward", H, Hkv, D, ldq, ldkv, true);
     const int w = window < T - 1 ? window : T - 1;
-    if (D == 64) attention_forward_d_<64>(out, lse, q, k, v, B, T, H, Hkv, w, stream);
-    else attention_forward_d_<128>(out, lse, q, k, v, B, T, H, Hkv, w, stream);
+    if (D == 64) attention_forward_d_<64>(out, lse, q, k, v, B, T, H, Hkv, w, (int)ldq, (int)ldkv, stream);
+    else attention_forward_d_<128>(out, lse, q, k, v, B, T, H, Hkv, w, (int)ldq, (int)ldkv, stream);
 }
 
 template <int D>
 inline void attention_backward_d_(att_bf16* dq, att_bf16* dk, att_bf16* dv, const att_bf16* dout, const float* lse, const float* Dbuf,
-                                  const att_bf16* q, const att_bf16* k, const att_bf16* v, int B, int T, int H, int Hkv, int w,
-                                  cudaStream_t stream) {
+                                  const att_bf16* q, const att_bf16* k, const att_bf16* v, int B, int T, int H, int Hkv, int w, int ldq,
+                                  int ldkv, cudaStream_t stream) {
     constexpr size_t smem1 = att_dkdv_smem<D>(), smem2 = att_dq_smem<D>();
     cudaCheck(cudaFuncSetAttribute(attention_backward_dkdv_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem1));
     cudaCheck(cudaFuncSetAttribute(attention_backward_dq_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem2));
     const float scale = (float)(1.0 / sqrt((double)D)), sc = (float)(1.4426950408889634 / sqrt((double)D));
     LAUNCH(attention_backward_dkdv_kernel<D>, dim3(CEIL_DIV(T, ATT_BK), Hkv, B), ATT_THREADS, smem1, stream, dk, dv, dout, lse, Dbuf, q, k, v,
-           T, H, Hkv, w, sc, scale);
+           T, H, Hkv, w, sc, scale, ldq, ldkv);
     LAUNCH(attention_backward_dq_kernel<D>, dim3(CEIL_DIV(T, ATT_BQ), H, B), ATT_THREADS, smem2, stream, dq, dout, lse, Dbuf, q, k, v, T, H,
-           Hkv, w, sc, scale);
+           Hkv, w, sc, scale, ldq, ldkv);
 }
 
-// dq (B,T,H,D), dk, dv (B,T,Hkv,D) bf16, overwritten. scratch: attention_backward_scratch_floats(B, H, T).
+// dq (B,T,H,D), dk, dv (B,T,Hkv,D) bf16, overwritten (only the D elements of each head's row: the
+// columns between rows are not touched). scratch: attention_backward_scratch_floats(B, H, T). ldq:
+// token row stride of q and dq, ldkv of k, v, dk, dv (0: contiguous; multiples of 8).
 inline void attention_backward_bf16(att_bf16* dq, att_bf16* dk, att_bf16* dv, const att_bf16* dout, const att_bf16* out, const float* lse,
                                     const att_bf16* q, const att_bf16* k, const att_bf16* v, int B, int T, int H, int Hkv, int D, int window,
-                                    float* scratch, cudaStream_t stream) {
+                                    float* scratch, cudaStream_t stream, long ldq = 0, long ldkv = 0) {
     attention_check_args_cuda_("attention_backward", B, T, H, Hkv, D, window);
     LLMC_CHECK(D == 64 || D == 128, "attention_backward: head dim %d: the tensor-core kernel supports 64 and 128", D);
     LLMC_CHECK(aligned16(dq) && aligned16(dk) && aligned16(dv) && aligned16(dout) && aligned16(q) && aligned16(k) && aligned16(v),
                "attention_backward: dq, dk, dv, dout, q, k, v must be 16-byte aligned");
+    attention_resolve_ld_("attention_backward", H, Hkv, D, ldq, ldkv, true);
     const int w = window < T - 1 ? window : T - 1;
     const long rows = (long)B * T * H;
     LAUNCH(attention_backward_prep_kernel<att_bf16>, (unsigned)CEIL_DIV(rows, 8), 256, 0, stream, scratch, dout, out, B, T, H, D);
-    if (D == 64) attention_backward_d_<64>(dq, dk, dv, dout, lse, scratch, q, k, v, B, T, H, Hkv, w, stream);
-    else attention_backward_d_<128>(dq, dk, dv, dout, lse, scratch, q, k, v, B, T, H, Hkv, w, stream);
+    if (D == 64) attention_backward_d_<64>(dq, dk, dv, dout, lse, scratch, q, k, v, B, T, H, Hkv, w, (int)ldq, (int)ldkv, stream);
+    else attention_backward_d_<128>(dq, dk, dv, dout, lse, scratch, q, k, v, B, T, H, Hkv, w, (int)ldq, (int)ldkv, stream);
 }
 
-// fp32 variant: same semantics and layouts, fp32 tensors, any D <= 256.
+// fp32 variant: same semantics and layouts (row strides included), fp32 tensors, any D <= 256.
 inline void attention_forward_fp32(float* out, float* lse, const float* q, const float* k, const float* v, int B, int T, int H, int Hkv, int D,
-                                   int window, cudaStream_t stream) {
+                                   int window, cudaStream_t stream, long ldq = 0, long ldkv = 0) {
     attention_check_args_cuda_("attention_forward_fp32", B, T, H, Hkv, D, window);
     LLMC_CHECK(D <= 256, "attention_forward_fp32: head dim %d is above 256", D);
+    attention_resolve_ld_("attention_forward_fp32", H, Hkv, D, ldq, ldkv, false);
     const int w = window < T - 1 ? window : T - 1;
     const float scale = (float)(1.0 / sqrt((double)D));
     const unsigned grid = (unsigned)CEIL_DIV((long)B * T * H, 8);
-    if (D <= 64) LAUNCH(attention_forward_fp32_kernel<2>, grid, 256, 0, stream, out, lse, q, k, v, B, T, H, Hkv, D, w, scale);
-    else if (D <= 128) LAUNCH(attention_forward_fp32_kernel<4>, grid, 256, 0, stream, out, lse, q, k, v, B, T, H, Hkv, D, w, scale);
-    else LAUNCH(attention_forward_fp32_kernel<8>, grid, 256, 0, stream, out, lse, q, k, v, B, T, H, Hkv, D, w, scale);
+    const int lq = (int)ldq, lkv = (int)ldkv;
+    if (D <= 64) LAUNCH(attention_forward_fp32_kernel<2>, grid, 256, 0, stream, out, lse, q, k, v, B, T, H, Hkv, D, w, scale, lq, lkv);
+    else if (D <= 128) LAUNCH(attention_forward_fp32_kernel<4>, grid, 256, 0, stream, out, lse, q, k, v, B, T, H, Hkv, D, w, scale, lq, lkv);
+    else LAUNCH(attention_forward_fp32_kernel<8>, grid, 256, 0, stream, out, lse, q, k, v, B, T, H, Hkv, D, w, scale, lq, lkv);
 }
 
 template <int NV>
 inline void attention_backward_fp32_nv_(float* dq, float* dk, float* dv, const float* dout, const float* lse, const float* Dbuf, const float* q,
-                                        const float* k, const float* v, int B, int T, int H, int Hkv, int D, int w, float scale,
-                                        cudaStream_t stream) {
+                                        const float* k, const float* v, int B, int T, int H, int Hkv, int D, int w, float scale, int ldq,
+                                        int ldkv, cudaStream_t stream) {
     LAUNCH(attention_backward_dq_fp32_kernel<NV>, (unsigned)CEIL_DIV((long)B * T * H, 8), 256, 0, stream, dq, dout, lse, Dbuf, q, k, v, B, T,
-           H, Hkv, D, w, scale);
+           H, Hkv, D, w, scale, ldq, ldkv);
     LAUNCH(attention_backward_dkdv_fp32_kernel<NV>, (unsigned)CEIL_DIV((long)B * T * Hkv, 8), 256, 0, stream, dk, dv, dout, lse, Dbuf, q, k,
-           v, B, T, H, Hkv, D, w, scale);
+           v, B, T, H, Hkv, D, w, scale, ldq, ldkv);
 }
 
-// dq, dk, dv overwritten. scratch: attention_backward_scratch_floats(B, H, T).
+// dq, dk, dv overwritten (only the D elements of each head's row). scratch:
+// attention_backward_scratch_floats(B, H, T).
 inline void attention_backward_fp32(float* dq, float* dk, float* dv, const float* dout, const float* out, const float* lse, const float* q,
                                     const float* k, const float* v, int B, int T, int H, int Hkv, int D, int window, float* scratch,
-                                    cudaStream_t stream) {
+                                    cudaStream_t stream, long ldq = 0, long ldkv = 0) {
     attention_check_args_cuda_("attention_backward_fp32", B, T, H, Hkv, D, window);
     LLMC_CHECK(D <= 256, "attention_backward_fp32: head dim %d is above 256", D);
+    attention_resolve_ld_("attention_backward_fp32", H, Hkv, D, ldq, ldkv, false);
     const int w = window < T - 1 ? window : T - 1;
     const float scale = (float)(1.0 / sqrt((double)D));
     LAUNCH(attention_backward_prep_kernel<float>, (unsigned)CEIL_DIV((long)B * T * H, 8), 256, 0, stream, scratch, dout, out, B, T, H, D);
-    if (D <= 64) attention_backward_fp32_nv_<2>(dq, dk, dv, dout, lse, scratch, q, k, v, B, T, H, Hkv, D, w, scale, stream);
-    else if (D <= 128) attention_backward_fp32_nv_<4>(dq, dk, dv, dout, lse, scratch, q, k, v, B, T, H, Hkv, D, w, scale, stream);
-    else attention_backward_fp32_nv_<8>(dq, dk, dv, dout, lse, scratch, q, k, v, B, T, H, Hkv, D, w, scale, stream);
+    const int lq = (int)ldq, lkv = (int)ldkv;
+    if (D <= 64) attention_backward_fp32_nv_<2>(dq, dk, dv, dout, lse, scratch, q, k, v, B, T, H, Hkv, D, w, scale, lq, lkv, stream);
+    else if (D <= 128) attention_backward_fp32_nv_<4>(dq, dk, dv, dout, lse, scratch, q, k, v, B, T, H, Hkv, D, w, scale, lq, lkv, stream);
+    else attention_backward_fp32_nv_<8>(dq, dk, dv, dout, lse, scratch, q, k, v, B, T, H, Hkv, D, w, scale, lq, lkv, stream);
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -795,23 +838,26 @@ inline void attention_backward_fp32(float* dq, float* dk, float* dv, const float
 // and dS to bf16 by design, so it has no fp32 form).
 
 // out (B,T,H,D) floatX and lse (B,H,T) fp32, both overwritten. bf16 build: D = 64 or 128, pointers
-// 16-byte aligned; fp32 build: any D <= 256.
+// 16-byte aligned, row strides multiples of 8; fp32 build: any D <= 256. ldq, ldkv: token row strides
+// of q and of k, v in elements (0: contiguous, H*D and Hkv*D; see the header comment).
 inline void attention_forward(floatX* out, float* lse, const floatX* q, const floatX* k, const floatX* v, int B, int T, int H, int Hkv, int D,
-                              int window, cudaStream_t stream) {
+                              int window, cudaStream_t stream, long ldq = 0, long ldkv = 0) {
 #if LLMC_FLOATX_FP32
-    attention_forward_fp32(out, lse, q, k, v, B, T, H, Hkv, D, window, stream);
+    attention_forward_fp32(out, lse, q, k, v, B, T, H, Hkv, D, window, stream, ldq, ldkv);
 #else
-    attention_forward_bf16(out, lse, q, k, v, B, T, H, Hkv, D, window, stream);
+    attention_forward_bf16(out, lse, q, k, v, B, T, H, Hkv, D, window, stream, ldq, ldkv);
 #endif
 }
 
-// dq (B,T,H,D), dk, dv (B,T,Hkv,D) floatX, overwritten. scratch: attention_backward_scratch_floats(B, H, T).
+// dq (B,T,H,D), dk, dv (B,T,Hkv,D) floatX, overwritten (only the D elements of each head's row).
+// scratch: attention_backward_scratch_floats(B, H, T). ldq: token row stride of q and dq, ldkv of k,
+// v, dk, dv (0: contiguous). dq, dk, dv must not overlap q, k, v.
 inline void attention_backward(floatX* dq, floatX* dk, floatX* dv, const floatX* dout, const floatX* out, const float* lse, const floatX* q,
                                const floatX* k, const floatX* v, int B, int T, int H, int Hkv, int D, int window, float* scratch,
-                               cudaStream_t stream) {
+                               cudaStream_t stream, long ldq = 0, long ldkv = 0) {
 #if LLMC_FLOATX_FP32
-    attention_backward_fp32(dq, dk, dv, dout, out, lse, q, k, v, B, T, H, Hkv, D, window, scratch, stream);
+    attention_backward_fp32(dq, dk, dv, dout, out, lse, q, k, v, B, T, H, Hkv, D, window, scratch, stream, ldq, ldkv);
 #else
-    attention_backward_bf16(dq, dk, dv, dout, out, lse, q, k, v, B, T, H, Hkv, D, window, scratch, stream);
+    attention_backward_bf16(dq, dk, dv, dout, out, lse, q, k, v, B, T, H, Hkv, D, window, scratch, stream, ldq, ldkv);
 #endif
 }

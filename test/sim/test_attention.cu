@@ -13,6 +13,10 @@
 // the plain SIM flavor (LLMC_SIM_DETERMINISM=1) SIM itself reruns every launch of every shape in
 // reverse block and warp order and compares all device memory bitwise; on a GPU the two runs
 // race differently (scripts/gpu_check.sh also runs every test binary twice).
+// Row strides (ldq, ldkv; the trainer's packed [q | k | v] GEMM output): both kernel families on q,
+// k, v and dq, dk, dv as strided views of one buffer each must give bitwise the contiguous call's
+// results, and leave every other column of the gradient buffer untouched (see check_packed); strides
+// below the row width, or not multiples of 8 for the tensor cores, are an error.
 //
 // Tolerances, per element, from what each kernel rounds (the reference is double, its own error
 // is negligible). Notation: p_ij = exp(s_ij - lse_i), N = number of terms of a sum over keys
@@ -367,6 +371,137 @@ void check_fp32(const Shape& sh, uint64_t seed) {
     CHECK(bits_equal(gv[0], gv[1]));
 }
 
+// ---- the packed layout: row strides ldq, ldkv ----
+// The trainer's q, k, v are the [q | k | v] rows of one GEMM output (QKV = (H + 2 Hkv) D elements per
+// token) and its dq, dk, dv the same columns of one gradient buffer. A call on such buffers with
+// ldq = ldkv = ld must give BITWISE the results of the contiguous call on the same values: the strides
+// change only the addresses rows are copied from and stored to (the same 16-byte chunks land in the
+// same shared-memory tiles, or the fp32 variant's lanes read the same values), while the grid, the
+// tiles, the fragments, the mma / FMA sequence and every summation order are the same, so not one
+// arithmetic operation differs. The backward's dqkv is poisoned whole first and every element checked
+// afterwards: the q / k / v columns against the contiguous dq / dk / dv, the gap columns (ld > QKV)
+// still poison; so a store spilling past its D elements into a neighbour's columns (the dq pass and
+// the dk/dv pass write interleaved columns of one buffer) or into the gap fails. The inputs' gap columns
+// are NaN, so reading them would show in the results. The contiguous results must be finite (they are
+// checked against the CPU op above), so the bitwise comparison is not one of poison against poison.
+struct PackedCase { Shape sh; int gap; bool heavy = false; };
+
+// the tensor-core kernels: GQA 4 and 1, D 64 and 128, tails, B > 1 (the batch offset), windows, gaps
+// (and none: the packed width exactly). ASan runs the first (everything but D = 128 and several
+// tiles, in one small shape), TSan one smaller still.
+const PackedCase kPacked[] = {
+    {{2, 17, 4, 1, 64, 5}, 8},               // B = 2, one partial tile, GQA 4, window 5, a gap of 8 columns
+    {{1, 130, 2, 2, 64, 63}, 0, true},       // MHA, window 63 over 3 tiles, tail of 2
+    {{1, 300, 1, 1, 128, 40}, 0, true},      // MHA, D = 128, window 40 over 5 tiles, tail of 44
+    {{1, 70, 4, 1, 128, kNone}, 8, true},    // GQA 4, D = 128, tail of 6, a gap
+};
+const PackedCase kPackedTsan[] = {
+    {{1, 17, 2, 1, 64, kNone}, 8},
+};
+// the fp32 variant (any ld: an odd gap)
+const PackedCase kPackedFp32[] = {
+    {{2, 17, 4, 1, 40, 5}, 3},         // GQA 4, D not a multiple of 32, window, odd gap
+    {{1, 33, 2, 2, 64, kNone}, 0},     // MHA, one row past a warp's multiple
+    {{1, 20, 4, 2, 128, kNone}, 0},    // GQA 2, D = 128
+};
+const PackedCase kPackedFp32Tsan[] = {
+    {{1, 9, 4, 1, 40, 3}, 3},
+};
+
+template <typename Tx> Tx poison_value() {
+    Tx x;
+    std::memset(&x, 0xFF, sizeof x);  // what DeviceBuffer::poison writes: NaN in bf16 and fp32
+    return x;
+}
+template <typename Tx> std::vector<Tx> to_type(const std::vector<float>& v);
+template <> std::vector<att_bf16> to_type<att_bf16>(const std::vector<float>& v) { return to_bf16(v); }
+template <> std::vector<float> to_type<float>(const std::vector<float>& v) { return v; }
+
+// N token rows of ld elements: [q (qw) | k (kw) | v (kw) | fill ...]
+template <typename Tx>
+std::vector<Tx> pack_rows(const std::vector<Tx>& q, const std::vector<Tx>& k, const std::vector<Tx>& v, size_t N, int qw, int kw, int ld) {
+    std::vector<Tx> r(N * ld, poison_value<Tx>());
+    for (size_t n = 0; n < N; n++) {
+        std::copy(q.begin() + n * qw, q.begin() + (n + 1) * qw, r.begin() + n * ld);
+        std::copy(k.begin() + n * kw, k.begin() + (n + 1) * kw, r.begin() + n * ld + qw);
+        std::copy(v.begin() + n * kw, v.begin() + (n + 1) * kw, r.begin() + n * ld + qw + kw);
+    }
+    return r;
+}
+template <typename Tx> bool same_bits(const std::vector<Tx>& a, const std::vector<Tx>& b) {
+    return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(Tx)) == 0;
+}
+float as_float(att_bf16 x) { return __bfloat162float(x); }
+float as_float(float x) { return x; }
+template <typename Tx> bool all_finite(const std::vector<Tx>& a) {
+    for (const Tx& x : a)
+        if (!std::isfinite(as_float(x))) return false;
+    return true;
+}
+
+// fwd(out, lse, q, k, v, ldq, ldkv) and bwd(dq, dk, dv, dout, out, lse, q, k, v, scratch, ldq, ldkv):
+// one of the two families of entry points on this shape
+template <typename Tx, typename Fwd, typename Bwd>
+void check_packed(const PackedCase& pc, uint64_t seed, Fwd fwd, Bwd bwd) {
+    const Shape& sh = pc.sh;
+    const std::string name = shape_name(sh) + " gap=" + std::to_string(pc.gap);
+    CAPTURE(name);
+    const int B = sh.B, T = sh.T, H = sh.H, Hkv = sh.Hkv, D = sh.D;
+    const size_t N = (size_t)B * T;
+    const int QW = H * D, KW = Hkv * D, ld = QW + 2 * KW + pc.gap;
+    llmc::Rng rng(seed);
+    const std::vector<Tx> q = to_type<Tx>(randn(N * QW, rng, 2.0)), k = to_type<Tx>(randn(N * KW, rng)), v = to_type<Tx>(randn(N * KW, rng)),
+                          g = to_type<Tx>(randn(N * QW, rng));
+
+    // contiguous
+    DeviceBuffer<Tx> qc(q), kc(k), vc(v), gc(g), oc(N * QW), dqc(N * QW), dkc(N * KW), dvc(N * KW);
+    DeviceBuffer<float> lsec((size_t)B * H * T), scratch(attention_backward_scratch_floats(B, H, T));
+    fwd(oc.ptr, lsec.ptr, qc.ptr, kc.ptr, vc.ptr, 0L, 0L);
+    bwd(dqc.ptr, dkc.ptr, dvc.ptr, gc.ptr, oc.ptr, lsec.ptr, qc.ptr, kc.ptr, vc.ptr, scratch.ptr, 0L, 0L);
+    const std::vector<Tx> o_c = oc.download(), dq_c = dqc.download(), dk_c = dkc.download(), dv_c = dvc.download();
+    const std::vector<float> lse_c = lsec.download();
+    REQUIRE(all_finite(o_c));
+    REQUIRE(all_finite(lse_c));
+    REQUIRE(all_finite(dq_c));
+    REQUIRE(all_finite(dk_c));
+    REQUIRE(all_finite(dv_c));
+
+    // packed: the same values as strided views of one buffer (the backward fed the same O and lse)
+    DeviceBuffer<Tx> qkv(pack_rows(q, k, v, N, QW, KW, ld)), op(N * QW), dqkv(N * ld);
+    DeviceBuffer<float> lsep((size_t)B * H * T);
+    op.poison();
+    lsep.poison();
+    dqkv.poison();
+    scratch.poison();
+    fwd(op.ptr, lsep.ptr, qkv.ptr, qkv.ptr + QW, qkv.ptr + QW + KW, (long)ld, (long)ld);
+    bwd(dqkv.ptr, dqkv.ptr + QW, dqkv.ptr + QW + KW, gc.ptr, oc.ptr, lsec.ptr, qkv.ptr, qkv.ptr + QW, qkv.ptr + QW + KW, scratch.ptr,
+        (long)ld, (long)ld);
+    CHECK(same_bits(op.download(), o_c));
+    CHECK(same_bits(lsep.download(), lse_c));
+    const std::vector<Tx> got = dqkv.download(), want = pack_rows(dq_c, dk_c, dv_c, N, QW, KW, ld);
+    long bad = 0;
+    for (size_t x = 0; x < got.size(); x++) {
+        if (std::memcmp(&got[x], &want[x], sizeof(Tx)) == 0) continue;
+        const int col = (int)(x % ld);
+        if (bad++ < 5)
+            std::printf("  dqkv[token %zu, column %d] (%s): got %.9g, want %.9g\n", x / ld, col,
+                        col < QW ? "dq" : col < QW + KW ? "dk" : col < QW + 2 * KW ? "dv" : "gap, must stay poison", as_float(got[x]),
+                        as_float(want[x]));
+    }
+    if (bad) std::printf("  dqkv: %ld of %zu elements differ\n", bad, got.size());
+    CHECK(bad == 0);
+}
+
+template <class F> std::string error_of(F f) {
+    try {
+        f();
+    } catch (const llmc::Error& e) {
+        return e.what();
+    }
+    return "";
+}
+bool has(const std::string& s, const char* part) { return s.find(part) != std::string::npos; }
+
 }  // namespace
 
 // skipped in the fp32 build: the tensor-core kernels are explicitly bf16 (att_bf16) and do not depend on
@@ -389,6 +524,116 @@ TEST_CASE("attention fp32 variant: forward and backward against the CPU op in do
     } else {
         for (const Shape& s : kShapesFp32) check_fp32(s, seed++);
     }
+}
+
+// skipped in the fp32 build (as above). The default build calls the floatX entry points (these kernels
+// there), so their passing ldq, ldkv on is covered too; the fp32 build compiles the explicit ones.
+TEST_CASE("attention (tensor cores): packed [q | k | v] rows (ldq, ldkv) give bitwise the contiguous results; no store leaves its row"
+          * doctest::skip(kFP32)) {
+    auto fwd = [&](const PackedCase& pc) {
+        return [&pc](att_bf16* o, float* l, const att_bf16* q, const att_bf16* k, const att_bf16* v, long ldq, long ldkv) {
+#if LLMC_FLOATX_FP32
+            attention_forward_bf16(o, l, q, k, v, pc.sh.B, pc.sh.T, pc.sh.H, pc.sh.Hkv, pc.sh.D, pc.sh.window, 0, ldq, ldkv);
+#else
+            attention_forward(o, l, q, k, v, pc.sh.B, pc.sh.T, pc.sh.H, pc.sh.Hkv, pc.sh.D, pc.sh.window, 0, ldq, ldkv);
+#endif
+        };
+    };
+    auto bwd = [&](const PackedCase& pc) {
+        return [&pc](att_bf16* dq, att_bf16* dk, att_bf16* dv, const att_bf16* g, const att_bf16* o, const float* l, const att_bf16* q,
+                     const att_bf16* k, const att_bf16* v, float* s, long ldq, long ldkv) {
+#if LLMC_FLOATX_FP32
+            attention_backward_bf16(dq, dk, dv, g, o, l, q, k, v, pc.sh.B, pc.sh.T, pc.sh.H, pc.sh.Hkv, pc.sh.D, pc.sh.window, s, 0, ldq,
+                                    ldkv);
+#else
+            attention_backward(dq, dk, dv, g, o, l, q, k, v, pc.sh.B, pc.sh.T, pc.sh.H, pc.sh.Hkv, pc.sh.D, pc.sh.window, s, 0, ldq, ldkv);
+#endif
+        };
+    };
+    uint64_t seed = 4000;
+    if (kTsan) {
+        for (const PackedCase& pc : kPackedTsan) check_packed<att_bf16>(pc, seed++, fwd(pc), bwd(pc));
+    } else {
+        for (const PackedCase& pc : kPacked)
+            if (!(kAsan && pc.heavy)) check_packed<att_bf16>(pc, seed++, fwd(pc), bwd(pc));
+    }
+}
+
+// the fp32 variant: the floatX entry points in the fp32 build (where they are this variant), the
+// explicit *_fp32 ones in the default build
+TEST_CASE("attention fp32 variant: packed [q | k | v] rows (ldq, ldkv) give bitwise the contiguous results; no store leaves its row") {
+    auto fwd = [&](const PackedCase& pc) {
+        return [&pc](float* o, float* l, const float* q, const float* k, const float* v, long ldq, long ldkv) {
+#if LLMC_FLOATX_FP32
+            attention_forward(o, l, q, k, v, pc.sh.B, pc.sh.T, pc.sh.H, pc.sh.Hkv, pc.sh.D, pc.sh.window, 0, ldq, ldkv);
+#else
+            attention_forward_fp32(o, l, q, k, v, pc.sh.B, pc.sh.T, pc.sh.H, pc.sh.Hkv, pc.sh.D, pc.sh.window, 0, ldq, ldkv);
+#endif
+        };
+    };
+    auto bwd = [&](const PackedCase& pc) {
+        return [&pc](float* dq, float* dk, float* dv, const float* g, const float* o, const float* l, const float* q, const float* k,
+                     const float* v, float* s, long ldq, long ldkv) {
+#if LLMC_FLOATX_FP32
+            attention_backward(dq, dk, dv, g, o, l, q, k, v, pc.sh.B, pc.sh.T, pc.sh.H, pc.sh.Hkv, pc.sh.D, pc.sh.window, s, 0, ldq, ldkv);
+#else
+            attention_backward_fp32(dq, dk, dv, g, o, l, q, k, v, pc.sh.B, pc.sh.T, pc.sh.H, pc.sh.Hkv, pc.sh.D, pc.sh.window, s, 0, ldq,
+                                    ldkv);
+#endif
+        };
+    };
+    uint64_t seed = 5000;
+    if (kTsan) {
+        for (const PackedCase& pc : kPackedFp32Tsan) check_packed<float>(pc, seed++, fwd(pc), bwd(pc));
+    } else {
+        for (const PackedCase& pc : kPackedFp32) check_packed<float>(pc, seed++, fwd(pc), bwd(pc));
+    }
+}
+
+TEST_CASE("attention: a row stride narrower than the row, or (tensor cores) not a multiple of 8 elements, is an error") {
+    const int B = 1, T = 16, H = 4, Hkv = 1, D = 64;  // H*D = 256, Hkv*D = 64
+    const long QW = (long)H * D, KW = (long)Hkv * D;
+    DeviceBuffer<float> l(H * T), s(H * T);
+    {  // the tensor-core kernels (both builds)
+        DeviceBuffer<att_bf16> a((size_t)T * 2 * (QW + 2 * KW) + 8);
+        auto fwd = [&](long ldq, long ldkv) {
+            return error_of([&] { attention_forward_bf16(a.ptr, l.ptr, a.ptr, a.ptr, a.ptr, B, T, H, Hkv, D, kNone, 0, ldq, ldkv); });
+        };
+        auto bwd = [&](long ldq, long ldkv) {
+            return error_of([&] {
+                attention_backward_bf16(a.ptr, a.ptr, a.ptr, a.ptr, a.ptr, l.ptr, a.ptr, a.ptr, a.ptr, B, T, H, Hkv, D, kNone, s.ptr, 0, ldq,
+                                        ldkv);
+            });
+        };
+        for (const std::string& e : {fwd(QW - 8, 0), fwd(0, KW - 8), fwd(-QW, 0), bwd(QW - 8, 0), bwd(0, KW - 8)}) {
+            CHECK(has(e, "row strides"));
+            CHECK(has(e, "must be at least H*D=256 and Hkv*D=64"));
+        }
+        for (const std::string& e : {fwd(QW + 4, 0), fwd(0, KW + 12), bwd(QW + 2, 0), bwd(QW, KW + 4)}) {
+            CHECK(has(e, "row strides"));
+            CHECK(has(e, "multiples of 8"));
+        }
+        CHECK(has(fwd(QW - 8, 0), "attention_forward: row strides ldq=248, ldkv=64"));  // 0 reads as contiguous
+        CHECK(has(bwd(1L << 31, 0), "must fit in an int"));
+    }
+    {  // the fp32 variant (both builds): any stride from the row width up
+        DeviceBuffer<float> f((size_t)T * 2 * (QW + 2 * KW) + 8);
+        CHECK(has(error_of([&] { attention_forward_fp32(f.ptr, l.ptr, f.ptr, f.ptr, f.ptr, B, T, H, Hkv, D, kNone, 0, QW - 1, 0); }),
+                  "attention_forward_fp32: row strides ldq=255"));
+        CHECK(has(error_of([&] {
+                      attention_backward_fp32(f.ptr, f.ptr, f.ptr, f.ptr, f.ptr, l.ptr, f.ptr, f.ptr, f.ptr, B, T, H, Hkv, D, kNone, s.ptr, 0, 0,
+                                              KW - 1);
+                  }),
+                  "must be at least H*D=256 and Hkv*D=64"));
+    }
+    // the floatX entry points
+    DeviceBuffer<floatX> x((size_t)T * 2 * (QW + 2 * KW) + 8);
+    CHECK(has(error_of([&] { attention_forward(x.ptr, l.ptr, x.ptr, x.ptr, x.ptr, B, T, H, Hkv, D, kNone, 0, QW - 8, 0); }),
+              "must be at least"));
+    CHECK(has(error_of([&] {
+                  attention_backward(x.ptr, x.ptr, x.ptr, x.ptr, x.ptr, l.ptr, x.ptr, x.ptr, x.ptr, B, T, H, Hkv, D, kNone, s.ptr, 0, 0, KW - 8);
+              }),
+              "must be at least"));
 }
 
 TEST_CASE("attention: unsupported shapes and misaligned pointers are an error, not a wrong result") {
@@ -439,7 +684,7 @@ std::vector<double> scaled(const std::vector<double>& tol, double f) {
 void check_cudnn(const Shape& sh, uint64_t seed, bool compare_ours) {
     const std::string name = shape_name(sh);
     CAPTURE(name);
-    Problem P = make_problem(sh, seed);
+    Problem P = make_problem(sh, seed, bf16_round);
     set_tolerances(P, bf16_precision(sh.D));
     const int B = sh.B, T = sh.T, H = sh.H, Hkv = sh.Hkv, D = sh.D;
     const double kv_factor = H > Hkv ? 2.0 : 1.0;  // cuDNN's extra bf16 rounding of the per-head dK, dV under GQA
