@@ -92,8 +92,11 @@ struct ParamSpec {
     size_t offset = 0;   // element offset in the parameter buffer
     int count = 0;       // number of stacked matrices (layers of its kind, VE layers, experts x MoE layers, or 1); 0 = absent
     int rows = 0, cols = 0;  // shape of one matrix (cols = 1 for vectors)
+    size_t stride = 0;       // elements from one matrix of the stack to the next: matrix_numel(), except
+                             // for c_q, c_k, c_v, whose matrices interleave per layer (param_layout)
     size_t numel() const { return (size_t)count * rows * cols; }
     size_t matrix_numel() const { return (size_t)rows * cols; }
+    size_t at(int j) const { return offset + (size_t)j * stride; }  // element offset of matrix j
 };
 
 // The slot of layer l in the stack of the layers of its own kind (kind[i] == kind[l]), and back:
@@ -155,9 +158,25 @@ inline void param_layout(const GPTConfig& c, ParamSpec* spec, size_t* total) {
     set(P_MOE_SHARED_UP, Fs > 0 && c.moe_swiglu ? Lmoe : 0, Fs, C);
     set(P_MOE_SHARED_PROJ, Fs > 0 ? Lmoe : 0, C, Fs);
     // each tensor starts at a multiple of 8 elements, so that its matmul copy (bf16 on a GPU) is
-    // 16-byte aligned as cuBLASLt and the vector loads require; the gaps are zeros no op reads
+    // 16-byte aligned as cuBLASLt and the vector loads require; the gaps are zeros no op reads.
+    // c_q, c_k, c_v interleave: layer slot j holds [Wq_j; Wk_j; Wv_j], one (H + 2 Hkv) D x C matrix,
+    // so that the GPU computes q, k and v with one GEMM (docs/model.md#qkv); each stays its own
+    // matrix for Muon, the init and the files (a stack with stride (H + 2 Hkv) D C).
     size_t off = 0;
-    for (int i = 0; i < NUM_PARAM_TENSORS; i++) { spec[i].offset = off; off += (spec[i].numel() + 7) / 8 * 8; }
+    for (int i = 0; i < NUM_PARAM_TENSORS; i++) {
+        if (i == P_CK || i == P_CV) continue;  // placed with P_CQ
+        spec[i].stride = spec[i].matrix_numel();
+        spec[i].offset = off;
+        size_t n = spec[i].numel();
+        if (i == P_CQ) {
+            size_t qkv = (size_t)(H + 2 * Hkv) * D * C;
+            spec[P_CQ].stride = spec[P_CK].stride = spec[P_CV].stride = qkv;
+            spec[P_CK].offset = off + (size_t)H * D * C;
+            spec[P_CV].offset = off + (size_t)(H + Hkv) * D * C;
+            n = (size_t)Ls * qkv;
+        }
+        off += (n + 7) / 8 * 8;
+    }
     *total = off;
 }
 
@@ -247,13 +266,13 @@ inline ActivationSize activation_numel(const GPTConfig& c, int B, int T) {
     ActivationSize s;
     s.act = N * C * 3                                               // emb, e, x0
           + L * N * C                                               // xin
-          + Ls * N * H * D + Ls * N * Hkv * D * 2 + nve * N * Hkv * D  // qn, kn, v, ve
+          + Ls * N * (H + 2 * Hkv) * D + nve * N * Hkv * D           // qkv (qn, kn, v), ve
           + Ls * N * H * D + L * N * C                              // att, xattn
           + Lm * N * 4 * C + L * N * C                              // fc_pre, xout
           + N * C * 2 + N * Vp                                      // xf, lnf, logits
           + N * C + N * 4 * C                                       // ln (recomputed), fc_act (recomputed)
-          + N * H * D + N * Hkv * D + N * C * 5 + N * 4 * C         // tmp_q, tmp_k, tmp_c, dx, dx0, dxmid, dln, dfc
-          + N * H * D * 2 + N * Hkv * D * 3;                        // datt, dq, dk, dv, dve
+          + N * C * 5 + N * 4 * C                                   // tmp_c, dx, dx0, dxmid, dln, dfc
+          + N * H * D + N * (H + 2 * Hkv) * D + N * Hkv * D;          // datt, dqkv, dve
     s.stat = N + L * N * 2 + Ls * N * H + Ls * N * Hkv + nve * N * Hkv + Ls * N * H + N + N;  // rstd0, rstd1/2, rstd_q, rstd_k,
                                                                                               // gamma, lse, rstdf, losses
     if (Lla) {  // p, o, a; r
@@ -306,10 +325,10 @@ struct GPT {
     act_t* acts = nullptr;
     stat_t* stats = nullptr;
     size_t act_bytes = 0;
-    act_t *emb, *e, *x0, *xin, *qn, *kn, *v, *ve, *att, *xattn, *fc_pre, *xout, *xf, *lnf, *logits;
+    act_t *emb, *e, *x0, *xin, *qkv, *ve, *att, *xattn, *fc_pre, *xout, *xf, *lnf, *logits;
     stat_t *rstd0, *rstd1, *rstd2, *rstd_q, *rstd_k, *gamma, *lse, *rstdf, *losses;
     // scratch: shared across layers (recomputed norms and relu², forward temporaries, backward gradients)
-    act_t *ln, *fc_act, *tmp_q, *tmp_k, *tmp_c, *dx, *dx0, *dxmid, *dln, *dfc, *datt, *dq, *dk, *dv, *dve;
+    act_t *ln, *fc_act, *tmp_c, *dx, *dx0, *dxmid, *dln, *dfc, *datt, *dqkv, *dve;
     // hybrid layers (docs/model.md#hybrid): lightning's saved p, o, a (stacked over the lightning
     // layers) and r; each MoE layer's routing and pre-activations (moe_saved_numel per layer); the
     // workspace both share
@@ -352,11 +371,11 @@ struct GPT {
     }
 
     act_t* param(int id) { return weights + spec[id].offset; }  // what the ops read
-    act_t* param(int id, int j) { return param(id) + (size_t)j * spec[id].matrix_numel(); }
+    act_t* param(int id, int j) { return weights + spec[id].at(j); }
     master_t* mparam(int id) { return params + spec[id].offset; }  // fp32 scalars the kernels read
-    master_t* mparam(int id, int j) { return mparam(id) + (size_t)j * spec[id].matrix_numel(); }
+    master_t* mparam(int id, int j) { return params + spec[id].at(j); }
     master_t* grad(int id) { return grads + spec[id].offset; }
-    master_t* grad(int id, int j) { return grad(id) + (size_t)j * spec[id].matrix_numel(); }
+    master_t* grad(int id, int j) { return grads + spec[id].at(j); }
 
     // Host access to the weights: host_params() is the master weights as the host sees them (a copy
     // fetched from the device in device builds); after changing them, upload_params().
@@ -432,7 +451,7 @@ struct GPT {
                 // stack can have more) take their streams from a range of their own
                 uint64_t stream = id <= P_BACKOUT_LAMBDA ? (uint64_t)id * 1000 + j : ((uint64_t)id << 32) + j;
                 llmc::Rng rng(seed, stream);
-                master_t* p = hp + spec[id].offset + (size_t)j * spec[id].matrix_numel();
+                master_t* p = hp + spec[id].at(j);
                 size_t n = spec[id].matrix_numel();
                 for (size_t k = 0; k < n; k++) {
                     double val = 0.0;
@@ -476,12 +495,11 @@ struct GPT {
         struct SSlot { stat_t** ptr; size_t n; };
         std::vector<ASlot> aslots = {
             {&emb, N * C}, {&e, N * C}, {&x0, N * C}, {&xin, L * N * C},
-            {&qn, Ls * N * H * D}, {&kn, Ls * N * Hkv * D}, {&v, Ls * N * Hkv * D}, {&ve, nve * N * Hkv * D},
+            {&qkv, Ls * N * (H + 2 * Hkv) * D}, {&ve, nve * N * Hkv * D},
             {&att, Ls * N * H * D}, {&xattn, L * N * C}, {&fc_pre, Lm * N * 4 * C}, {&xout, L * N * C},
             {&xf, N * C}, {&lnf, N * C}, {&logits, N * Vp}, {&ln, N * C}, {&fc_act, N * 4 * C},
-            {&tmp_q, N * H * D}, {&tmp_k, N * Hkv * D}, {&tmp_c, N * C}, {&dx, N * C}, {&dx0, N * C},
-            {&dxmid, N * C}, {&dln, N * C}, {&dfc, N * 4 * C}, {&datt, N * H * D}, {&dq, N * H * D},
-            {&dk, N * Hkv * D}, {&dv, N * Hkv * D}, {&dve, N * Hkv * D},
+            {&tmp_c, N * C}, {&dx, N * C}, {&dx0, N * C}, {&dxmid, N * C}, {&dln, N * C}, {&dfc, N * 4 * C},
+            {&datt, N * H * D}, {&dqkv, N * (H + 2 * Hkv) * D}, {&dve, N * Hkv * D},
             {&la_p, Lla * lz.p}, {&la_o, Lla * lz.o}, {&la_a, Lla * lz.a}, {&moe_real, Lmoe * mz.real},
             {&mix_work, mixer_work_numel(c, B, T)},
         };
@@ -544,6 +562,18 @@ struct GPT {
 
     // per-layer slices of the stacked activations
     template <typename E> E* L_(E* base, int l, size_t per_row) { return base + (size_t)l * B * T * per_row; }
+
+    // A softmax layer's q, k, v (or their gradients) in its block of N (H + 2 Hkv) D elements. The
+    // CUDA builds (op::kPackedQKV) compute them with one GEMM on [Wq; Wk; Wv], so the block holds
+    // rows [q | k | v] per token and every op reads and writes them with a token stride of (H + 2 Hkv) D;
+    // the CPU keeps three contiguous tensors (three GEMMs, as nanochat: the reference's rounding).
+    struct QKV { act_t *q, *k, *v; long ldq, ldkv; };
+    QKV qkv_view(act_t* block) const {
+        const GPTConfig& c = config;
+        long N = (long)B * T, H = c.n_head, Hkv = c.n_kv_head, D = c.head_dim;
+        if (op::kPackedQKV) return {block, block + H * D, block + (H + Hkv) * D, (H + 2 * Hkv) * D, (H + 2 * Hkv) * D};
+        return {block, block + N * H * D, block + N * (H + Hkv) * D, H * D, Hkv * D};
+    }
     int ve_slot(int l) const { int n = 0; for (int i = 0; i < l; i++) n += config.has_ve[i]; return n; }
     // MoE layer slot j: its saved routing tensors (docs/moe.md#saved) and counters
     act_t* moe_saved(int j) { return moe_real + (size_t)j * moe_saved_numel(moe_cfg, B, T).real; }
@@ -559,6 +589,7 @@ struct GPT {
         build_activations(B_, T_);
         const GPTConfig& c = config;
         int N = B * T, C = c.n_embd, L = c.n_layer, H = c.n_head, Hkv = c.n_kv_head, D = c.head_dim;
+        const int QKVW = (H + 2 * Hkv) * D;  // a token's q, k, v
         int V = c.vocab_size, Vp = c.padded_vocab_size, E = c.n_experts, Fs = c.moe_shared * c.moe_hidden;
         int valid = 0;
         for (int i = 0; i < N; i++) {
@@ -597,19 +628,24 @@ struct GPT {
                                       la_slopes + (size_t)ms * H, B, T, C, H, D, c.la_block, mix_work);
             } else {
                 // 4.2 attention (docs/model.md#attention)
-                act_t *qn_l = L_(qn, ms, H * D), *kn_l = L_(kn, ms, Hkv * D), *v_l = L_(v, ms, Hkv * D), *att_l = L_(att, ms, H * D);
+                QKV a = qkv_view(L_(qkv, ms, QKVW));  // q, k become qn, kn in place
+                act_t* att_l = L_(att, ms, H * D);
                 stat_t *rq_l = L_(rstd_q, ms, H), *rk_l = L_(rstd_k, ms, Hkv), *lse_l = L_(lse, ms, H);
-                op::matmul_forward(tmp_q, ln, param(P_CQ, ms), N, C, H * D);
-                op::matmul_forward(tmp_k, ln, param(P_CK, ms), N, C, Hkv * D);
-                op::matmul_forward(v_l, ln, param(P_CV, ms), N, C, Hkv * D);
+                if (op::kPackedQKV) {
+                    op::matmul_forward(a.q, ln, param(P_CQ, ms), N, C, QKVW);  // [Wq; Wk; Wv]: one GEMM
+                } else {
+                    op::matmul_forward(a.q, ln, param(P_CQ, ms), N, C, H * D);
+                    op::matmul_forward(a.k, ln, param(P_CK, ms), N, C, Hkv * D);
+                    op::matmul_forward(a.v, ln, param(P_CV, ms), N, C, Hkv * D);
+                }
                 if (c.has_ve[l]) {
                     int s = ve_slot(l);
                     act_t* ve_s = ve + (size_t)s * N * Hkv * D;
                     op::embedding_forward(ve_s, ix, param(P_VALUE_EMBEDS, s), N, Hkv * D);
-                    op::ve_gate_forward(v_l, gamma + (size_t)s * N * Hkv, ln, ve_s, mparam(P_VE_GATE, s), N, C, Hkv, D);
+                    op::ve_gate_forward(a.v, gamma + (size_t)s * N * Hkv, ln, ve_s, mparam(P_VE_GATE, s), N, C, Hkv, D, a.ldkv);
                 }
-                op::rope_qknorm_forward(qn_l, rq_l, kn_l, rk_l, tmp_q, tmp_k, rope_cos, rope_sin, B, T, H, Hkv, D);
-                op::attention_forward(att_l, lse_l, qn_l, kn_l, v_l, B, T, H, Hkv, D, c.window[l]);
+                op::rope_qknorm_forward(a.q, rq_l, a.k, rk_l, a.q, a.k, rope_cos, rope_sin, B, T, H, Hkv, D, a.ldq, a.ldkv);
+                op::attention_forward(att_l, lse_l, a.q, a.k, a.v, B, T, H, Hkv, D, c.window[l], a.ldq, a.ldkv);
                 op::matmul_forward(tmp_c, att_l, param(P_ATTN_PROJ, ms), N, H * D, C);
             }
             op::residual_forward(xattn_l, xin_l, tmp_c, (long)N * C);
@@ -729,6 +765,7 @@ struct GPT {
     void backward(float loss_scale = 1.0f) {
         const GPTConfig& c = config;
         int N = B * T, C = c.n_embd, L = c.n_layer, H = c.n_head, Hkv = c.n_kv_head, D = c.head_dim;
+        const int QKVW = (H + 2 * Hkv) * D;  // a token's q, k, v
         int V = c.vocab_size, Vp = c.padded_vocab_size, E = c.n_experts, Fs = c.moe_shared * c.moe_hidden;
         size_t NC = (size_t)N * C;
         const int* ix = idx_slot[cur];
@@ -783,23 +820,29 @@ struct GPT {
                                        mparam(P_LA_NORM, ms), la_slopes + (size_t)ms * H, B, T, C, H, D, c.la_block, mix_work);
             } else {
                 // attention: xattn = xin + proj(attn(rms(xin))); ln1 recomputed
-                act_t *qn_l = L_(qn, ms, H * D), *kn_l = L_(kn, ms, Hkv * D), *v_l = L_(v, ms, Hkv * D), *att_l = L_(att, ms, H * D);
+                QKV a = qkv_view(L_(qkv, ms, QKVW)), d = qkv_view(dqkv);  // a: qn, kn, v; d: their gradients
+                act_t* att_l = L_(att, ms, H * D);
                 stat_t *rq_l = L_(rstd_q, ms, H), *rk_l = L_(rstd_k, ms, Hkv), *lse_l = L_(lse, ms, H);
                 op::matmul_backward(datt, grad(P_ATTN_PROJ, ms), dx, att_l, param(P_ATTN_PROJ, ms), N, H * D, C, false);
-                op::attention_backward(dq, dk, dv, datt, att_l, lse_l, qn_l, kn_l, v_l, B, T, H, Hkv, D, c.window[l]);
-                op::rope_qknorm_backward(dq, dk, dq, dk, qn_l, kn_l, rq_l, rk_l, rope_cos, rope_sin, B, T, H, Hkv, D);
+                op::attention_backward(d.q, d.k, d.v, datt, att_l, lse_l, a.q, a.k, a.v, B, T, H, Hkv, D, c.window[l], a.ldq, a.ldkv);
+                op::rope_qknorm_backward(d.q, d.k, d.q, d.k, a.q, a.k, rq_l, rk_l, rope_cos, rope_sin, B, T, H, Hkv, D, a.ldq, a.ldkv);
                 op::rmsnorm_forward(ln, rstd1_l, xin_l, N, C);
-                op::zero(dln, NC);
                 if (c.has_ve[l]) {
                     int s = ve_slot(l);
                     const act_t* ve_s = ve + (size_t)s * N * Hkv * D;
-                    op::ve_gate_backward(dln, dve, grad(P_VE_GATE, s), dv, ln, ve_s, gamma + (size_t)s * N * Hkv, mparam(P_VE_GATE, s), N,
-                                         C, Hkv, D);
+                    op::zero(dln, NC);  // ve_gate_backward adds to dln (its 12 channels), the matmuls add the rest
+                    op::ve_gate_backward(dln, dve, grad(P_VE_GATE, s), d.v, ln, ve_s, gamma + (size_t)s * N * Hkv, mparam(P_VE_GATE, s), N,
+                                         C, Hkv, D, a.ldkv);
                     op::embedding_backward(grad(P_VALUE_EMBEDS, s), dve, ix, N, Hkv * D);
                 }
-                op::matmul_backward(dln, grad(P_CQ, ms), dq, ln, param(P_CQ, ms), N, C, H * D, true);
-                op::matmul_backward(dln, grad(P_CK, ms), dk, ln, param(P_CK, ms), N, C, Hkv * D, true);
-                op::matmul_backward(dln, grad(P_CV, ms), dv, ln, param(P_CV, ms), N, C, Hkv * D, true);
+                bool acc = c.has_ve[l];  // else the first matmul overwrites dln
+                if (op::kPackedQKV) {
+                    op::matmul_backward(dln, grad(P_CQ, ms), d.q, ln, param(P_CQ, ms), N, C, QKVW, acc);
+                } else {
+                    op::matmul_backward(dln, grad(P_CQ, ms), d.q, ln, param(P_CQ, ms), N, C, H * D, acc);
+                    op::matmul_backward(dln, grad(P_CK, ms), d.k, ln, param(P_CK, ms), N, C, Hkv * D, true);
+                    op::matmul_backward(dln, grad(P_CV, ms), d.v, ln, param(P_CV, ms), N, C, Hkv * D, true);
+                }
             }
             op::rmsnorm_backward(dx, dln, ln, rstd1_l, N, C);  // dx += : now the gradient of xin
             // lambdas: xin = a·x + b·x0 (x = previous layer's output, or x0 itself at layer 0)
@@ -945,7 +988,7 @@ struct Optimizer {
             op::OpTimer t_(is_muon_param(id) ? "muon" : "adamw");
             if (is_muon_param(id)) {
                 muon_update(P, Pw, opt_m + sp.offset, opt_s + s_offset[id][0], G, sp.count, sp.rows, sp.cols, muon_lr, momentum, wd, scratch,
-                            op::g_ctx.stream);
+                            op::g_ctx.stream, (long long)sp.stride);
             } else {
                 const llmc::AdamGroup& g = r.adam[adam_group_of(id)];
                 adamw_update(P, Pw, opt_m + sp.offset, opt_v + sp.offset, G, (long)sp.numel(), (float)(g.lr * lrm), (float)g.beta1,
@@ -954,7 +997,7 @@ struct Optimizer {
 #else
             if (is_muon_param(id)) {
                 for (int j = 0; j < sp.count; j++) {
-                    size_t o = (size_t)j * sp.matrix_numel();
+                    size_t o = sp.at(j) - sp.offset;
                     llmc::muon_update(P + o, opt_m + sp.offset + o, opt_s + s_offset[id][j], G + o, sp.rows, sp.cols, muon_lr, momentum, wd,
                                       scratch);
                 }
@@ -1055,7 +1098,7 @@ inline void add_param_tensors(llmc::SafetensorsWriter& w, const Model& m, const 
     for (int id = 0; id < NUM_PARAM_TENSORS; id++)
         for (int j = 0; j < m.spec[id].count; j += param_group(m.config, id))
             w.add(param_name(m.config, id, j), param_file_shape(m.config, id, m.spec[id]),
-                  base + m.spec[id].offset + (size_t)j * m.spec[id].matrix_numel());
+                  base + m.spec[id].at(j));
 }
 
 // Write the checkpoint of `step`; returns its meta path. On any failure every file of this step is
@@ -1074,7 +1117,7 @@ inline std::string save_checkpoint(const std::string& dir, int step, Model& m, O
         if (is_buffer(id)) continue;  // no optimizer state
         for (int j = 0; j < sp.count; j += group) {
             std::string name = param_name(m.config, id, j);
-            size_t o = sp.offset + (size_t)j * sp.matrix_numel();
+            size_t o = sp.at(j);
             if (is_muon_param(id)) {
                 // a stack's per-matrix statistics are consecutive in opt_s: one (group, size) tensor
                 int64_t ns = (int64_t)llmc::muon_second_moment_size(sp.rows, sp.cols);
@@ -1201,7 +1244,7 @@ inline void load_checkpoint(const Checkpoint& ck, Model& m, Optimizer* opt) {
         std::vector<int64_t> shape = param_file_shape(m.config, id, sp);
         for (int j = 0; j < sp.count; j += group) {
             std::string name = param_name(m.config, id, j);
-            size_t o = sp.offset + (size_t)j * sp.matrix_numel();
+            size_t o = sp.at(j);
             f.read(name, shape, hp + o);
             if (!opt || is_buffer(id)) continue;
             const llmc::SafetensorsFile& fo = *ck.optim;

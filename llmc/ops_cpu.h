@@ -42,6 +42,9 @@ struct Types {
     typedef double norm;  // the gradient norm's sum of squares
 };
 constexpr bool kDevice = false;  // tensors live in host memory: host pointers may be read directly
+// q, k, v by three GEMMs into three contiguous tensors (train_gpt.cu: GPT::qkv_view); the token
+// strides the ops below take are then always the contiguous ones
+constexpr bool kPackedQKV = false;
 inline const char* backend_name() { return "CPU (fp32 reference ops, OpenMP)"; }
 
 // ---- memory: "device" memory is host memory here (64-byte aligned, zeroed) ----
@@ -87,8 +90,6 @@ inline void profile_collect() {}
 inline void profile_discard() {}
 
 // ---- the ops whose CPU definition has the model's signature ----
-using ::attention_backward;
-using ::attention_forward;
 using ::embedding_backward;
 using ::embedding_forward;
 using ::lightning_backward;
@@ -99,8 +100,6 @@ using ::relu2_forward;
 using ::residual_forward;
 using ::rmsnorm_backward;
 using ::rmsnorm_forward;
-using ::ve_gate_backward;
-using ::ve_gate_forward;
 
 // ---- adapters ----
 // a += b
@@ -145,11 +144,42 @@ void backout_backward(Real* dxmid, Real* dlambda, const Real* dout, const Real* 
     ::backout_backward(dxmid, dlambda, dout, xmid, *lambda, n);
 }
 
+// The CUDA ops' token strides (ldq for q-shaped tensors, ldkv for k and v; 0 = contiguous): the
+// CPU ops are contiguous only, which is what the model passes them (kPackedQKV false)
+inline void check_contiguous(const char* op, long ldq, long ldkv, int H, int Hkv, int D) {
+    LLMC_CHECK((ldq == 0 || ldq == (long)H * D) && (ldkv == 0 || ldkv == (long)Hkv * D),
+               "internal: %s: the CPU op takes contiguous tensors only (token strides %ld, %ld)", op, ldq, ldkv);
+}
+template <typename Real>
+void attention_forward(Real* out, Real* lse, const Real* q, const Real* k, const Real* v, int B, int T, int H, int Hkv, int D, int window,
+                       long ldq = 0, long ldkv = 0) {
+    check_contiguous("attention_forward", ldq, ldkv, H, Hkv, D);
+    ::attention_forward(out, lse, q, k, v, B, T, H, Hkv, D, window);
+}
+template <typename Real>
+void attention_backward(Real* dq, Real* dk, Real* dv, const Real* dout, const Real* out, const Real* lse, const Real* q, const Real* k,
+                        const Real* v, int B, int T, int H, int Hkv, int D, int window, long ldq = 0, long ldkv = 0) {
+    check_contiguous("attention_backward", ldq, ldkv, H, Hkv, D);
+    ::attention_backward(dq, dk, dv, dout, out, lse, q, k, v, B, T, H, Hkv, D, window);
+}
+template <typename Real>
+void ve_gate_forward(Real* v, Real* gamma, const Real* u, const Real* ve, const Real* wg, int N, int C, int Hkv, int D, long ldv = 0) {
+    check_contiguous("ve_gate_forward", 0, ldv, 1, Hkv, D);
+    ::ve_gate_forward(v, gamma, u, ve, wg, N, C, Hkv, D);
+}
+template <typename Real>
+void ve_gate_backward(Real* du, Real* dve, Real* dwg, const Real* dv, const Real* u, const Real* ve, const Real* gamma, const Real* wg, int N,
+                      int C, int Hkv, int D, long ldv = 0) {
+    check_contiguous("ve_gate_backward", 0, ldv, 1, Hkv, D);
+    ::ve_gate_backward(du, dve, dwg, dv, u, ve, gamma, wg, N, C, Hkv, D);
+}
+
 // q, k (B,T,H|Hkv,D) -> qn = norm(rope(q)), kn = norm(rope(k)) (docs/model.md#attention). q and k
-// are scratch: rotated in place here (the CUDA kernel does both in one pass).
+// are rotated in place here (the CUDA kernel does both in one pass); qn == q, kn == k allowed.
 template <typename Real>
 void rope_qknorm_forward(Real* qn, Real* rstd_q, Real* kn, Real* rstd_k, Real* q, Real* k, const float* cos, const float* sin, int B, int T,
-                         int H, int Hkv, int D) {
+                         int H, int Hkv, int D, long ldq = 0, long ldk = 0) {
+    check_contiguous("rope_qknorm_forward", ldq, ldk, H, Hkv, D);
     ::rope_forward(q, q, cos, sin, B, T, H, D, 0);
     ::rope_forward(k, k, cos, sin, B, T, Hkv, D, 0);
     ::qknorm_forward(qn, rstd_q, q, B * T * H, D);
@@ -158,7 +188,9 @@ void rope_qknorm_forward(Real* qn, Real* rstd_q, Real* kn, Real* rstd_k, Real* q
 // dq, dk = gradients of q, k from dqn, dkn (overwrite; dq may alias dqn, dk may alias dkn)
 template <typename Real>
 void rope_qknorm_backward(Real* dq, Real* dk, const Real* dqn, const Real* dkn, const Real* qn, const Real* kn, const Real* rstd_q,
-                          const Real* rstd_k, const float* cos, const float* sin, int B, int T, int H, int Hkv, int D) {
+                          const Real* rstd_k, const float* cos, const float* sin, int B, int T, int H, int Hkv, int D, long ldq = 0,
+                          long ldk = 0) {
+    check_contiguous("rope_qknorm_backward", ldq, ldk, H, Hkv, D);
     ::qknorm_backward(dq, dqn, qn, rstd_q, B * T * H, D);
     ::qknorm_backward(dk, dkn, kn, rstd_k, B * T * Hkv, D);
     ::rope_backward(dq, dq, cos, sin, B, T, H, D, 0);

@@ -51,6 +51,9 @@ struct Types {
     typedef float norm;  // the gradient norm's sum of squares (summed in double, rounded once)
 };
 constexpr bool kDevice = true;  // tensors live in device memory: the host reads them through to_host
+// q, k, v by one GEMM on [Wq; Wk; Wv] into rows [q | k | v] per token (train_gpt.cu: GPT::qkv_view):
+// rope_qknorm, ve_gate and attention take them in place with that token stride (ldq, ldkv below)
+constexpr bool kPackedQKV = true;
 inline const char* backend_name() {
 #if defined(LLMC_SIM)
     return sizeof(floatX) == 4 ? "SIM (CUDA kernels on the CPU, fp32)" : "SIM (CUDA kernels on the CPU, bf16)";
@@ -335,36 +338,38 @@ inline void matmul_backward(floatX* dinp, float* dweight, const floatX* dout, co
     ::matmul_backward(dinp, dweight, dout, inp, weight, N, IC, OC, g_ctx.stream, accumulate_dinp ? MM_ACCUMULATE : MM_OVERWRITE,
                       MM_ACCUMULATE);
 }
-inline void ve_gate_forward(floatX* v, float* gamma, const floatX* u, const floatX* ve, const float* wg, int N, int C, int Hkv, int D) {
+inline void ve_gate_forward(floatX* v, float* gamma, const floatX* u, const floatX* ve, const float* wg, int N, int C, int Hkv, int D,
+                            long ldv = 0) {
     OpTimer t_("ve_gate_forward");
-    ::ve_gate_forward(v, gamma, u, ve, wg, N, C, Hkv, D, g_ctx.stream);
+    ::ve_gate_forward(v, gamma, u, ve, wg, N, C, Hkv, D, g_ctx.stream, ldv);
 }
 inline void ve_gate_backward(floatX* du, floatX* dve, float* dwg, const floatX* dv, const floatX* u, const floatX* ve, const float* gamma,
-                             const float* wg, int N, int C, int Hkv, int D) {
+                             const float* wg, int N, int C, int Hkv, int D, long ldv = 0) {
     OpTimer t_("ve_gate_backward");
-    ::ve_gate_backward(du, dve, dwg, dv, u, ve, gamma, wg, N, C, Hkv, D, g_ctx.scratch, g_ctx.stream);
+    ::ve_gate_backward(du, dve, dwg, dv, u, ve, gamma, wg, N, C, Hkv, D, g_ctx.scratch, g_ctx.stream, ldv);
 }
 inline void rope_qknorm_forward(floatX* qn, float* rstd_q, floatX* kn, float* rstd_k, floatX* q, floatX* k, const floatX* cos,
-                                const floatX* sin, int B, int T, int H, int Hkv, int D) {
+                                const floatX* sin, int B, int T, int H, int Hkv, int D, long ldq = 0, long ldk = 0) {
     OpTimer t_("rope_qknorm_forward");
-    ::rope_qknorm_forward(qn, rstd_q, kn, rstd_k, q, k, cos, sin, B, T, H, Hkv, D, 0, g_ctx.stream);
+    ::rope_qknorm_forward(qn, rstd_q, kn, rstd_k, q, k, cos, sin, B, T, H, Hkv, D, 0, g_ctx.stream, ldq, ldk);
 }
 inline void rope_qknorm_backward(floatX* dq, floatX* dk, const floatX* dqn, const floatX* dkn, const floatX* qn, const floatX* kn,
                                  const float* rstd_q, const float* rstd_k, const floatX* cos, const floatX* sin, int B, int T, int H, int Hkv,
-                                 int D) {
+                                 int D, long ldq = 0, long ldk = 0) {
     OpTimer t_("rope_qknorm_backward");
-    ::rope_qknorm_backward(dq, dk, dqn, dkn, qn, kn, rstd_q, rstd_k, cos, sin, B, T, H, Hkv, D, 0, g_ctx.stream);
+    ::rope_qknorm_backward(dq, dk, dqn, dkn, qn, kn, rstd_q, rstd_k, cos, sin, B, T, H, Hkv, D, 0, g_ctx.stream, ldq, ldk);
 }
 inline void attention_forward(floatX* out, float* lse, const floatX* q, const floatX* k, const floatX* v, int B, int T, int H, int Hkv, int D,
-                              int window) {
+                              int window, long ldq = 0, long ldkv = 0) {
     OpTimer t_("attention_forward");
-    ::attention_forward(out, lse, q, k, v, B, T, H, Hkv, D, window, g_ctx.stream);
+    ::attention_forward(out, lse, q, k, v, B, T, H, Hkv, D, window, g_ctx.stream, ldq, ldkv);
 }
 inline void attention_backward(floatX* dq, floatX* dk, floatX* dv, const floatX* dout, const floatX* out, const float* lse, const floatX* q,
-                               const floatX* k, const floatX* v, int B, int T, int H, int Hkv, int D, int window) {
+                               const floatX* k, const floatX* v, int B, int T, int H, int Hkv, int D, int window, long ldq = 0,
+                               long ldkv = 0) {
     OpTimer t_("attention_backward");
     LLMC_CHECK(attention_backward_scratch_floats(B, H, T) <= g_ctx.att_scratch_floats, "internal: attention scratch too small");
-    ::attention_backward(dq, dk, dv, dout, out, lse, q, k, v, B, T, H, Hkv, D, window, g_ctx.att_scratch, g_ctx.stream);
+    ::attention_backward(dq, dk, dv, dout, out, lse, q, k, v, B, T, H, Hkv, D, window, g_ctx.att_scratch, g_ctx.stream, ldq, ldkv);
 }
 inline void residual_forward(floatX* out, const floatX* a, const floatX* b, long n) { OpTimer t_("residual_forward"); ::residual_forward(out, a, b, n, g_ctx.stream); }
 inline void add_inplace(floatX* a, const floatX* b, long n) { OpTimer t_("add_inplace"); ::residual_forward(a, a, b, n, g_ctx.stream); }

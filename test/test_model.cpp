@@ -117,16 +117,27 @@ TEST_CASE("parameter layout: counts match docs/model.md#parameters and scaling.h
     o.vocab_size = 32768;
     ParamSpec s[NUM_PARAM_TENSORS]; size_t total;
     // the parameter count (the buffer adds gaps that start every tensor at a multiple of 8 elements)
+    // Every matrix's extent [at(j), at(j) + rows*cols) is 8-aligned, inside the buffer, and disjoint
+    // from every other; a layer's c_q, c_k, c_v are adjacent (the GPU's one q/k/v GEMM reads them as
+    // one (H + 2 Hkv) D x C matrix).
     auto count = [&]() {
-        size_t n = 0, end = 0;
+        size_t n = 0;
+        std::vector<std::pair<size_t, size_t>> ext;
         for (int i = 0; i < NUM_PARAM_TENSORS; i++) {
-            CHECK(s[i].offset % 8 == 0);
-            CHECK(s[i].offset >= end);  // no overlap
-            end = s[i].offset + s[i].numel();
+            for (int j = 0; j < s[i].count; j++) {
+                CHECK(s[i].at(j) % 8 == 0);
+                ext.push_back({s[i].at(j), s[i].at(j) + s[i].matrix_numel()});
+            }
             n += s[i].numel();
         }
-        CHECK(end <= total);
+        std::sort(ext.begin(), ext.end());
+        for (size_t e = 1; e < ext.size(); e++) CHECK(ext[e].first >= ext[e - 1].second);  // no overlap
+        CHECK(ext.back().second <= total);
         CHECK(total - n < 8 * NUM_PARAM_TENSORS);
+        for (int j = 0; j < s[P_CQ].count; j++) {
+            CHECK(s[P_CK].at(j) == s[P_CQ].at(j) + s[P_CQ].matrix_numel());
+            CHECK(s[P_CV].at(j) == s[P_CK].at(j) + s[P_CK].matrix_numel());
+        }
         return n;
     };
     GPTConfig c = llmc::derive_model_shape(o);
@@ -137,6 +148,10 @@ TEST_CASE("parameter layout: counts match docs/model.md#parameters and scaling.h
     c = llmc::derive_model_shape(o);
     param_layout(c, s, &total);
     CHECK(count() == 19922944);
+    o.n_kv_head = 1;  // GQA: c_k, c_v narrower than c_q, still adjacent
+    c = llmc::derive_model_shape(o);
+    param_layout(c, s, &total);
+    CHECK((int64_t)count() == c.params.total);
     GPTConfig t = tiny_config(true);
     CHECK(param_name(t, P_VALUE_EMBEDS, 1) == "value_embeds.2.weight");
     CHECK(param_name(t, P_VE_GATE, 0) == "transformer.h.0.attn.ve_gate.weight");
@@ -165,7 +180,8 @@ TEST_CASE("init follows docs/model.md#init and is reproducible") {
     CHECK(*a.param(P_BACKOUT_LAMBDA) == doctest::Approx(0.2));
     // c_q bound s = sqrt(3/C)
     float bound = std::sqrt(3.0f / 48), mx = 0;
-    for (size_t i = 0; i < a.spec[P_CQ].numel(); i++) mx = std::max(mx, std::fabs(a.param(P_CQ)[i]));
+    for (int j = 0; j < a.spec[P_CQ].count; j++)
+        for (size_t i = 0; i < a.spec[P_CQ].matrix_numel(); i++) mx = std::max(mx, std::fabs(a.param(P_CQ, j)[i]));
     CHECK(mx <= bound);
     CHECK(mx > 0.9f * bound);
     // different seed, different weights

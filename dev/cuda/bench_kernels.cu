@@ -444,25 +444,34 @@ void bench_matmul(Bench& B, int N, int IC, int OC, const char* what) {
     dfree(inp); dfree(weight); dfree(out); dfree(dinp); dfree(dweight);
 }
 
-// One Muon step over every matrix of the model (docs/model.md#param-groups: one group per shape, each one
-// muon_update on its stack): c_q, c_k, c_v, attn c_proj (4L of C x C when Hkv = H), c_fc (L of 4C x C),
-// mlp c_proj (L of C x 4C), ve_gate ((L+1)/2 VE layers of Hkv x 12). Time for the whole step (all
-// groups, one after another on the stream); the rate is the Polar Express GEMMs' FLOPs per matrix,
-// 5 x (4 q^2 p + 2 q^3) with q = min(m, n), p = max(m, n) (Gram matrix, its square, the product with
-// X), over that time, so the elementwise kernels count as overhead.
+// One Muon step over every matrix of the model, as the trainer runs it (train_gpt.cu Optimizer::step:
+// one muon_update per tensor, on its stack over the layers): c_q, c_k, c_v (L each of C x C when
+// Hkv = H, interleaved per layer as docs/model.md#qkv lays them out: stacks with stride 3 C^2), attn
+// c_proj (L of C x C), c_fc (L of 4C x C), mlp c_proj (L of C x 4C), ve_gate ((L+1)/2 VE layers of
+// Hkv x 12). Time for the whole step (all stacks, one after another on the stream); the rate is the
+// Polar Express GEMMs' FLOPs per matrix, 5 x (4 q^2 p + 2 q^3) with q = min(m, n), p = max(m, n)
+// (Gram matrix, its square, the product with X), over that time, so the elementwise kernels count
+// as overhead.
 void bench_muon(Bench& B, int L, int C, int Hkv) {
-    struct Group { int K, m, n; float* P; floatX* Pb; float* M; float* S; float* G; };
-    std::vector<Group> groups = {{4 * L, C, C}, {L, 4 * C, C}, {L, C, 4 * C}, {(L + 1) / 2, Hkv, 12}};
+    struct Buf { size_t n; float* P; floatX* Pb; float* M; float* G; };
+    struct Group { int buf; size_t off, ldm; int K, m, n; float* S; };
+    const size_t cc = (size_t)C * C;
+    std::vector<Buf> bufs = {{(size_t)L * 3 * cc}, {(size_t)L * cc}, {(size_t)L * 4 * cc}, {(size_t)L * 4 * cc}, {(size_t)(L + 1) / 2 * Hkv * 12}};
+    std::vector<Group> groups = {{0, 0, 3 * cc, L, C, C},      {0, cc, 3 * cc, L, C, C}, {0, 2 * cc, 3 * cc, L, C, C},
+                                 {1, 0, cc, L, C, C},          {2, 0, 4 * cc, L, 4 * C, C}, {3, 0, 4 * cc, L, C, 4 * C},
+                                 {4, 0, (size_t)Hkv * 12, (L + 1) / 2, Hkv, 12}};
     MuonGPUScratch scr;
     double flops = 0.0;
     uint64_t seed = 20;
+    for (Buf& b : bufs) {
+        b.P = dalloc<float>(b.n); b.Pb = dalloc<floatX>(b.n); b.M = dalloc<float>(b.n); b.G = dalloc<float>(b.n);
+        fill_uniform(b.P, b.n, seed++, 0.02f, B.stream);
+        fill_uniform(b.G, b.n, seed++, 1e-3f, B.stream);
+        cudaCheck(cudaMemsetAsync(b.M, 0, b.n * sizeof(float), B.stream));
+    }
     for (Group& g : groups) {
-        const size_t n = (size_t)g.K * g.m * g.n, ns = (size_t)g.K * llmc::muon_second_moment_size(g.m, g.n);
-        g.P = dalloc<float>(n); g.Pb = dalloc<floatX>(n); g.M = dalloc<float>(n); g.S = dalloc<float>(ns);
-        g.G = dalloc<float>(n);
-        fill_uniform(g.P, n, seed++, 0.02f, B.stream);
-        fill_uniform(g.G, n, seed++, 1e-3f, B.stream);
-        cudaCheck(cudaMemsetAsync(g.M, 0, n * sizeof(float), B.stream));
+        const size_t ns = (size_t)g.K * llmc::muon_second_moment_size(g.m, g.n);
+        g.S = dalloc<float>(ns);
         cudaCheck(cudaMemsetAsync(g.S, 0, ns * sizeof(float), B.stream));
         muon_scratch_reserve(scr, g.K, g.m, g.n);
         const double q = std::min(g.m, g.n), p = std::max(g.m, g.n);
@@ -471,11 +480,15 @@ void bench_muon(Bench& B, int L, int C, int Hkv) {
     muon_scratch_alloc(scr);
     const std::string shape = fmt("L=%ld C=%ld Hkv=%ld", L, C, Hkv) + fmt(" (scratch %ld MiB)", (long)(muon_scratch_bytes(scr) >> 20));
     Timing t = time_it([&] {
-        for (Group& g : groups)
-            muon_update(g.P, g.Pb, g.M, g.S, g.G, g.K, g.m, g.n, 0.02f, 0.95f, 0.1f, scr, B.stream);
+        for (Group& g : groups) {
+            Buf& b = bufs[g.buf];
+            muon_update(b.P + g.off, b.Pb + g.off, b.M + g.off, g.S, b.G + g.off, g.K, g.m, g.n, 0.02f, 0.95f, 0.1f, scr, B.stream,
+                        (long long)g.ldm);
+        }
     }, B.reps, B.stream);
-    B.add_flops("muon step (all matrices, 4 groups)", shape, t, flops);
-    for (Group& g : groups) { dfree(g.P); dfree(g.Pb); dfree(g.M); dfree(g.S); dfree(g.G); }
+    B.add_flops("muon step (all matrices, 7 stacks)", shape, t, flops);
+    for (Buf& b : bufs) { dfree(b.P); dfree(b.Pb); dfree(b.M); dfree(b.G); }
+    for (Group& g : groups) dfree(g.S);
     muon_scratch_free(scr);
 }
 
@@ -559,6 +572,10 @@ int run(int argc, char** argv) {
     bench_adamw(B, (long)((V + 63) / 64 * 64) * C, "(wte)");
     bench_global_norm(B, small ? 100000 : 896533746, scratch);  // d20's parameter count (docs/model.md#scaling)
     dfree(scratch);
+    // q, k, v: one of the three GEMMs the CPU does, and the GPU trainer's one packed GEMM
+    // (docs/model.md#qkv); three times the first against the second is what packing gains
+    bench_matmul(B, mm_rows, C, C, "(c_q alone)");
+    bench_matmul(B, mm_rows, C, 3 * C, "(c_q|c_k|c_v packed)");
     bench_matmul(B, mm_rows, C, H, "(c_fc)");
     bench_matmul(B, mm_rows, H, C, "(c_proj)");
     bench_matmul(B, mm_rows, C, (V + 63) / 64 * 64, "(lm_head)");  // OC = Vp, as in the model
