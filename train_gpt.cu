@@ -923,19 +923,30 @@ struct Optimizer {
 #endif
     }
 
+    // c_q, c_k, c_v of one shape (no GQA): in the interleaved layout (docs/model.md#qkv) their
+    // matrices Wq_0, Wk_0, Wv_0, Wq_1, ... are one stack at stride rows*cols, which the GPU updates
+    // with one muon_update of 3 Ls matrices (bigger batched GEMMs, a third of the launches); their
+    // second moments are laid out in the same order
+    static bool qkv_one_stack(const Model& m) { return m.spec[P_CQ].count > 0 && m.spec[P_CK].rows == m.spec[P_CQ].rows; }
+
     void init(const Model& m) {
         n_mv = m.num_params;
         size_t off = 0;
+        const bool qkv1 = qkv_one_stack(m);
+        for (int id = 0; id < NUM_PARAM_TENSORS; id++) s_offset[id].clear();
         for (int id = 0; id < NUM_PARAM_TENSORS; id++) {
-            s_offset[id].clear();
             if (!is_muon_param(id)) continue;
+            if (qkv1 && (id == P_CK || id == P_CV)) continue;  // placed with c_q
             const ParamSpec& sp = m.spec[id];
+            const int per = qkv1 && id == P_CQ ? 3 : 1;  // matrices per stack slot: q, k, v
 #ifdef LLMC_GPU_BUILD
-            if (sp.count > 0) muon_scratch_reserve(scratch, sp.count, sp.rows, sp.cols);
+            if (sp.count > 0) muon_scratch_reserve(scratch, per * sp.count, sp.rows, sp.cols);
 #endif
             for (int j = 0; j < sp.count; j++) {
-                s_offset[id].push_back(off);
-                off += llmc::muon_second_moment_size(sp.rows, sp.cols);
+                for (int t = 0; t < per; t++) {
+                    s_offset[id + t].push_back(off);
+                    off += llmc::muon_second_moment_size(sp.rows, sp.cols);
+                }
 #ifndef LLMC_GPU_BUILD
                 scratch.reserve(sp.rows, sp.cols);  // allocate once, before training
 #endif
@@ -985,10 +996,13 @@ struct Optimizer {
             const float* G = m.grads + sp.offset;
 #ifdef LLMC_GPU_BUILD
             floatX* Pw = Model::kWeightsAreMaster ? nullptr : (floatX*)m.weights + sp.offset;
+            const bool qkv1 = qkv_one_stack(m);
+            if (qkv1 && (id == P_CK || id == P_CV)) continue;  // updated with c_q
             op::OpTimer t_(is_muon_param(id) ? "muon" : "adamw");
             if (is_muon_param(id)) {
-                muon_update(P, Pw, opt_m + sp.offset, opt_s + s_offset[id][0], G, sp.count, sp.rows, sp.cols, muon_lr, momentum, wd, scratch,
-                            op::g_ctx.stream, (long long)sp.stride);
+                const bool all3 = qkv1 && id == P_CQ;  // Wq_0, Wk_0, Wv_0, Wq_1, ...: 3 Ls matrices at stride rows*cols
+                muon_update(P, Pw, opt_m + sp.offset, opt_s + s_offset[id][0], G, all3 ? 3 * sp.count : sp.count, sp.rows, sp.cols,
+                            muon_lr, momentum, wd, scratch, op::g_ctx.stream, all3 ? (long long)sp.matrix_numel() : (long long)sp.stride);
             } else {
                 const llmc::AdamGroup& g = r.adam[adam_group_of(id)];
                 adamw_update(P, Pw, opt_m + sp.offset, opt_v + sp.offset, G, (long)sp.numel(), (float)(g.lr * lrm), (float)g.beta1,

@@ -9,7 +9,6 @@
 //   files: a CPU checkpoint resumes under SIM and a SIM one on the CPU; a SIM run resumed from
 //          its own checkpoint is bit-identical; two SIM runs in different schedule orders too.
 // The binaries are built by `make test` before this runs; paths are relative to the repo root.
-#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
 #include <cmath>
@@ -43,12 +42,15 @@ std::string data_dir() {
 }
 
 // Tiny model: depth 2, n_embd 64, T 64, windows 16 and 64; 2 micro-batches of 2 x 64 per step
-// (gradient accumulation). fp32 (head_dim 32): 2 query heads sharing 1 KV head (GQA). bf16
-// (head_dim 64, the tensor-core attention kernel's smallest): 1 head. Small, because SIM runs every
-// CUDA thread of every kernel on the CPU. arch: "nanochat" (every extra) or "core" (none).
+// (gradient accumulation). fp32 (head_dim 32): 2 query heads, sharing 1 KV head (GQA) with every
+// extra, 2 KV heads in core (so c_q, c_k, c_v have one shape: the GPU's Muon updates them as one
+// stack, the CPU matrix by matrix). bf16 (head_dim 64, the tensor-core attention kernel's
+// smallest): 1 head. Small, because SIM runs every CUDA thread of every kernel on the CPU.
+// arch: "nanochat" (every extra) or "core" (none).
 std::string flags(const std::string& arch, int steps, int head_dim) {
     return " --data-dir " + data_dir() + "/data --arch " + arch + " --head-dim " + std::to_string(head_dim) +
-           " --depth 2 --aspect-ratio 32 --n-kv-head 1 --max-seq-len 64 --short-window 16"
+           " --depth 2 --aspect-ratio 32 --n-kv-head " + (arch == "core" && head_dim == 32 ? "2" : "1") +
+           " --max-seq-len 64 --short-window 16"
            " --device-batch-size 2 --total-batch-size 256 --eval-every -1 --eval-tokens 128 --num-samples 0"
            " --num-iterations " + std::to_string(steps);
 }
@@ -121,6 +123,42 @@ GradDiff compare_grads(const std::string& a_path, const std::string& b_path) {
     return d;
 }
 
+// The optimizer steps: per matrix, ||(a - w0) - (b - w0)|| / ||b - w0||, the two builds' weights a,
+// b after the same steps from the same weights w0, relative to the update b made (b the reference).
+// A matrix the optimizer skipped, or updated with another's state, is off by ~1. Matrices only: the
+// scalars (lambdas) have gradients that are rounding noise at these steps (see compare_grads), which
+// AdamW normalises to steps of +-lr, so their updates legitimately differ between builds.
+GradDiff compare_updates(const std::string& w0_path, const std::string& a_path, const std::string& b_path) {
+    llmc::SafetensorsFile w0(w0_path), a(a_path), b(b_path);
+    REQUIRE(a.tensors.size() == b.tensors.size());
+    GradDiff d;
+    for (auto& kv : b.tensors) {
+        if (kv.second.shape.size() < 2) continue;
+        size_t n = 1;
+        for (int64_t s : kv.second.shape) n *= (size_t)s;
+        std::vector<float> x(n), y(n), z(n);
+        w0.read(kv.first, kv.second.shape, z.data());
+        a.read(kv.first, kv.second.shape, x.data());
+        b.read(kv.first, kv.second.shape, y.data());
+        double num = 0, den = 0;
+        for (size_t i = 0; i < n; i++) {
+            num += ((double)x[i] - y[i]) * ((double)x[i] - y[i]);
+            den += ((double)y[i] - z[i]) * ((double)y[i] - z[i]);
+        }
+        d.tensors++;
+        if (den == 0) { d.zero++; continue; }
+        double r = std::sqrt(num / den);
+        if (d.where.empty() || r > d.worst) { d.worst = r; d.where = kv.first; }
+    }
+    return d;
+}
+
+std::string model_file(const std::string& name, int step) {
+    char buf[40];
+    snprintf(buf, sizeof buf, "/model_%06d.safetensors", step);
+    return data_dir() + "/" + name + buf;
+}
+
 double rel(double a, double b) { return std::fabs(a - b) / std::fabs(b); }
 
 void fp32_matches_cpu(const std::string& arch) {
@@ -147,12 +185,23 @@ void fp32_matches_cpu(const std::string& arch) {
     CHECK(g1.worst <= 1e-4);
     // Step 3, resumed from the CPU's checkpoint of step 2 in both builds (so the SIM build reads a
     // CPU checkpoint): every weight is nonzero now, so every gradient path is compared.
-    std::vector<double> rc = train(kCpu, fp32_flags(arch, 5) + " --resume " + ckpt(c, 2) + " --dump-grads " + d + "/" + c + ".g3", c + "_r");
-    std::vector<double> rs = train(kSim32, fp32_flags(arch, 5) + " --resume " + ckpt(c, 2) + " --dump-grads " + d + "/" + s + ".g3", s + "_r");
+    std::vector<double> rc = train(kCpu, fp32_flags(arch, 5) + " --save-every 2 --resume " + ckpt(c, 2) + " --dump-grads " + d + "/" + c + ".g3",
+                                   c + "_r");
+    std::vector<double> rs = train(kSim32, fp32_flags(arch, 5) + " --save-every 2 --resume " + ckpt(c, 2) + " --dump-grads " + d + "/" + s + ".g3",
+                                   s + "_r");
     GradDiff g3 = compare_grads(d + "/" + s + ".g3", d + "/" + c + ".g3");
     MESSAGE(arch << " step-3 gradient: worst " << g3.worst << " (" << g3.where << "), " << g3.zero << " tensors exactly zero");
     CHECK(g3.worst <= 1e-4);
     CHECK(g3.zero == 0);
+    // The optimizer: steps 3 and 4 from the same weights and state (the CPU's step-2 checkpoint).
+    // Each update is a function of gradients equal to ~1e-7 and of fp32 optimizer math (Polar
+    // Express: 15 GEMMs whose summation orders differ between the builds, ~1e-6 relative each);
+    // 1e-3 of the update leaves 100x headroom and still flags a matrix updated wrongly or not at all.
+    GradDiff u = compare_updates(model_file(c, 2), model_file(s + "_r", 4), model_file(c + "_r", 4));
+    MESSAGE(arch << " steps 3-4 weight updates: worst " << u.worst << " of the update (" << u.where << "), " << u.zero << " of " << u.tensors
+                 << " matrices not updated");
+    CHECK(u.worst <= 1e-3);
+    CHECK(u.zero == 0);
     for (int k = 3; k <= 5; k++) {
         INFO("step " << k << " after CPU -> SIM resume: cpu " << lc[k] << " sim " << rs[k]);
         CHECK(rc[k] == lc[k]);  // the CPU's own resume is bit-identical
