@@ -135,9 +135,30 @@ prepare_data: prepare_data.cpp $(HEADERS)
 	$(CXX) $(CXXFLAGS) $< -o $@ $(LDLIBS)
 
 # ---- tests ----
-$(BUILD)/test/%: test/%.cpp $(HEADERS)
+# doctest's main, compiled once per flavor (test/doctest_main.cpp says why) and linked into each test
+DT := $(BUILD)/doctest
+DOCTEST_MAIN_SRC := test/doctest_main.cpp
+$(DT)/cpu.o: $(DOCTEST_MAIN_SRC)
 	@mkdir -p $(@D)
-	$(CXX) $(CXXFLAGS) $< -o $@ $(LDLIBS)
+	$(CXX) $(CXXFLAGS) -c $< -o $@
+$(DT)/sim.o: $(DOCTEST_MAIN_SRC)
+	@mkdir -p $(@D)
+	$(CXX) $(SIMFLAGS) -c $< -o $@
+$(DT)/sim_asan.o: $(DOCTEST_MAIN_SRC)
+	@mkdir -p $(@D)
+	$(CXX) $(SIMFLAGS) -g $(ASANFLAGS) -c $< -o $@
+$(DT)/sim_tsan.o: $(DOCTEST_MAIN_SRC)
+	@mkdir -p $(@D)
+	$(CXX) $(SIMFLAGS) -g $(TSANFLAGS) -c $< -o $@
+$(DT)/gpu.o: $(DOCTEST_MAIN_SRC)
+	@mkdir -p $(@D)
+	$(CXX) -std=c++17 -O1 -c $< -o $@
+
+$(BUILD)/test/%: test/%.cpp $(HEADERS) $(DT)/cpu.o
+	@mkdir -p $(@D)
+	$(CXX) $(CXXFLAGS) $< $(DOCTEST_MAIN) -o $@ $(LDLIBS)
+DOCTEST_MAIN = $(DT)/cpu.o
+$(BUILD)/test/test_robust: DOCTEST_MAIN :=  # its own main
 
 # these include train_gpt.cu itself (#define TESTING)
 $(BUILD)/test/test_model $(BUILD)/test/test_moe_model $(BUILD)/test/test_robust: train_gpt.cu
@@ -148,29 +169,30 @@ $(BUILD)/fuzz/%: test/fuzz/%.cpp $(HEADERS)
 	@mkdir -p $(@D)
 	$(CLANGXX) $(FUZZFLAGS) $< -o $@
 
-$(BUILD)/sim/%: test/sim/%.cu $(HEADERS) $(SIM_SRCS)
+$(BUILD)/sim/%: test/sim/%.cu $(HEADERS) $(SIM_SRCS) $(DT)/sim.o
 	@mkdir -p $(@D)
-	$(CXX) $(SIMFLAGS) -x c++ $< -x none $(SIM_SRCS) -o $@ $(LDLIBS)
+	$(CXX) $(SIMFLAGS) -x c++ $< -x none $(SIM_SRCS) $(DT)/sim.o -o $@ $(LDLIBS)
 
-$(BUILD)/sim_asan/%: test/sim/%.cu $(HEADERS) $(SIM_SRCS)
+$(BUILD)/sim_asan/%: test/sim/%.cu $(HEADERS) $(SIM_SRCS) $(DT)/sim_asan.o
 	@mkdir -p $(@D)
-	$(CXX) $(SIMFLAGS) -g $(ASANFLAGS) -x c++ $< -x none $(SIM_SRCS) -o $@ $(LDLIBS)
+	$(CXX) $(SIMFLAGS) -g $(ASANFLAGS) -x c++ $< -x none $(SIM_SRCS) $(DT)/sim_asan.o -o $@ $(LDLIBS)
 
-$(BUILD)/sim_tsan/%: test/sim/%.cu $(HEADERS) $(SIM_SRCS)
+$(BUILD)/sim_tsan/%: test/sim/%.cu $(HEADERS) $(SIM_SRCS) $(DT)/sim_tsan.o
 	@mkdir -p $(@D)
-	$(CXX) $(SIMFLAGS) -g $(TSANFLAGS) -x c++ $< -x none $(SIM_SRCS) -o $@ $(LDLIBS)
+	$(CXX) $(SIMFLAGS) -g $(TSANFLAGS) -x c++ $< -x none $(SIM_SRCS) $(DT)/sim_tsan.o -o $@ $(LDLIBS)
 
-$(BUILD)/gpu/%: test/sim/%.cu $(HEADERS)
+$(BUILD)/gpu/%: test/sim/%.cu $(HEADERS) $(DT)/gpu.o
 	@mkdir -p $(@D)
-	$(NVCC) $(NVCC_TESTFLAGS) $< -o $@ $(NVLDLIBS)
+	$(NVCC) $(NVCC_TESTFLAGS) $< $(DT)/gpu.o -o $@ $(NVLDLIBS)
 
-$(BUILD)/sim_fp32/%: test/sim/%.cu $(HEADERS) $(SIM_SRCS)
+# (the doctest main has no floatX: sim's object serves the fp32 flavor too)
+$(BUILD)/sim_fp32/%: test/sim/%.cu $(HEADERS) $(SIM_SRCS) $(DT)/sim.o
 	@mkdir -p $(@D)
-	$(CXX) $(SIMFLAGS) -DLLMC_FP32 -x c++ $< -x none $(SIM_SRCS) -o $@ $(LDLIBS)
+	$(CXX) $(SIMFLAGS) -DLLMC_FP32 -x c++ $< -x none $(SIM_SRCS) $(DT)/sim.o -o $@ $(LDLIBS)
 
-$(BUILD)/gpu_fp32/%: test/sim/%.cu $(HEADERS)
+$(BUILD)/gpu_fp32/%: test/sim/%.cu $(HEADERS) $(DT)/gpu.o
 	@mkdir -p $(@D)
-	$(NVCC) $(NVCC_TESTFLAGS) -DLLMC_FP32 $< -o $@ $(NVLDLIBS)
+	$(NVCC) $(NVCC_TESTFLAGS) -DLLMC_FP32 $< $(DT)/gpu.o -o $@ $(NVLDLIBS)
 
 $(BUILD)/dev/%: dev/%.cpp $(HEADERS)
 	@mkdir -p $(@D)
@@ -211,9 +233,9 @@ $(BUILD)/sim/bench_attention: dev/cuda/bench_attention.cu $(HEADERS) dev/cuda/be
 
 # The cuDNN variants (USE_CUDNN=1; these targets can also be named directly): the attention test with
 # its cuDNN section (cuDNN against ours), the benchmark timing both, and the deviceless graph check.
-$(BUILD)/gpu/test_attention_cudnn: test/sim/test_attention.cu $(HEADERS)
+$(BUILD)/gpu/test_attention_cudnn: test/sim/test_attention.cu $(HEADERS) $(DT)/gpu.o
 	@mkdir -p $(@D)
-	$(NVCC) $(NVCCFLAGS) $(CUDNN_FLAGS) $< -o $@ $(NVLDLIBS) $(CUDNN_LDLIBS)
+	$(NVCC) $(NVCCFLAGS) $(CUDNN_FLAGS) $< $(DT)/gpu.o -o $@ $(NVLDLIBS) $(CUDNN_LDLIBS)
 
 $(BUILD)/gpu/bench_attention_cudnn: dev/cuda/bench_attention.cu $(HEADERS) dev/cuda/bench_timing.h
 	@mkdir -p $(@D)

@@ -4,7 +4,6 @@
 // built by hand in this file, from rows worked out by hand from the rules in docs/tokenizer.md#loader
 // (the reasoning is in the comments), or from a deliberately naive reference packer written here
 // independently of the loader.
-#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
 #include <dirent.h>

@@ -18,7 +18,6 @@
 // Tests run from the repository root. The checker is also run on a small tree built here with one
 // planted mistake of each kind, so a broken reference is shown to fail; this file, which spells out
 // those mistakes, is the one source file the scan skips.
-#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
 #include <algorithm>

@@ -26,7 +26,6 @@
 //    NaN/Inf and agree with fp64; the whole layer in fp32 against fp64; bitwise 1-vs-2-thread
 //    determinism; "=" outputs fully written (NaN-poisoned first), "+=" gradients accumulate;
 //    rows independent; bad arguments are clear errors.
-#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
 #include <cfloat>

@@ -19,7 +19,6 @@
 //    two ranks vs one, eval), M8 the metrics on hand-made inputs.
 //  * fp32 (the trainer's type) against fp64 with the same routing, bitwise 1- vs 2-thread
 //    determinism, bad configurations and bad idx_override throw.
-#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
 #include <cmath>

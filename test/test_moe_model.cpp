@@ -14,7 +14,6 @@
 #define TESTING
 #include "train_gpt.cu"
 
-#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
 namespace {

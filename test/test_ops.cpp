@@ -29,7 +29,6 @@
 //    exact multiples of its blocking, accumulation); the float exp/tanh are checked in ulps.
 //  * determinism: accumulated parameter gradients (embedding, matmul, lambdas, backout, smear,
 //    value-embedding gate) and attention's backward are bitwise the same on 1 and 2 threads.
-#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
 #include <cmath>

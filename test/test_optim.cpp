@@ -5,7 +5,6 @@
 // PyTorch's lerp forms, the other Gram branch for Polar Express, Jacobi eigenvalues for singular
 // values), or (c) the worked tables of docs/model.md#flops and docs/model.md#scaling, which were
 // computed from the formulas with a separate script.
-#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
 #include <algorithm>

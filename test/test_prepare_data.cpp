@@ -7,7 +7,6 @@
 // the streaming code under test); expected file states are snapshots taken before a run.
 // A full disk is simulated with RLIMIT_FSIZE (SIGXFSZ ignored, so writes fail with EFBIG), which
 // needs no root.
-#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
 #include <signal.h>

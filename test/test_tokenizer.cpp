@@ -6,7 +6,6 @@
 // from reasoning through the rules (written next to each row), or from slow reference
 // implementations written here independently of llmc/tokenizer.h: an O(n^2) tiktoken merge over
 // byte strings with a std::map of ranks, and a naive trainer that recounts every pair at every step.
-#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
 #include <chrono>

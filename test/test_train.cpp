@@ -3,7 +3,6 @@
 // uniform), save/resume must continue bit-identically, and every kind of bad input must give one
 // clear error and a non-zero exit.
 // The binaries are built by `make test` before this runs; paths are relative to the repo root.
-#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
 #include <cmath>

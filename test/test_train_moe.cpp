@@ -6,7 +6,6 @@
 // is in the model file, the load counters are zero at step boundaries), and refuse bad input with
 // one clear error.
 // The binaries are built by `make test` before this runs; paths are relative to the repo root.
-#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
 #include <cmath>

@@ -16,7 +16,6 @@
 // Sizes: n % 4 == 0 (16-byte path, several blocks), odd n (scalar path), a misaligned pointer, a
 // null bf16 copy; three steps with different gradients, including zero gradients (v = 0 at t = 1,
 // denominator eps).
-#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 #include "llmc/cuda/adamw.cuh"
 #include "llmc/adamw.h"

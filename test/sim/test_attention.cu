@@ -45,7 +45,6 @@
 // variant, so the fp32 case goes through them (the model's entry points); the tensor-core case is
 // skipped there: its kernels are explicitly bf16 (att_bf16), the same code as in the default build,
 // where it runs.
-#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 #include <climits>
 #include "llmc/cuda/attention.cuh"

@@ -12,7 +12,6 @@
 // FP32 build (-DLLMC_FP32, floatX = float): X_ROUND = 2^-24 replaces 2^-8, so out and dxmid are held
 // to their fp32 terms (~1e-7 relative; a stray bf16 rounding would fail), and dlambda's fp32
 // products G xmid round once each (no longer exact): K + 1.
-#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 #include "llmc/cuda/backout.cuh"
 #include "llmc/cpu/backout.h"

@@ -14,7 +14,6 @@
 // FP32 build (-DLLMC_FP32, floatX = float): fp32 logits, fp32 dlogits: X_ROUND = 2^-24 for 2^-8, so
 // dlogits is held to the 2e-4 relative error of p alone (~20x tighter; a rounding to bf16 fails it);
 // the loss tolerance is already the fp32 kernel's own.
-#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 #include "llmc/cuda/crossentropy.cuh"
 #include "llmc/cpu/crossentropy.h"

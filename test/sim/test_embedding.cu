@@ -14,7 +14,6 @@
 // Shapes: C = 77 (scalar path), C = 256 and 24 (16-byte path), positions with many repeated ids,
 // one id far more frequent than the rest (split into several segments when N is large enough),
 // ids used once.
-#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 #include "llmc/cuda/embedding.cuh"
 #include "llmc/cpu/embedding.h"

@@ -7,7 +7,6 @@
 // (<= 2^-24 relative). So the result is within one fp32 rounding of the exact sum; 2x margin.
 // Sizes: n % 4 == 0 (16-byte path), odd n (scalar path), a misaligned pointer, more packs than
 // the fixed grid's threads (the grid-stride loop runs), n = 0; rerun bitwise.
-#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 #include "llmc/cuda/global_norm.cuh"
 #include "test/sim/test_util.h"

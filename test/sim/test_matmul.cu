@@ -19,7 +19,6 @@
 // Batched products are checked against the double reference per entry and against a loop of single
 // calls (bitwise under SIM, where both run the same CPU GEMM per entry; within both bounds on a GPU,
 // where cuBLASLt may pick another algorithm for the batched shape).
-#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 #include "llmc/cuda/matmul.cuh"
 #include "llmc/cpu/matmul.h"

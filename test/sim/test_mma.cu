@@ -21,7 +21,6 @@
 // SIM-only (#ifdef LLMC_SIM): cp.async destinations read before their wait show the poison, the
 // planted "forgot the wait" and "forgot the barrier" bugs give NaN, and misuse (half a warp in an
 // mma, two call sites, misaligned rows) is an error naming the kernel.
-#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
 #include "llmc/cuda/mma.cuh"

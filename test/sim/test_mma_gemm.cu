@@ -10,7 +10,6 @@
 // x4 for tensor cores that truncate (the same bound as test_matmul.cu).
 // The example is a bf16 tensor-core GEMM with explicit __nv_bfloat16 operands (not floatX): the fp32
 // build (-DLLMC_FP32) compiles and runs exactly this test, unchanged.
-#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
 #define MMA_GEMM_NO_MAIN

@@ -64,7 +64,6 @@
 // M and G (a gap after each matrix; and the GPU trainer's layout, [Wq_l; Wk_l; Wv_l] per layer, three
 // stacks interleaved) against dense calls on the same values: bitwise, and every element outside the
 // call's stack keeps its bits.
-#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 #include <algorithm>
 #include <cmath>

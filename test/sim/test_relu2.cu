@@ -10,7 +10,6 @@
 // offset by one element (scalar path with n % 8 == 0), in-place backward (dinp == dout). The
 // recomputing backward (relu2_backward_recompute) must give the same dinp and, as act, exactly the
 // forward's output.
-#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 #include "llmc/cuda/relu2.cuh"
 #include "llmc/cpu/relu2.h"

@@ -20,7 +20,6 @@
 // Sizes: multiples of 8 (16-byte path: 8 bf16 or 4 fp32 per pack), odd n (scalar path), a
 // misaligned pointer, and one n with more packs than the fixed grid's threads (each thread loops,
 // so the grid-stride path runs).
-#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 #include "llmc/cuda/residual.cuh"
 #include "llmc/cpu/residual.h"

@@ -14,7 +14,6 @@
 // FP32 build (-DLLMC_FP32, floatX = float): unrounded inputs, fp32 outputs, X_ROUND = 2^-24 for 2^-8:
 // out and dinp are held to the 1e-5 fp32 terms (a rounding to bf16, 2^-8, fails them); the products
 // x*x, g*y now round once each, which adds 2^-24 per term to the sums above, inside the 1e-5.
-#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 #include "llmc/cuda/rmsnorm.cuh"
 #include "llmc/cpu/rmsnorm.h"

@@ -25,7 +25,6 @@
 // Row strides (ldq, ldk): the GPU trainer's call, in place on a packed [q | k | v] buffer (token row
 // stride (H + 2 Hkv) D, here plus a pad), against the dense call on the same values: bitwise (see
 // check_packed), with v and the pad poisoned and required to keep their bits.
-#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 #include "llmc/cuda/rope.cuh"
 #include "llmc/cpu/rope.h"

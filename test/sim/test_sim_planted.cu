@@ -20,7 +20,6 @@
 //
 // "result depends on the order" is LLMC_SIM_DETERMINISM's rerun (the launch again in the opposite
 // order, device memory compared bitwise), switched on here for each planted launch.
-#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
 #include "llmc/cuda/common.cuh"

@@ -8,7 +8,6 @@
 // #ifdef LLMC_SIM. The planted-bug tests build bad kernels on purpose and expect the runtime to
 // report them: an off-by-one write past the end of a row (guard bytes in the plain build,
 // AddressSanitizer in build/sim_asan), and a missing __syncthreads() (the poison shows).
-#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
 #include "llmc/cuda/common.cuh"

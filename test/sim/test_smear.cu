@@ -19,7 +19,6 @@
 // Shapes: C = 24 (the gate reads the whole row), C % 8 != 0 (scalar path), T = 1 (no gate),
 // rows not a multiple of the 8 rows per block, more rows than the fixed grid's warps (8192: the
 // grid-stride loop runs), a misaligned pointer.
-#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 #include "llmc/cuda/smear.cuh"
 #include "llmc/cpu/smear.h"

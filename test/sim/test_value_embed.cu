@@ -24,7 +24,6 @@
 // Row stride ldv: v (and dv) inside a packed [q | k | v] buffer (token row stride (H + 2 Hkv) D,
 // here plus a pad), against the dense call on the same values: bitwise (see check_packed), with q, k
 // and the pad poisoned and required to keep their bits.
-#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 #include "llmc/cuda/value_embed.cuh"
 #include "llmc/cpu/value_embed.h"
