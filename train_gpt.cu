@@ -252,10 +252,10 @@ struct ActivationSize { size_t act = 0, stat = 0, ints = 0; };
 inline size_t mixer_work_numel(const GPTConfig& c, int B, int T) {
     size_t w = 0;
     if (c.n_lightning) {
-        LightningSizes z = lightning_sizes(B, T, c.n_head, c.head_dim);
+        LightningSizes z = op::lightning_sizes(B, T, c.n_head, c.head_dim);
         w = std::max(z.work_forward, z.work_backward);
     }
-    if (c.n_moe) w = std::max(w, moe_workspace_numel(moe_config(c), B, T));
+    if (c.n_moe) w = std::max(w, op::moe_workspace_numel(moe_config(c), B, T));
     return w;
 }
 
@@ -276,12 +276,12 @@ inline ActivationSize activation_numel(const GPTConfig& c, int B, int T) {
     s.stat = N + L * N * 2 + Ls * N * H + Ls * N * Hkv + nve * N * Hkv + Ls * N * H + N + N;  // rstd0, rstd1/2, rstd_q, rstd_k,
                                                                                               // gamma, lse, rstdf, losses
     if (Lla) {  // p, o, a; r
-        LightningSizes z = lightning_sizes(B, T, (int)H, (int)D);
+        LightningSizes z = op::lightning_sizes(B, T, (int)H, (int)D);
         s.act += Lla * (z.p + z.o + z.a);
         s.stat += Lla * z.r;
     }
     if (Lmoe) {  // routing and expert pre-activations (docs/moe.md#saved)
-        MoeSavedSize z = moe_saved_numel(moe_config(c), B, T);
+        MoeSavedSize z = op::moe_saved_numel(moe_config(c), B, T);
         s.act += Lmoe * z.real;
         s.ints += Lmoe * z.ints;
     }
@@ -489,8 +489,8 @@ struct GPT {
         size_t N = (size_t)B * T, C = c.n_embd, L = c.n_layer, H = c.n_head, Hkv = c.n_kv_head, D = c.head_dim;
         size_t Vp = c.padded_vocab_size, nve = c.n_ve_layers;
         size_t Ls = c.n_softmax, Lm = c.n_dense_mlp, Lla = c.n_lightning, Lmoe = c.n_moe;
-        LightningSizes lz = lightning_sizes(B, T, (int)H, (int)D);
-        MoeSavedSize mz = Lmoe ? moe_saved_numel(moe_cfg, B, T) : MoeSavedSize();
+        LightningSizes lz = op::lightning_sizes(B, T, (int)H, (int)D);
+        MoeSavedSize mz = Lmoe ? op::moe_saved_numel(moe_cfg, B, T) : MoeSavedSize();
         struct ASlot { act_t** ptr; size_t n; };
         struct SSlot { stat_t** ptr; size_t n; };
         std::vector<ASlot> aslots = {
@@ -576,8 +576,8 @@ struct GPT {
     }
     int ve_slot(int l) const { int n = 0; for (int i = 0; i < l; i++) n += config.has_ve[i]; return n; }
     // MoE layer slot j: its saved routing tensors (docs/moe.md#saved) and counters
-    act_t* moe_saved(int j) { return moe_real + (size_t)j * moe_saved_numel(moe_cfg, B, T).real; }
-    int* moe_saved_ints(int j) { return moe_ints + (size_t)j * moe_saved_numel(moe_cfg, B, T).ints; }
+    act_t* moe_saved(int j) { return moe_real + (size_t)j * op::moe_saved_numel(moe_cfg, B, T).real; }
+    int* moe_saved_ints(int j) { return moe_ints + (size_t)j * op::moe_saved_numel(moe_cfg, B, T).ints; }
     int64_t* moe_layer_load(int j) { return moe_load + (size_t)j * config.n_experts; }
 
     // Forward (docs/model.md#forward), enqueued: idx, targets (host, B x T; targets may be null, no
@@ -622,7 +622,7 @@ struct GPT {
             op::rmsnorm_forward(ln, rstd1_l, xin_l, N, C);
             if (c.is_lightning[l]) {
                 // 4.2' Lightning Attention (docs/lightning.md#layer)
-                LightningSizes z = lightning_sizes(B, T, H, D);
+                LightningSizes z = op::lightning_sizes(B, T, H, D);
                 op::lightning_forward(tmp_c, la_p + ms * z.p, la_o + ms * z.o, la_r + ms * z.r, la_a + ms * z.a, ln, param(P_LA_Q, ms),
                                       param(P_LA_K, ms), param(P_LA_V, ms), param(P_LA_GATE, ms), param(P_LA_PROJ, ms), mparam(P_LA_NORM, ms),
                                       la_slopes + (size_t)ms * H, B, T, C, H, D, c.la_block, mix_work);
@@ -812,7 +812,7 @@ struct GPT {
             op::rmsnorm_backward(dx, dln, ln, rstd2_l, N, C);  // dx += : now the gradient of xattn
             if (c.is_lightning[l]) {
                 // lightning: xattn = xin + LA(rms(xin)); ln1 recomputed
-                LightningSizes z = lightning_sizes(B, T, H, D);
+                LightningSizes z = op::lightning_sizes(B, T, H, D);
                 op::rmsnorm_forward(ln, rstd1_l, xin_l, N, C);
                 op::lightning_backward(dln, grad(P_LA_Q, ms), grad(P_LA_K, ms), grad(P_LA_V, ms), grad(P_LA_GATE, ms), grad(P_LA_PROJ, ms),
                                        grad(P_LA_NORM, ms), dx, ln, la_p + ms * z.p, la_o + ms * z.o, la_r + ms * z.r, la_a + ms * z.a,

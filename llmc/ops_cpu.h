@@ -228,6 +228,10 @@ void sum_squares(double* out, const Real* g, size_t n) {
 }
 
 // ---- the hybrid layers (train_moe; docs/model.md#hybrid) ----
+// the sizes of their saved tensors and workspaces (the CUDA ops have their own)
+inline LightningSizes lightning_sizes(int B, int T, int H, int D) { return ::lightning_sizes(B, T, H, D); }
+inline MoeSavedSize moe_saved_numel(const MoeConfig& c, int B, int T) { return ::moe_saved_numel(c, B, T); }
+inline size_t moe_workspace_numel(const MoeConfig& c, int B, int T) { return ::moe_workspace_numel(c, B, T); }
 
 // out (=) the MoE FFN of u (docs/moe.md#api). saved, saved_int: this layer's moe_saved_numel()
 // elements; work: the shared workspace. load (+=) the selection counts (training; null: not

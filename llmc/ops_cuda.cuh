@@ -40,6 +40,7 @@
 #include "llmc/cuda/rope.cuh"
 #include "llmc/cuda/smear.cuh"
 #include "llmc/cuda/value_embed.cuh"
+#include "llmc/cpu/lightning.h"  // LightningSizes
 #include "llmc/cpu/moe.h"  // MoeConfig
 
 namespace op {
@@ -393,6 +394,9 @@ inline void sum_squares(float* out, const float* g, size_t n) { OpTimer t_("sum_
 
 // ---- the hybrid layers (train_moe; docs/model.md#hybrid): the signatures of llmc/ops_cpu.h, with
 // no kernels yet. A dense model never calls them; a hybrid one stops here with one clear error.
+inline LightningSizes lightning_sizes(int B, int T, int H, int D) { return ::lightning_sizes(B, T, H, D); }
+inline MoeSavedSize moe_saved_numel(const MoeConfig& c, int B, int T) { return ::moe_saved_numel(c, B, T); }
+inline size_t moe_workspace_numel(const MoeConfig& c, int B, int T) { return ::moe_workspace_numel(c, B, T); }
 [[noreturn]] inline void no_hybrid_kernel(const char* what) {
     LLMC_FAIL("%s has no CUDA kernel yet: train_moe runs on the CPU (train_moe_cpu)", what);
 }

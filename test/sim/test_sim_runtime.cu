@@ -18,6 +18,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <ios>  // std::hex, std::dec in the MESSAGEs
 #include <string>
 #include <vector>
 
