@@ -14,9 +14,9 @@
 // Shapes: B = 2, T not a multiple of the block (70 with blk 32: two full blocks and a tail of 6;
 // 17 with blk 32: one partial block), blk 256 (clamped to the kernel's chunk, which must not change
 // the function), D = 64 and D = 128 (the 32-token chunk and the 64 KiB state), D = 32; H = 1..4;
-// slopes of the first layer (fast decay: head 0 has s = 0.5·(1+1e-5) for H = 2... ) and of the last
-// (s ≈ base·1e-5: almost no decay, so |o| grows with T), heads 0..H-1 spanning the fastest and
-// slowest slope of each.
+// slopes (lightning_slopes) of the first layer (fast decay: s = 2^(-8(h+1)/H), 0.25 for head 0 of
+// H = 4, 2^-8 for the last head) and of the last (s = base·1e-5: almost no decay, so |o| grows with
+// T); heads 0..H-1 span the fastest and the slowest slope of each layer.
 //
 // Metric: relative L2 error ||got - ref|| / ||ref|| (for the accumulated gradients the norm of the
 // increment ref - old). Bounds, bf16 build (spec L6): raw o <= 2e-2 (o is computed from p rounded
@@ -25,11 +25,13 @@
 // bf16 roundings of intermediates: dz, do, dp, du's four accumulating GEMM outputs; RMS relative
 // error of one rounding ~2^-9/sqrt(3) ~ 1.1e-3, so a few of them stay well below 1e-2).
 // FP32 build (floatX = float): nothing is rounded to bf16; the remaining error is fp32 arithmetic:
-// sequential sums of at most K ~ max(C, N, T) <= 256 terms (2^-24 K ~ 1.5e-5 of the sum of |terms|
-// in the worst case, a random-walk sqrt(K) 2^-24 ~ 1e-6 typically), times the cancellation of
-// signed sums (|terms| / |sum|: a few). Bound 1e-4: 100x the typical error, ~5x below a single
-// bf16 rounding's RMS (1.1e-3), so a stray bf16 rounding would still fail it.
-// The measured errors are printed (MESSAGE) for every case.
+// sequential sums of at most K ~ max(C, N, T) <= 256 terms with random signs: a random walk of
+// roundings, ~sqrt(K) 2^-24 ~ 1e-6 of the sum's scale (the worst case K 2^-24 ~ 1.5e-5 needs every
+// rounding in the same direction). Bound 1e-5: 10x that typical error (measured: at most 4.2e-7
+// over all cases and outputs), 100x below one bf16 rounding's RMS (1.1e-3), so a stray rounding
+// to bf16 fails it.
+// Measured, bf16 build: o <= 3.1e-3, the rest <= 4.7e-3 (out); the errors of every case are printed
+// (MESSAGE).
 #include <doctest/doctest.h>
 #include "llmc/cuda/lightning.cuh"
 #include "llmc/cpu/lightning.h"
@@ -44,11 +46,6 @@ constexpr bool kTsan = true;
 #else
 constexpr bool kTsan = false;
 #endif
-#if defined(LLMC_SIM_ASAN) && LLMC_SIM_ASAN
-constexpr bool kAsan = true;
-#else
-constexpr bool kAsan = false;
-#endif
 
 struct Case { int B, T, C, H, D, blk, layer, n_layer; };
 
@@ -59,7 +56,7 @@ const Case kCases[] = {
     {2, 70, 128, 1, 128, 32, 5, 6},     // D = 128 (32-token chunks, 64 KiB state), last layer
     {2, 70, 64, 2, 64, 256, 1, 3},      // blk 256 > T: the kernel chunks by 64, the CPU by 256
 };
-// TSan (every fiber switch and shared access instrumented) and ASan: small shapes that keep a
+// TSan (every fiber switch and shared access instrumented): small shapes only, that keep a
 // multi-chunk row with a tail and both directions of the scans
 const Case kCasesLight[] = {
     {2, 20, 64, 2, 32, 8, 0, 4},              // 3 chunks, tail of 4
@@ -175,7 +172,7 @@ void run_case(const Case& cs, uint64_t seed) {
     };
     const GpuRun g = run();
 
-    const double tol_o = kFP32 ? 1e-4 : 2e-2, tol = kFP32 ? 1e-4 : 1e-2;
+    const double tol_o = kFP32 ? 1e-5 : 2e-2, tol = kFP32 ? 1e-5 : 1e-2;
     std::vector<double> dold_wq = to_double(old_wq), dold_wk = to_double(old_wk), dold_wv = to_double(old_wv), dold_wg = to_double(old_wg),
                         dold_wo = to_double(old_wo), dold_w = to_double(old_w);
     const std::vector<double>* olds[] = {&dold_wq, &dold_wk, &dold_wv, &dold_wg, &dold_wo, &dold_w};
@@ -214,7 +211,7 @@ void run_case(const Case& cs, uint64_t seed) {
 TEST_CASE("lightning forward and backward match the CPU op (spec L6), deterministic, gradients accumulate") {
     matmul_init();
     uint64_t seed = 100;
-    if (kTsan || kAsan) {
+    if (kTsan) {
         for (const Case& cs : kCasesLight) run_case(cs, seed++);
     } else {
         for (const Case& cs : kCases) run_case(cs, seed++);
