@@ -32,8 +32,15 @@
 // r (B*T) fp32. The norm in the forward reads the stored (rounded) o, as the backward does.
 // Work (floatX elements, lightning_sizes_cuda): forward B*T*N (z); backward 5 B*T*N (z/da, dz/do,
 // dp_q, dp_k, dp_v).
-// Limits: D <= 128 (the state lives in shared memory); training only (zero initial state, no
+// Shared memory per block (dynamic, opted in): forward 83,472 B (D 64, chunk 64) / 119,952 B
+// (D 128, chunk 32); backward 116,752 B / 140,688 B: one block per SM.
+// Limits: D <= 128 (the state lives in shared memory); N = H*D a multiple of 8 (the GEMMs need the
+// planes of p 16-byte aligned; matmul.cuh refuses otherwise); training only (zero initial state, no
 // decode state: the CPU op keeps the inference paths).
+// Not yet fast: B*H blocks only (64 for B = 8, H = 8: half the SMs idle) and every FMA reads its
+// operands from shared memory (no register tiling, no tensor cores). The spec's design (section
+// 3.6: e-slices of the state per block, an intra kernel parallel over chunks, bf16 mma for the
+// chunk products) is the next step, to be measured with a benchmark on a GPU.
 #pragma once
 #include <algorithm>
 #include <cmath>
