@@ -75,7 +75,7 @@ GPU_TESTS := $(patsubst test/sim/%.cu,$(BUILD)/gpu/%,$(wildcard test/sim/test_*.
 # others (global_norm: fp32 only; mma, mma_gemm: explicitly bf16; the SIM runtime's own tests) are
 # the same code as in the default build: they compile and pass with -DLLMC_FP32 too, built by
 # `make test_gpu` (all of them, run on a GPU) or by name (build/sim_fp32/test_mma, ...).
-FP32_KERNEL_TESTS := adamw attention backout crossentropy embedding matmul muon relu2 residual rmsnorm rope smear value_embed
+FP32_KERNEL_TESTS := adamw attention backout crossentropy embedding lightning matmul moe_cuda muon relu2 residual rmsnorm rope smear value_embed
 SIM_FP32_TESTS := $(patsubst %,$(BUILD)/sim_fp32/test_%,$(FP32_KERNEL_TESTS))
 GPU_FP32_KERNEL_TESTS := $(patsubst %,$(BUILD)/gpu_fp32/test_%,$(FP32_KERNEL_TESTS))
 GPU_FP32_TESTS := $(patsubst test/sim/%.cu,$(BUILD)/gpu_fp32/%,$(wildcard test/sim/test_*.cu))
@@ -128,6 +128,25 @@ $(BUILD)/gpu/train_gpt: train_gpt.cu $(HEADERS)
 	@mkdir -p $(@D)
 	$(NVCC) $(NVCCFLAGS) -x cu $< -o $@ $(NVLDLIBS)
 $(BUILD)/gpu/train_gpt_fp32: train_gpt.cu $(HEADERS)
+	@mkdir -p $(@D)
+	$(NVCC) $(NVCCFLAGS) -DLLMC_FP32 -x cu $< -o $@ $(NVLDLIBS)
+
+# The hybrid trainer on the CUDA path (llmc/cuda/lightning.cuh, llmc/cuda/moe.cuh): nvcc, or SIM
+train_moe: train_moe.cu train_gpt.cu $(HEADERS)
+	$(if $(NVCC),,$(error nvcc not found: the GPU trainer needs the CUDA toolkit (train_moe_cpu runs on the CPU)))
+	$(NVCC) $(NVCCFLAGS) $(PRECISION_FLAGS) -x cu $< -o $@ $(NVLDLIBS)
+train_moe_sim: train_moe.cu train_gpt.cu $(HEADERS) $(SIM_SRCS)
+	$(CXX) $(TRAIN_SIMFLAGS) $(PRECISION_FLAGS) -x c++ $< -x none $(SIM_SRCS) -o $@ $(LDLIBS)
+$(BUILD)/sim/train_moe_fp32: train_moe.cu train_gpt.cu $(HEADERS) $(SIM_SRCS)
+	@mkdir -p $(@D)
+	$(CXX) $(TRAIN_SIMFLAGS) -DLLMC_FP32 -x c++ $< -x none $(SIM_SRCS) -o $@ $(LDLIBS)
+$(BUILD)/sim/train_moe: train_moe.cu train_gpt.cu $(HEADERS) $(SIM_SRCS)
+	@mkdir -p $(@D)
+	$(CXX) $(TRAIN_SIMFLAGS) -x c++ $< -x none $(SIM_SRCS) -o $@ $(LDLIBS)
+$(BUILD)/gpu/train_moe: train_moe.cu train_gpt.cu $(HEADERS)
+	@mkdir -p $(@D)
+	$(NVCC) $(NVCCFLAGS) -x cu $< -o $@ $(NVLDLIBS)
+$(BUILD)/gpu/train_moe_fp32: train_moe.cu train_gpt.cu $(HEADERS)
 	@mkdir -p $(@D)
 	$(NVCC) $(NVCCFLAGS) -DLLMC_FP32 -x cu $< -o $@ $(NVLDLIBS)
 
@@ -246,20 +265,21 @@ $(BUILD)/gpu/cudnn_graph_check: dev/cuda/cudnn_graph_check.cu $(HEADERS)
 	$(NVCC) $(NVCCFLAGS) $(CUDNN_FLAGS) $< -o $@ $(NVLDLIBS) $(CUDNN_LDLIBS) -ldl
 
 # GPU targets compile whenever nvcc exists (CI catches code only one compiler accepts).
-gpu_build: $(if $(NVCC),$(GPU_TESTS) $(BUILD)/gpu/bench_kernels $(BUILD)/gpu/mma_gemm $(BUILD)/gpu/bench_attention $(BUILD)/gpu/train_gpt $(BUILD)/gpu/train_gpt_fp32 $(if $(filter 1,$(USE_CUDNN)),$(CUDNN_BINS)))
-	@$(if $(NVCC),echo "GPU test binaries + bench_kernels + mma_gemm + bench_attention + train_gpt (bf16, fp32)$(if $(filter 1,$(USE_CUDNN)), + the cuDNN variants) compiled with $(NVCC)",echo "nvcc not found: GPU build skipped")
+gpu_build: $(if $(NVCC),$(GPU_TESTS) $(BUILD)/gpu/bench_kernels $(BUILD)/gpu/mma_gemm $(BUILD)/gpu/bench_attention $(BUILD)/gpu/train_gpt $(BUILD)/gpu/train_gpt_fp32 $(BUILD)/gpu/train_moe $(if $(filter 1,$(USE_CUDNN)),$(CUDNN_BINS)))
+	@$(if $(NVCC),echo "GPU test binaries + bench_kernels + mma_gemm + bench_attention + train_gpt (bf16, fp32) + train_moe$(if $(filter 1,$(USE_CUDNN)), + the cuDNN variants) compiled with $(NVCC)",echo "nvcc not found: GPU build skipped")
 
 # test_builds runs the trainer's SIM builds against the CPU one
-TRAINER_BUILDS := $(BUILD)/sim/train_gpt $(BUILD)/sim/train_gpt_fp32
+TRAINER_BUILDS := $(BUILD)/sim/train_gpt $(BUILD)/sim/train_gpt_fp32 $(BUILD)/sim/train_moe_fp32
 test: programs $(TRAINER_BUILDS) $(CPU_TESTS) $(SIM_TESTS) $(SIM_ASAN_TESTS) $(SIM_TSAN_TESTS) $(SIM_FP32_TESTS) $(FUZZ_TESTS) gpu_build
 	@$(if $(FUZZ_TESTS),,echo "clang++ with libFuzzer not found: fuzz targets skipped (test_tokenizer's randomized fuzz case still runs)")
 	@ASAN_OPTIONS=detect_leaks=0 scripts/run_tests.sh $(CPU_TESTS) $(SIM_TESTS) $(SIM_ASAN_TESTS) $(SIM_TSAN_TESTS) $(SIM_FP32_TESTS) $(FUZZ_TESTS)
 
 # on a GPU: every kernel test with nvcc (bf16 and fp32; the cuDNN comparison with USE_CUDNN=1), then
 # the trainer tests with the nvcc trainers in place of SIM's
-test_gpu: programs $(GPU_TESTS) $(GPU_FP32_TESTS) $(if $(filter 1,$(USE_CUDNN)),$(CUDNN_TESTS)) $(BUILD)/gpu/train_gpt $(BUILD)/gpu/train_gpt_fp32 $(BUILD)/test/test_builds
+test_gpu: programs $(GPU_TESTS) $(GPU_FP32_TESTS) $(if $(filter 1,$(USE_CUDNN)),$(CUDNN_TESTS)) $(BUILD)/gpu/train_gpt $(BUILD)/gpu/train_gpt_fp32 $(BUILD)/gpu/train_moe_fp32 $(BUILD)/test/test_builds
 	@scripts/run_tests.sh $(GPU_TESTS) $(GPU_FP32_TESTS) $(if $(filter 1,$(USE_CUDNN)),$(CUDNN_TESTS))
-	@LLMC_TRAIN_GPT=$(BUILD)/gpu/train_gpt LLMC_TRAIN_GPT_FP32=$(BUILD)/gpu/train_gpt_fp32 scripts/run_tests.sh $(BUILD)/test/test_builds
+	@LLMC_TRAIN_GPT=$(BUILD)/gpu/train_gpt LLMC_TRAIN_GPT_FP32=$(BUILD)/gpu/train_gpt_fp32 LLMC_TRAIN_MOE_FP32=$(BUILD)/gpu/train_moe_fp32 \
+	  scripts/run_tests.sh $(BUILD)/test/test_builds
 
 bench: programs $(DEV_BINS)
 	@scripts/bench.sh
@@ -269,4 +289,4 @@ run: programs
 	@MODEL=$(MODEL) scripts/run_demo.sh
 
 clean:
-	rm -rf $(BUILD) $(PROGRAMS) train_gpt train_gpt_sim train_gpt_cpu_openblas
+	rm -rf $(BUILD) $(PROGRAMS) train_gpt train_gpt_sim train_moe train_moe_sim train_gpt_cpu_openblas

@@ -11,8 +11,9 @@ train_gpt.cu's. This file switches on its hybrid flags (LLMC_TRAIN_MOE) and sets
 Builds (see Makefile):
   make train_moe_cpu   g++ (this file), OpenMP, fp32 CPU reference ops, llmc/cpu/lightning.h and
                        llmc/cpu/moe.h for the hybrid layers
-  (the CUDA kernels of the hybrid layers are a later milestone: the GPU build's op layer has their
-  signatures and stops with a clear error)
+  make train_moe       nvcc: the CUDA kernels, llmc/cuda/lightning.cuh and llmc/cuda/moe.cuh for the
+                       hybrid layers (bf16, or PRECISION=FP32)
+  make train_moe_sim   the same CUDA code under SIM, on the CPU
 */
 #define LLMC_TRAIN_MOE 1
 #include "train_gpt.cu"

@@ -30,8 +30,10 @@
 #include "llmc/cuda/crossentropy.cuh"
 #include "llmc/cuda/embedding.cuh"
 #include "llmc/cuda/global_norm.cuh"
+#include "llmc/cuda/lightning.cuh"
 #include "llmc/cuda/loss_sum.cuh"
 #include "llmc/cuda/matmul.cuh"
+#include "llmc/cuda/moe.cuh"
 #include "llmc/cuda/muon.cuh"
 #include "llmc/cuda/reduce.cuh"
 #include "llmc/cuda/relu2.cuh"
@@ -40,8 +42,6 @@
 #include "llmc/cuda/rope.cuh"
 #include "llmc/cuda/smear.cuh"
 #include "llmc/cuda/value_embed.cuh"
-#include "llmc/cpu/lightning.h"  // LightningSizes
-#include "llmc/cpu/moe.h"  // MoeConfig
 
 namespace op {
 
@@ -392,36 +392,42 @@ inline void loss_sum(double* out, const float* losses, int N) { OpTimer t_("loss
 // *out (device fp32) = sum of g^2 (double inside, rounded once)
 inline void sum_squares(float* out, const float* g, size_t n) { OpTimer t_("sum_squares"); global_norm_squared(out, g, n, g_ctx.scratch, g_ctx.stream); }
 
-// ---- the hybrid layers (train_moe; docs/model.md#hybrid): the signatures of llmc/ops_cpu.h, with
-// no kernels yet. A dense model never calls them; a hybrid one stops here with one clear error.
-inline LightningSizes lightning_sizes(int B, int T, int H, int D) { return ::lightning_sizes(B, T, H, D); }
-inline MoeSavedSize moe_saved_numel(const MoeConfig& c, int B, int T) { return ::moe_saved_numel(c, B, T); }
-inline size_t moe_workspace_numel(const MoeConfig& c, int B, int T) { return ::moe_workspace_numel(c, B, T); }
-[[noreturn]] inline void no_hybrid_kernel(const char* what) {
-    LLMC_FAIL("%s has no CUDA kernel yet: train_moe runs on the CPU (train_moe_cpu)", what);
-}
+// ---- the hybrid layers (train_moe; docs/model.md#hybrid): llmc/cuda/lightning.cuh and
+// llmc/cuda/moe.cuh, with their own saved and workspace sizes (the model sizes its buffers by these)
+inline LightningSizes lightning_sizes(int B, int T, int H, int D) { return ::lightning_sizes_cuda(B, T, H, D); }
+inline MoeSavedSize moe_saved_numel(const MoeConfig& c, int B, int T) { return ::moe_saved_numel_cuda(c, B, T); }
+inline size_t moe_workspace_numel(const MoeConfig& c, int B, int T) { return ::moe_workspace_numel_cuda(c, B, T); }
 inline void lightning_forward(floatX* out, floatX* p, floatX* o, float* r, floatX* a, const floatX* u, const floatX* wq, const floatX* wk,
                               const floatX* wv, const floatX* wgate, const floatX* wo, const float* w, const float* slopes, int B, int T,
                               int C, int H, int D, int blk, floatX* work) {
-    no_hybrid_kernel("lightning attention (forward)");
+    OpTimer t_("lightning_forward");
+    ::lightning_forward(out, p, o, r, a, u, wq, wk, wv, wgate, wo, w, slopes, B, T, C, H, D, blk, work, g_ctx.stream);
 }
 inline void lightning_backward(floatX* du, float* dwq, float* dwk, float* dwv, float* dwgate, float* dwo, float* dw, const floatX* dout,
                                const floatX* u, const floatX* p, const floatX* o, const float* r, const floatX* a, const floatX* wq,
                                const floatX* wk, const floatX* wv, const floatX* wgate, const floatX* wo, const float* w, const float* slopes,
                                int B, int T, int C, int H, int D, int blk, floatX* work) {
-    no_hybrid_kernel("lightning attention (backward)");
+    OpTimer t_("lightning_backward");
+    ::lightning_backward(du, dwq, dwk, dwv, dwgate, dwo, dw, dout, u, p, o, r, a, wq, wk, wv, wgate, wo, w, slopes, B, T, C, H, D, blk, work,
+                         g_ctx.stream);
 }
 inline void moe_forward(floatX* out, floatX* saved, int* saved_int, floatX* work, const floatX* u, const float* router, const float* bias,
                         const floatX* w1, const floatX* w3, const floatX* w2, const floatX* s1, const floatX* s3, const floatX* s2,
                         const MoeConfig& c, int B, int T, int64_t* load, double* aux, const int* idx_override) {
-    no_hybrid_kernel("the MoE FFN (forward)");
+    OpTimer t_("moe_forward");
+    ::moe_forward(out, saved, saved_int, work, u, router, bias, w1, w3, w2, s1, s3, s2, c, B, T, load, aux, idx_override, g_ctx.stream);
 }
 inline void moe_backward(floatX* du, float* drouter, float* dw1, float* dw3, float* dw2, float* ds1, float* ds3, float* ds2, floatX* work,
                          const floatX* dout, const floatX* u, const float* router, const float* bias, const floatX* w1, const floatX* w3,
                          const floatX* w2, const floatX* s1, const floatX* s3, const floatX* s2, floatX* saved, int* saved_int,
                          const MoeConfig& c, int B, int T, float daux) {
-    no_hybrid_kernel("the MoE FFN (backward)");
+    OpTimer t_("moe_backward");
+    ::moe_backward(du, drouter, dw1, dw3, dw2, ds1, ds3, ds2, work, dout, u, router, bias, w1, w3, w2, s1, s3, s2, saved, saved_int, c, B, T,
+                   daux, g_ctx.stream);
 }
-inline void moe_bias_update(float* b, int64_t* load, int E, double gamma) { no_hybrid_kernel("the MoE bias update"); }
+inline void moe_bias_update(float* b, int64_t* load, int E, double gamma) {
+    OpTimer t_("moe_bias_update");
+    ::moe_bias_update(b, load, E, gamma, g_ctx.stream);
+}
 
 }  // namespace op

@@ -131,8 +131,9 @@ fi
 # 1e-5, bf16 within its bounds, resume across builds, two GPU runs bitwise equal), then its benchmark
 if [ "$#" -eq 0 ]; then
   echo "=== trainer tests (make test_gpu's test_builds)"
-  if make programs build/gpu/train_gpt build/gpu/train_gpt_fp32 build/test/test_builds && \
-     LLMC_TRAIN_GPT=build/gpu/train_gpt LLMC_TRAIN_GPT_FP32=build/gpu/train_gpt_fp32 build/test/test_builds; then
+  if make programs build/gpu/train_gpt build/gpu/train_gpt_fp32 build/gpu/train_moe_fp32 build/test/test_builds && \
+     LLMC_TRAIN_GPT=build/gpu/train_gpt LLMC_TRAIN_GPT_FP32=build/gpu/train_gpt_fp32 LLMC_TRAIN_MOE_FP32=build/gpu/train_moe_fp32 \
+       build/test/test_builds; then
     rows+=("$(printf '%-28s %s' test_builds ok)")
   else
     rows+=("$(printf '%-28s %s' test_builds FAIL)"); total_fail=$((total_fail + 1))

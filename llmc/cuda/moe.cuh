@@ -30,7 +30,7 @@
 // No float atomics anywhere: every output element is owned by one thread (or one GEMM) and summed
 // in a fixed order, so two runs are bitwise equal.
 //
-// Precision (docs/moe.md#precision): router, scores, selection, gates, aux loss and the gate
+// Precision (docs/moe.md#cuda): router, scores, selection, gates, aux loss and the gate
 // backward in fp32 (aux sums in double, as the CPU); W_g and its gradient fp32; expert operands
 // floatX (bf16) with fp32 accumulation; H, A and the GEMM outputs are rounded to floatX once each.
 //

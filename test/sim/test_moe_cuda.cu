@@ -1,5 +1,5 @@
-// test_moe_cuda.cu: llmc/cuda/moe.cuh against the CPU reference llmc/cpu/moe.h (spec
-// moe_lightning.md section 5: M2, M3, M4, M5, M7, and the bias update of M6).
+// test_moe_cuda.cu: llmc/cuda/moe.cuh against the CPU reference llmc/cpu/moe.h (docs/moe.md#cuda;
+// the test plan's M2, M3, M4, M5, M7, and the bias update of M6).
 //
 // M2: the CPU op (fp32) gets the same inputs (u and the expert weights rounded to floatX; the router
 // and bias are fp32 on both sides) and, through idx_override, the GPU's routing (read back from
