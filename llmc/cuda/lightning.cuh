@@ -86,6 +86,19 @@ __device__ inline void la_load_tile(float* tile, const floatX* src, int t0, int 
     }
 }
 
+// S[i][j] = E[i-j] <A_i, B_j> for the causal pairs j <= i < b of a chunk (rows of length D at stride
+// L; entries above the diagonal are never read), spread over the block's threads: the decayed
+// scores of the forward (Q, K) and of the backward (dO, V)
+__device__ inline void la_decayed_scores(float* S, const float* A, const float* B, const float* E, int b, int D, int L, int SL) {
+    for (int idx = threadIdx.x; idx < b * b; idx += blockDim.x) {
+        const int i = idx / b, j = idx % b;
+        if (j > i) continue;
+        float acc = 0.0f;
+        for (int c = 0; c < D; c++) acc += A[i * L + c] * B[j * L + c];
+        S[i * SL + j] = E[i - j] * acc;
+    }
+}
+
 // Forward core: o (B*T, N) = core(silu(p_q), silu(p_k), silu(p_v)). Grid B*H, one block per (row, head).
 __global__ void __launch_bounds__(LA_THREADS)
 lightning_core_forward_kernel(floatX* o, const floatX* p, const float* slopes, int T, int H, int D, int chunk, long plane) {
@@ -111,14 +124,7 @@ lightning_core_forward_kernel(floatX* o, const floatX* p, const float* slopes, i
         la_load_tile(K, pk, t0, b, D, L, N, true);
         la_load_tile(V, pv, t0, b, D, L, N, true);
         __syncthreads();
-        // S_ij = E[i-j] <q_i, k_j>, j <= i (the entries above the diagonal are never read)
-        for (int idx = threadIdx.x; idx < b * b; idx += blockDim.x) {
-            const int i = idx / b, j = idx % b;
-            if (j > i) continue;
-            float acc = 0.0f;
-            for (int c = 0; c < D; c++) acc += Q[i * L + c] * K[j * L + c];
-            S[i * SL + j] = E[i - j] * acc;
-        }
+        la_decayed_scores(S, Q, K, E, b, D, L, SL);  // S_ij = E[i-j] <q_i, k_j>
         __syncthreads();
         // o_i = sum_{j<=i} S_ij v_j + E[i+1] q_i KV (the state holds everything before the chunk)
         for (int idx = threadIdx.x; idx < b * D; idx += blockDim.x) {
@@ -173,13 +179,7 @@ lightning_core_backward_kernel(floatX* dp, const floatX* dout, const floatX* p, 
             la_load_tile(V, pv, t0, b, D, L, N, true);
             la_load_tile(dO, dob, t0, b, D, L, N, false);
             __syncthreads();
-            for (int idx = threadIdx.x; idx < b * b; idx += blockDim.x) {
-                const int i = idx / b, j = idx % b;
-                if (j > i) continue;
-                float acc = 0.0f;
-                for (int e = 0; e < D; e++) acc += dO[i * L + e] * V[j * L + e];
-                dP[i * SL + j] = E[i - j] * acc;
-            }
+            la_decayed_scores(dP, dO, V, E, b, D, L, SL);  // dP_ij = E[i-j] <dO_i, v_j>
             __syncthreads();
             // dq_i = sum_{j<=i} dP_ij k_j + E[i+1] dO_i KVᵀ
             for (int idx = threadIdx.x; idx < b * D; idx += blockDim.x) {
@@ -212,17 +212,8 @@ lightning_core_backward_kernel(floatX* dp, const floatX* dout, const floatX* p, 
             la_load_tile(V, pv, t0, b, D, L, N, true);
             la_load_tile(dO, dob, t0, b, D, L, N, false);
             __syncthreads();
-            for (int idx = threadIdx.x; idx < b * b; idx += blockDim.x) {
-                const int i = idx / b, j = idx % b;
-                if (j > i) continue;
-                float acc = 0.0f, dacc = 0.0f;
-                for (int c = 0; c < D; c++) {
-                    acc += Q[i * L + c] * K[j * L + c];
-                    dacc += dO[i * L + c] * V[j * L + c];
-                }
-                P[i * SL + j] = E[i - j] * acc;
-                dP[i * SL + j] = E[i - j] * dacc;
-            }
+            la_decayed_scores(P, Q, K, E, b, D, L, SL);    // the forward's scores, recomputed
+            la_decayed_scores(dP, dO, V, E, b, D, L, SL);
             __syncthreads();
             // G = dL/dKV after this chunk (from the chunks after it):
             // dk_j = sum_{i>=j} dP_ij q_i + E[b-1-j] v_j Gᵀ;  dv_j = sum_{i>=j} P_ij dO_i + E[b-1-j] k_j G

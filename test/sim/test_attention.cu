@@ -58,16 +58,6 @@ using namespace testutil;
 
 namespace {
 
-#if defined(LLMC_SIM_TSAN) && LLMC_SIM_TSAN
-constexpr bool kTsan = true;
-#else
-constexpr bool kTsan = false;
-#endif
-#if defined(LLMC_SIM_ASAN) && LLMC_SIM_ASAN
-constexpr bool kAsan = true;
-#else
-constexpr bool kAsan = false;
-#endif
 
 // heavy: skipped in the ASan build (~3x slower than plain), where the other shapes still cover
 // tails, both D and the other windows (0, 63, 128, none)
@@ -427,9 +417,6 @@ std::vector<Tx> pack_rows(const std::vector<Tx>& q, const std::vector<Tx>& k, co
     }
     return r;
 }
-template <typename Tx> bool same_bits(const std::vector<Tx>& a, const std::vector<Tx>& b) {
-    return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(Tx)) == 0;
-}
 float as_float(att_bf16 x) { return __bfloat162float(x); }
 float as_float(float x) { return x; }
 template <typename Tx> bool all_finite(const std::vector<Tx>& a) {
@@ -475,8 +462,8 @@ void check_packed(const PackedCase& pc, uint64_t seed, Fwd fwd, Bwd bwd) {
     fwd(op.ptr, lsep.ptr, qkv.ptr, qkv.ptr + QW, qkv.ptr + QW + KW, (long)ld, (long)ld);
     bwd(dqkv.ptr, dqkv.ptr + QW, dqkv.ptr + QW + KW, gc.ptr, oc.ptr, lsec.ptr, qkv.ptr, qkv.ptr + QW, qkv.ptr + QW + KW, scratch.ptr,
         (long)ld, (long)ld);
-    CHECK(same_bits(op.download(), o_c));
-    CHECK(same_bits(lsep.download(), lse_c));
+    CHECK(bits_equal(op.download(), o_c));
+    CHECK(bits_equal(lsep.download(), lse_c));
     const std::vector<Tx> got = dqkv.download(), want = pack_rows(dq_c, dk_c, dv_c, N, QW, KW, ld);
     long bad = 0;
     for (size_t x = 0; x < got.size(); x++) {

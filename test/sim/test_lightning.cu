@@ -41,11 +41,6 @@ using namespace testutil;
 
 namespace {
 
-#if defined(LLMC_SIM_TSAN) && LLMC_SIM_TSAN
-constexpr bool kTsan = true;
-#else
-constexpr bool kTsan = false;
-#endif
 
 struct Case { int B, T, C, H, D, blk, layer, n_layer; };
 

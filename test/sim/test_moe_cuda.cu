@@ -46,14 +46,7 @@ using namespace testutil;
 
 namespace {
 
-// bitwise equality that also accepts two empty vectors (memcmp must not see their null data)
-bool same_bits(const std::vector<float>& a, const std::vector<float>& b) { return a.size() == b.size() && (a.empty() || bits_equal(a, b)); }
 
-#if defined(LLMC_SIM_TSAN) && LLMC_SIM_TSAN
-constexpr bool kTsan = true;
-#else
-constexpr bool kTsan = false;
-#endif
 
 const double kTol = kFP32 ? 1e-5 : 1e-2;
 
@@ -152,7 +145,7 @@ Result run_gpu(const Problem& p, const std::vector<int>* idx_override) {
                  router.ptr(), bias.ptr(), w1.ptr(), w3.ptr(), w2.ptr(), s1.ptr(), s3.ptr(), s2.ptr(), saved.ptr, sint.ptr, c, p.B, p.T,
                  p.daux, 0);
     r.du = to_f32(du.download());
-    CHECK(same_bits(to_f32(saved.download()), to_f32(r.saved_raw)));
+    CHECK(bits_equal(to_f32(saved.download()), to_f32(r.saved_raw)));
     r.drouter = drouter.b->download();
     r.dw1 = dw1.b->download();
     r.dw2 = dw2.b->download();
@@ -374,25 +367,25 @@ void check_case(const char* name, const Problem& p, bool natural_idx = true) {
         if (gr.cnt[e] != 0) continue;
         zero_experts++;
         auto part = [&](const std::vector<float>& v) { return std::vector<float>(v.begin() + e * FC, v.begin() + (e + 1) * FC); };
-        CHECK(same_bits(part(gr.dw1), part(p.g_w1)));
-        CHECK(same_bits(part(gr.dw2), part(p.g_w2)));
-        if (c.swiglu) CHECK(same_bits(part(gr.dw3), part(p.g_w3)));
+        CHECK(bits_equal(part(gr.dw1), part(p.g_w1)));
+        CHECK(bits_equal(part(gr.dw2), part(p.g_w2)));
+        if (c.swiglu) CHECK(bits_equal(part(gr.dw3), part(p.g_w3)));
     }
     MESSAGE(llmc::strfmt("  %d zero-token experts", zero_experts));
     // M7: a second run is bitwise the same (not in the ThreadSanitizer flavor, ~100x slower: the
     // three other flavors check it, the plain one also with SIM's reversed-order rerun of every launch)
     if (kTsan) return;
     const Result g2 = run_gpu(p, nullptr);
-    CHECK(same_bits(g2.out, gr.out));
-    CHECK(same_bits(g2.du, gr.du));
-    CHECK(same_bits(g2.drouter, gr.drouter));
-    CHECK(same_bits(g2.dw1, gr.dw1));
-    CHECK(same_bits(g2.dw2, gr.dw2));
-    CHECK(same_bits(g2.dw3, gr.dw3));
-    CHECK(same_bits(g2.ds1, gr.ds1));
-    CHECK(same_bits(g2.ds2, gr.ds2));
-    CHECK(same_bits(g2.ds3, gr.ds3));
-    CHECK(same_bits(to_f32(g2.saved_raw), to_f32(gr.saved_raw)));
+    CHECK(bits_equal(g2.out, gr.out));
+    CHECK(bits_equal(g2.du, gr.du));
+    CHECK(bits_equal(g2.drouter, gr.drouter));
+    CHECK(bits_equal(g2.dw1, gr.dw1));
+    CHECK(bits_equal(g2.dw2, gr.dw2));
+    CHECK(bits_equal(g2.dw3, gr.dw3));
+    CHECK(bits_equal(g2.ds1, gr.ds1));
+    CHECK(bits_equal(g2.ds2, gr.ds2));
+    CHECK(bits_equal(g2.ds3, gr.ds3));
+    CHECK(bits_equal(to_f32(g2.saved_raw), to_f32(gr.saved_raw)));
     CHECK(g2.idx == gr.idx);
     CHECK(std::memcmp(&g2.aux, &gr.aux, sizeof(double)) == 0);
 }
@@ -497,7 +490,7 @@ TEST_CASE("moe_bias_update (CUDA): bitwise the CPU's, load reset, an exact tie u
     for (int step = 0; step < 3; step++) {
         moe_bias_update(d_b.ptr, d_load.ptr, E, 1e-3, 0);
         moe_bias_update(b_ref.data(), load_ref.data(), E, 1e-3);
-        CHECK(same_bits(d_b.download(), b_ref));
+        CHECK(bits_equal(d_b.download(), b_ref));
         CHECK(d_load.download() == std::vector<int64_t>(E, 0));
         // the next step's loads
         for (int e = 0; e < E; e++) load_ref[e] = (int64_t)((e * 5 + step * 3) % 7);

@@ -177,33 +177,7 @@ void check(const Shape& s, int offset, bool in_place, uint64_t seed) {
 template <typename T>
 std::vector<T> drop(const std::vector<T>& v, int off) { return std::vector<T>(v.begin() + off, v.end()); }
 
-template <typename T>
-bool same_bits(const std::vector<T>& a, const std::vector<T>& b) {
-    return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0;
-}
 
-// columns [c0, c0 + w) of the N rows of a row-major (N, ld) array, as a dense (N, w) array, and back
-template <typename T>
-std::vector<T> get_cols(const std::vector<T>& buf, long N, long ld, long c0, long w) {
-    std::vector<T> out((size_t)(N * w));
-    for (long n = 0; n < N; n++) std::memcpy(&out[n * w], &buf[n * ld + c0], w * sizeof(T));
-    return out;
-}
-template <typename T>
-void put_cols(std::vector<T>& buf, const std::vector<T>& src, long N, long ld, long c0, long w) {
-    for (long n = 0; n < N; n++) std::memcpy(&buf[n * ld + c0], &src[n * w], w * sizeof(T));
-}
-
-// elements of the (N, ld) buffer outside columns [lo, hi) that lost DeviceBuffer::poison's bits
-long gaps_changed(const std::vector<floatX>& buf, long N, long ld, long lo, long hi) {
-    floatX poison;
-    std::memset(&poison, 0xFF, sizeof poison);
-    long bad = 0;
-    for (long n = 0; n < N; n++)
-        for (long c = 0; c < ld; c++)
-            if ((c < lo || c >= hi) && std::memcmp(&buf[n * ld + c], &poison, sizeof poison) != 0) bad++;
-    return bad;
-}
 
 // In place on a packed buffer of N = B*T token rows [q (H*D) | k (Hkv*D) | v (Hkv*D) | pad], row stride
 // ld = (H + 2 Hkv) D + pad, q = buf, k = buf + H*D, ldq = ldk = ld (the trainer's call), against the
@@ -253,8 +227,8 @@ void check_packed(const Shape& s, int pad, uint64_t seed) {
     rope_qknorm_forward(d_buf.ptr, d_rq2.ptr, d_buf.ptr + qw, d_rk2.ptr, d_buf.ptr, d_buf.ptr + qw, d_tab_c.ptr, d_tab_s.ptr,
                         s.B, s.T, s.H, s.Hkv, s.D, s.pos0, 0, ld, ld);
     buf = d_buf.download();
-    CHECK(same_bits(get_cols(buf, N, ld, 0, qw), qn_dense));
-    CHECK(same_bits(get_cols(buf, N, ld, qw, kw), kn_dense));
+    CHECK(bits_equal(get_cols(buf, N, ld, 0, qw), qn_dense));
+    CHECK(bits_equal(get_cols(buf, N, ld, qw, kw), kn_dense));
     CHECK(bits_equal(d_rq2.download(), rq_dense));
     CHECK(bits_equal(d_rk2.download(), rk_dense));
     CHECK(gaps_changed(buf, N, ld, 0, qw + kw) == 0);
@@ -285,10 +259,10 @@ void check_packed(const Shape& s, int pad, uint64_t seed) {
     rope_qknorm_backward(d_gbuf.ptr, d_gbuf.ptr + qw, d_gbuf.ptr, d_gbuf.ptr + qw, d_obuf.ptr, d_obuf.ptr + qw, d_rq_ref.ptr,
                          d_rk_ref.ptr, d_tab_c.ptr, d_tab_s.ptr, s.B, s.T, s.H, s.Hkv, s.D, s.pos0, 0, ld, ld);
     gbuf = d_gbuf.download();
-    CHECK(same_bits(get_cols(gbuf, N, ld, 0, qw), dq_dense));
-    CHECK(same_bits(get_cols(gbuf, N, ld, qw, kw), dk_dense));
+    CHECK(bits_equal(get_cols(gbuf, N, ld, 0, qw), dq_dense));
+    CHECK(bits_equal(get_cols(gbuf, N, ld, qw, kw), dk_dense));
     CHECK(gaps_changed(gbuf, N, ld, 0, qw + kw) == 0);
-    CHECK(same_bits(d_obuf.download(), obuf));  // the saved outputs: read only
+    CHECK(bits_equal(d_obuf.download(), obuf));  // the saved outputs: read only
 }
 
 }  // namespace

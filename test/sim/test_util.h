@@ -21,6 +21,19 @@
 
 namespace testutil {
 
+// the sanitizer flavors (Makefile: build/sim_tsan, build/sim_asan), where each launch costs more:
+// tests run lighter shapes there
+#if defined(LLMC_SIM_TSAN) && LLMC_SIM_TSAN
+constexpr bool kTsan = true;
+#else
+constexpr bool kTsan = false;
+#endif
+#if defined(LLMC_SIM_ASAN) && LLMC_SIM_ASAN
+constexpr bool kAsan = true;
+#else
+constexpr bool kAsan = false;
+#endif
+
 template <typename T>
 struct DeviceBuffer {
     T* ptr = nullptr;
@@ -85,8 +98,34 @@ inline std::vector<floatX> to_x(const std::vector<float>& v) {
 // the fp32 values a floatX tensor holds (unchanged in the fp32 build)
 inline std::vector<float> x_round(const std::vector<float>& v) { return to_f32(to_x(v)); }
 
-inline bool bits_equal(const std::vector<float>& a, const std::vector<float>& b) {
-    return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+// bitwise equality (two empty vectors are equal: memcmp never sees their null data)
+template <typename T>
+bool bits_equal(const std::vector<T>& a, const std::vector<T>& b) {
+    return a.size() == b.size() && (a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0);
+}
+
+// Strided tensors (the GPU trainer's packed [q | k | v] rows): columns [c0, c0 + w) of the N rows of
+// a row-major (N, ld) array as a dense (N, w) array, and back
+template <typename T>
+std::vector<T> get_cols(const std::vector<T>& buf, long N, long ld, long c0, long w) {
+    std::vector<T> out((size_t)(N * w));
+    for (long n = 0; n < N; n++) std::memcpy(&out[n * w], &buf[n * ld + c0], w * sizeof(T));
+    return out;
+}
+template <typename T>
+void put_cols(std::vector<T>& buf, const std::vector<T>& src, long N, long ld, long c0, long w) {
+    for (long n = 0; n < N; n++) std::memcpy(&buf[n * ld + c0], &src[n * w], w * sizeof(T));
+}
+// elements of the (N, ld) buffer outside columns [lo, hi) that lost DeviceBuffer::poison's bits
+template <typename T>
+long gaps_changed(const std::vector<T>& buf, long N, long ld, long lo, long hi) {
+    T poison;
+    std::memset(&poison, 0xFF, sizeof poison);
+    long bad = 0;
+    for (long n = 0; n < N; n++)
+        for (long c = 0; c < ld; c++)
+            if ((c < lo || c >= hi) && std::memcmp(&buf[n * ld + c], &poison, sizeof poison) != 0) bad++;
+    return bad;
 }
 
 // 2^-8: the largest relative error of one round-to-nearest to bf16 (8 significant bits: half an

@@ -120,31 +120,6 @@ void check(const Shape& s, int offset, uint64_t seed) {
 template <typename T>
 std::vector<T> drop(const std::vector<T>& v, int off) { return std::vector<T>(v.begin() + off, v.end()); }
 
-template <typename T>
-bool same_bits(const std::vector<T>& a, const std::vector<T>& b) {
-    return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0;
-}
-
-// columns [c0, c0 + w) of the N rows of a row-major (N, ld) array, as a dense (N, w) array, and back
-std::vector<floatX> get_cols(const std::vector<floatX>& buf, long N, long ld, long c0, long w) {
-    std::vector<floatX> out((size_t)(N * w));
-    for (long n = 0; n < N; n++) std::memcpy(&out[n * w], &buf[n * ld + c0], w * sizeof(floatX));
-    return out;
-}
-void put_cols(std::vector<floatX>& buf, const std::vector<floatX>& src, long N, long ld, long c0, long w) {
-    for (long n = 0; n < N; n++) std::memcpy(&buf[n * ld + c0], &src[n * w], w * sizeof(floatX));
-}
-
-// elements of the (N, ld) buffer outside columns [lo, hi) that lost DeviceBuffer::poison's bits
-long gaps_changed(const std::vector<floatX>& buf, long N, long ld, long lo, long hi) {
-    floatX poison;
-    std::memset(&poison, 0xFF, sizeof poison);
-    long bad = 0;
-    for (long n = 0; n < N; n++)
-        for (long c = 0; c < ld; c++)
-            if ((c < lo || c >= hi) && std::memcmp(&buf[n * ld + c], &poison, sizeof poison) != 0) bad++;
-    return bad;
-}
 
 // v (forward, in place) and dv (backward) as the v part of packed buffers of N token rows
 // [q (H*D) | k (Hkv*D) | v (Hkv*D) | pad], ldv = (H + 2 Hkv) D + pad, against the dense calls on the
@@ -192,7 +167,7 @@ void check_packed(const Shape& s, int H, int pad, uint64_t seed) {
     d_buf.upload(buf);
     ve_gate_forward(d_buf.ptr + v0, d_gamma2.ptr, d_u.ptr, d_ve2.ptr, d_wg.ptr, N, C, Hkv, D, 0, ld);
     buf = d_buf.download();
-    CHECK(same_bits(get_cols(buf, N, ld, v0, vw), v_dense));
+    CHECK(bits_equal(get_cols(buf, N, ld, v0, vw), v_dense));
     CHECK(bits_equal(d_gamma2.download(), gamma_dense));
     CHECK(gaps_changed(buf, N, ld, v0, v0 + vw) == 0);
 
@@ -237,10 +212,10 @@ void check_packed(const Shape& s, int H, int pad, uint64_t seed) {
     d_gbuf.upload(gbuf);
     ve_gate_backward(d_du2.ptr, d_dve2.ptr, d_dwg2.ptr, d_gbuf.ptr + v0, d_u.ptr, d_ve2.ptr, d_gamma.ptr, d_wg.ptr, N, C,
                      Hkv, D, d_scratch.ptr, 0, ld);
-    CHECK(same_bits(d_dve2.download(), dve_dense));
-    CHECK(same_bits(d_du2.download(), du_dense));
+    CHECK(bits_equal(d_dve2.download(), dve_dense));
+    CHECK(bits_equal(d_du2.download(), du_dense));
     CHECK(bits_equal(d_dwg2.download(), dwg_dense));
-    CHECK(same_bits(d_gbuf.download(), gbuf));  // dv is read only; q, k and the pad keep the poison
+    CHECK(bits_equal(d_gbuf.download(), gbuf));  // dv is read only; q, k and the pad keep the poison
 }
 
 }  // namespace
