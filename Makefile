@@ -269,7 +269,7 @@ gpu_build: $(if $(NVCC),$(GPU_TESTS) $(BUILD)/gpu/bench_kernels $(BUILD)/gpu/mma
 	@$(if $(NVCC),echo "GPU test binaries + bench_kernels + mma_gemm + bench_attention + train_gpt (bf16, fp32) + train_moe$(if $(filter 1,$(USE_CUDNN)), + the cuDNN variants) compiled with $(NVCC)",echo "nvcc not found: GPU build skipped")
 
 # test_builds runs the trainer's SIM builds against the CPU one
-TRAINER_BUILDS := $(BUILD)/sim/train_gpt $(BUILD)/sim/train_gpt_fp32 $(BUILD)/sim/train_moe_fp32
+TRAINER_BUILDS := $(BUILD)/sim/train_gpt $(BUILD)/sim/train_gpt_fp32 $(BUILD)/sim/train_moe $(BUILD)/sim/train_moe_fp32
 test: programs $(TRAINER_BUILDS) $(CPU_TESTS) $(SIM_TESTS) $(SIM_ASAN_TESTS) $(SIM_TSAN_TESTS) $(SIM_FP32_TESTS) $(FUZZ_TESTS) gpu_build
 	@$(if $(FUZZ_TESTS),,echo "clang++ with libFuzzer not found: fuzz targets skipped (test_tokenizer's randomized fuzz case still runs)")
 	@ASAN_OPTIONS=detect_leaks=0 scripts/run_tests.sh $(CPU_TESTS) $(SIM_TESTS) $(SIM_ASAN_TESTS) $(SIM_TSAN_TESTS) $(SIM_FP32_TESTS) $(FUZZ_TESTS)

@@ -5,8 +5,10 @@
 # peak), the device memory the trainer allocated, and its table of time per op (--profile 1: CUDA
 # events around every op call, mean over the steps after the first). Run by `make bench` and by
 # scripts/gpu_check.sh when there is a GPU.
+# Then the hybrid trainer (build/gpu/train_moe: Lightning + MoE, its d16 defaults; first-version
+# kernels, docs/moe.md#cuda, docs/lightning.md#lightning-cuda) the same way.
 # Knobs: STEPS (timed steps, default 3), DEPTHS (default "12 20 24"), BATCH_<depth> (device batch,
-# defaults 32 / 32 / 16).
+# defaults 32 / 32 / 16), MOE_DEPTHS (hybrid depths, default "16"; empty: none), MOE_BATCH (16).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi -L >/dev/null 2>&1; then
@@ -14,7 +16,8 @@ if ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi -L >/dev/null 2>&1; t
 fi
 STEPS=${STEPS:-3}
 DEPTHS=${DEPTHS:-"12 20 24"}
-make -s prepare_data build/gpu/train_gpt
+MOE_DEPTHS=${MOE_DEPTHS-16}
+make -s prepare_data build/gpu/train_gpt $([ -n "$MOE_DEPTHS" ] && echo build/gpu/train_moe)
 tmp=$(mktemp -d /tmp/llmc_bench_gpu.XXXXXX)
 trap 'rm -rf "$tmp"' EXIT
 corpus=../shared/data/tinyshakespeare.txt
@@ -27,25 +30,31 @@ fi
 # depend on which ids they are. The contiguous loader needs no BOS id.
 ./prepare_data --input "$corpus" --out "$tmp/data" --prefix bench --vocab-size 4096 > "$tmp/prep.log"
 summary=()
+run() {  # $1 = label, $2 = binary, $3 = depth, $4 = device batch
+  local name=$1 bin=$2 d=$3 B=$4
+  echo "== $name, T 2048, device batch $B, 524288 tokens per step, $STEPS timed steps after one warm-up"
+  if $bin --data-dir "$tmp/data" --tokenizer none --vocab-size 32768 --loader contiguous \
+       --depth "$d" --max-seq-len 2048 --device-batch-size "$B" --total-batch-size 524288 \
+       --num-iterations $((STEPS + 1)) --eval-every -1 --eval-tokens 2048 --num-samples 0 --save-every -1 \
+       --out-dir "$tmp/out_$name" --profile 1 > "$tmp/$name.log" 2>&1; then
+    grep -E '^(parameters|layers|device memory|throughput|profile|  )' "$tmp/$name.log"
+    tps=$(grep -o 'throughput: [0-9]* tokens/s' "$tmp/$name.log" | awk '{print $2}')
+    mfu=$(grep -o 'MFU [0-9.]*%' "$tmp/$name.log" | tail -1 | awk '{print $2}')
+    ms=$(grep -o 'mean over [0-9]* steps ([0-9.]* ms per step' "$tmp/$name.log" | awk '{print $5}' | tr -d '(')
+    mem=$(grep -o 'peak allocated by the trainer [0-9.]* GiB' "$tmp/$name.log" | awk '{print $6}')
+    summary+=("| $name | $B | ${ms:-?} | ${tps:-?} | ${mfu:-?} | ${mem:-?} |")
+  else
+    tail -n 5 "$tmp/$name.log"
+    summary+=("| $name | $B | failed: $(tail -n 1 "$tmp/$name.log" | cut -c1-80) | | | |")
+  fi
+}
 for d in $DEPTHS; do
   bvar=BATCH_$d
   case $d in 24) bdef=16 ;; *) bdef=32 ;; esac
-  B=${!bvar:-$bdef}
-  echo "== d$d, T 2048, device batch $B, 524288 tokens per step, $STEPS timed steps after one warm-up"
-  if build/gpu/train_gpt --data-dir "$tmp/data" --tokenizer none --vocab-size 32768 --loader contiguous \
-       --depth "$d" --max-seq-len 2048 --device-batch-size "$B" --total-batch-size 524288 \
-       --num-iterations $((STEPS + 1)) --eval-every -1 --eval-tokens 2048 --num-samples 0 --save-every -1 \
-       --out-dir "$tmp/out_d$d" --profile 1 > "$tmp/d$d.log" 2>&1; then
-    grep -E '^(parameters|device memory|throughput|profile|  )' "$tmp/d$d.log"
-    tps=$(grep -o 'throughput: [0-9]* tokens/s' "$tmp/d$d.log" | awk '{print $2}')
-    mfu=$(grep -o 'MFU [0-9.]*%' "$tmp/d$d.log" | tail -1 | awk '{print $2}')
-    ms=$(grep -o 'mean over [0-9]* steps ([0-9.]* ms per step' "$tmp/d$d.log" | awk '{print $5}' | tr -d '(')
-    mem=$(grep -o 'peak allocated by the trainer [0-9.]* GiB' "$tmp/d$d.log" | awk '{print $6}')
-    summary+=("| d$d | $B | ${ms:-?} | ${tps:-?} | ${mfu:-?} | ${mem:-?} |")
-  else
-    tail -n 5 "$tmp/d$d.log"
-    summary+=("| d$d | $B | failed: $(tail -n 1 "$tmp/d$d.log" | cut -c1-80) | | | |")
-  fi
+  run "d$d" build/gpu/train_gpt "$d" "${!bvar:-$bdef}"
+done
+for d in $MOE_DEPTHS; do
+  run "moe_d$d" build/gpu/train_moe "$d" "${MOE_BATCH:-16}"
 done
 echo
 echo "| model | device batch | ms/step | tokens/s | MFU | peak allocated (GiB) |"
