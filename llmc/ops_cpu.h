@@ -228,6 +228,8 @@ void sum_squares(double* out, const Real* g, size_t n) {
 }
 
 // ---- the hybrid layers (train_moe; docs/model.md#hybrid) ----
+// the kernels' shape limits (the CUDA build's; the CPU ops take any shape)
+inline void check_hybrid_shapes(const MoeConfig* moe, int n_lightning, int B, int T, int C, int H, int D, int blk) {}
 // the sizes of their saved tensors and workspaces (the CUDA ops have their own)
 inline LightningSizes lightning_sizes(int B, int T, int H, int D) { return ::lightning_sizes(B, T, H, D); }
 inline MoeSavedSize moe_saved_numel(const MoeConfig& c, int B, int T) { return ::moe_saved_numel(c, B, T); }

@@ -394,6 +394,15 @@ inline void sum_squares(float* out, const float* g, size_t n) { OpTimer t_("sum_
 
 // ---- the hybrid layers (train_moe; docs/model.md#hybrid): llmc/cuda/lightning.cuh and
 // llmc/cuda/moe.cuh, with their own saved and workspace sizes (the model sizes its buffers by these)
+// their shape limits, checked when the model sizes its activations (before a step runs or a file is written)
+inline void check_hybrid_shapes(const MoeConfig* moe, int n_lightning, int B, int T, int C, int H, int D, int blk) {
+    if (moe) llmc::moe_check_cuda(*moe, B, T);
+    if (n_lightning) {
+        ::lightning_check_args_cuda_("lightning attention", B, T, C, H, D, blk);
+        LLMC_CHECK((H * D) % 8 == 0, "lightning attention (CUDA): n_head x head_dim = %d must be a multiple of 8 (16-byte aligned GEMM operands)",
+                   H * D);
+    }
+}
 inline LightningSizes lightning_sizes(int B, int T, int H, int D) { return ::lightning_sizes_cuda(B, T, H, D); }
 inline MoeSavedSize moe_saved_numel(const MoeConfig& c, int B, int T) { return ::moe_saved_numel_cuda(c, B, T); }
 inline size_t moe_workspace_numel(const MoeConfig& c, int B, int T) { return ::moe_workspace_numel_cuda(c, B, T); }

@@ -321,6 +321,10 @@ TEST_CASE("SIM build: bad input gives one clear error, as the CPU build does") {
     // more memory than there is: the error names the sizes (on a GPU build: the GPU's free memory)
     expect_error(kSim + bf16_flags("nanochat", 2) + " --device-batch-size 4000000 --total-batch-size 256000000 --out-dir " + d + "/bad2",
                  "GiB");
+    // shapes the hybrid layers' kernels do not take (the CPU build trains them): one error before a
+    // step runs, naming the limit
+    expect_error(kSimMoe32 + hybrid_flags(2) + " --moe-hidden 60 --out-dir " + d + "/bad3", "must be multiples of 8");
+    expect_error(kSimMoe32 + hybrid_flags(2) + " --head-dim 256 --aspect-ratio 256 --out-dir " + d + "/bad4", "D <= 128");
 }
 
 TEST_CASE("the nvcc build on a machine without a GPU: one clear error, no log or checkpoint written") {
