@@ -43,6 +43,8 @@
 #include "llmc/cuda/embedding.cuh"
 #include "llmc/cuda/global_norm.cuh"
 #include "llmc/cuda/matmul.cuh"
+#include "llmc/cuda/lightning.cuh"
+#include "llmc/cuda/moe.cuh"
 #include "llmc/cuda/muon.cuh"
 #include "llmc/cuda/relu2.cuh"
 #include "llmc/cuda/residual.cuh"
@@ -492,6 +494,85 @@ void bench_muon(Bench& B, int L, int C, int Hkv) {
     muon_scratch_free(scr);
 }
 
+// The hybrid layers (train_moe; first-version kernels, docs/lightning.md#lightning-cuda and
+// docs/moe.md#cuda), at train_moe's d16 defaults. Their rates count the FLOPs of the MFU convention
+// (docs/lightning.md#cost, docs/moe.md#flops): Lightning's five projections (2·5·N·C per token forward, twice that backward) and
+// its core (12·H·D·(64 + D) per token for forward + backward, a third of it forward); MoE's router
+// (2·C·E) and the active experts' two GEMMs (4·C·(K·F + Fs)) per token forward, twice that backward.
+void bench_lightning(Bench& B, int Bsz, int T, int C, int H, int D, int blk) {
+    const size_t N = (size_t)Bsz * T, NW = (size_t)H * D;
+    LightningSizes z = lightning_sizes_cuda(Bsz, T, H, D);
+    floatX *u = dalloc<floatX>(N * C), *out = dalloc<floatX>(N * C), *du = dalloc<floatX>(N * C);
+    floatX *wq = dalloc<floatX>(NW * C), *wk = dalloc<floatX>(NW * C), *wv = dalloc<floatX>(NW * C), *wg = dalloc<floatX>(NW * C);
+    floatX* wo = dalloc<floatX>(NW * C);
+    floatX *p = dalloc<floatX>(z.p), *o = dalloc<floatX>(z.o), *a = dalloc<floatX>(z.a);
+    floatX* work = dalloc<floatX>(std::max(z.work_forward, z.work_backward));
+    float* r = dalloc<float>(z.r);
+    float *dwq = dalloc<float>(NW * C), *dwk = dalloc<float>(NW * C), *dwv = dalloc<float>(NW * C), *dwg = dalloc<float>(NW * C);
+    float* dwo = dalloc<float>(NW * C);
+    float* dw = dupload(std::vector<float>(NW, 0.0f));
+    float* w = dupload(std::vector<float>(NW, 1.0f));
+    std::vector<float> sl(H);
+    lightning_slopes(sl.data(), H, 0, 16);
+    float* slopes = dupload(sl);
+    fill_uniform(u, N * C, 40, 1.0f, B.stream);
+    const float ws = 1.0f / std::sqrt((float)C);
+    fill_uniform(wq, NW * C, 41, ws, B.stream); fill_uniform(wk, NW * C, 42, ws, B.stream);
+    fill_uniform(wv, NW * C, 43, ws, B.stream); fill_uniform(wg, NW * C, 44, ws, B.stream);
+    fill_uniform(wo, NW * C, 45, ws, B.stream);
+    for (float* g : {dwq, dwk, dwv, dwg, dwo}) cudaCheck(cudaMemsetAsync(g, 0, NW * C * sizeof(float), B.stream));
+    const std::string shape = fmt("B=%ld T=%ld C=%ld", Bsz, T, C) + fmt(" H=%ld D=%ld", H, D) + fmt(" blk=%ld", blk);
+    const double proj = 2.0 * 5 * NW * C, core = 12.0 * H * D * (64 + D);
+    Timing t = time_it([&] { lightning_forward(out, p, o, r, a, u, wq, wk, wv, wg, wo, w, slopes, Bsz, T, C, H, D, blk, work, B.stream); },
+                       B.reps, B.stream);
+    B.add_flops("lightning_forward", shape, t, N * (proj + core / 3));
+    t = time_it([&] {
+        lightning_backward(du, dwq, dwk, dwv, dwg, dwo, dw, out, u, p, o, r, a, wq, wk, wv, wg, wo, w, slopes, Bsz, T, C, H, D, blk, work,
+                           B.stream);
+    }, B.reps, B.stream);
+    B.add_flops("lightning_backward", shape, t, N * (2 * proj + 2 * core / 3));
+    for (floatX* x : {u, out, du, wq, wk, wv, wg, wo, p, o, a, work}) dfree(x);
+    for (float* x : {r, dwq, dwk, dwv, dwg, dwo, dw, w, slopes}) dfree(x);
+}
+
+void bench_moe(Bench& B, int Bsz, int T, const MoeConfig& c) {
+    const size_t N = (size_t)Bsz * T, EFC = (size_t)c.E * c.F * c.C, SC = (size_t)c.Fs * c.C;
+    MoeSavedSize z = moe_saved_numel_cuda(c, Bsz, T);
+    floatX *u = dalloc<floatX>(N * c.C), *out = dalloc<floatX>(N * c.C), *du = dalloc<floatX>(N * c.C);
+    floatX *w1 = dalloc<floatX>(EFC), *w2 = dalloc<floatX>(EFC), *s1 = dalloc<floatX>(SC), *s2 = dalloc<floatX>(SC);
+    floatX* saved = dalloc<floatX>(z.real);
+    int* saved_int = dalloc<int>(z.ints);
+    floatX* work = dalloc<floatX>(moe_workspace_numel_cuda(c, Bsz, T));
+    float *dw1 = dalloc<float>(EFC), *dw2 = dalloc<float>(EFC), *ds1 = dalloc<float>(SC), *ds2 = dalloc<float>(SC);
+    float *router = dalloc<float>((size_t)c.E * c.C), *drouter = dalloc<float>((size_t)c.E * c.C);
+    float* bias = dupload(std::vector<float>(c.E, 0.0f));
+    int64_t* load = dalloc<int64_t>(c.E);
+    double* aux = dalloc<double>(1);
+    fill_uniform(u, N * c.C, 50, 1.0f, B.stream);
+    const float ws = 1.0f / std::sqrt((float)c.C);
+    fill_uniform(router, (size_t)c.E * c.C, 51, ws, B.stream);
+    fill_uniform(w1, EFC, 52, ws, B.stream); fill_uniform(w2, EFC, 53, ws, B.stream);
+    fill_uniform(s1, SC, 54, ws, B.stream); fill_uniform(s2, SC, 55, ws, B.stream);
+    for (float* g : {dw1, dw2}) cudaCheck(cudaMemsetAsync(g, 0, EFC * sizeof(float), B.stream));
+    for (float* g : {ds1, ds2}) cudaCheck(cudaMemsetAsync(g, 0, SC * sizeof(float), B.stream));
+    cudaCheck(cudaMemsetAsync(drouter, 0, (size_t)c.E * c.C * sizeof(float), B.stream));
+    cudaCheck(cudaMemsetAsync(load, 0, c.E * sizeof(int64_t), B.stream));
+    const std::string shape = fmt("N=%ld C=%ld", N, c.C) + fmt(" E=%ld K=%ld", c.E, c.K) + fmt(" F=%ld Fs=%ld", c.F, c.Fs);
+    const double fwd = 2.0 * c.C * c.E + 4.0 * c.C * ((double)c.K * c.F + c.Fs);
+    Timing t = time_it([&] {
+        moe_forward(out, saved, saved_int, work, u, router, bias, w1, nullptr, w2, s1, nullptr, s2, c, Bsz, T, load, aux, nullptr, B.stream);
+    }, B.reps, B.stream);
+    B.add_flops("moe_forward (sync for the offsets)", shape, t, N * fwd);
+    t = time_it([&] {
+        moe_backward(du, drouter, dw1, nullptr, dw2, ds1, nullptr, ds2, work, out, u, router, bias, w1, nullptr, w2, s1, nullptr, s2, saved,
+                     saved_int, c, Bsz, T, 1.0f, B.stream);
+    }, B.reps, B.stream);
+    B.add_flops("moe_backward (sync for the offsets)", shape, t, N * 2 * fwd);
+    for (floatX* x : {u, out, du, w1, w2, s1, s2, saved, work}) dfree(x);
+    for (float* x : {dw1, dw2, ds1, ds2, router, drouter, bias}) dfree(x);
+    dfree(saved_int); dfree(load); dfree(aux);
+}
+
 void print_device(Bench& B) {
     int dev = 0;
     cudaCheck(cudaGetDevice(&dev));
@@ -582,6 +663,17 @@ int run(int argc, char** argv) {
     // d20: 20 layers, C = 1280, Hkv = 10 (small: 2 layers of C = 64, Hkv = 2)
     if (small) bench_muon(B, 2, 64, 2);
     else bench_muon(B, 20, C, NH);
+    // train_moe's d16 defaults: n_embd 1024, 8 heads of 128, blocks of 64; 32 experts, top 4, one
+    // shared, F 768 (small: n_embd 64, 2 heads of 32; 4 experts, top 2, F 64)
+    if (small) {
+        bench_lightning(B, 2, 32, 64, 2, 32, 16);
+        MoeConfig mc; mc.C = 64; mc.E = 4; mc.K = 2; mc.F = 64; mc.Fs = 64; mc.alpha = 1e-4;
+        bench_moe(B, 2, 32, mc);
+    } else {
+        bench_lightning(B, 16, 2048, 1024, 8, 128, 64);
+        MoeConfig mc; mc.C = 1024; mc.E = 32; mc.K = 4; mc.F = 768; mc.Fs = 768; mc.alpha = 1e-4;
+        bench_moe(B, 16, 2048, mc);
+    }
 
     matmul_destroy();
     cudaCheck(cudaDeviceSynchronize());
