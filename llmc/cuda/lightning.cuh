@@ -99,6 +99,28 @@ __device__ inline void la_decayed_scores(float* S, const float* A, const float* 
     }
 }
 
+// Row i, column col of a chunk's output: sum_{j<=i} S_ij X_j[col] + E[i+1] <A_i, M[:, col]>, the
+// intra-chunk part through the decayed scores S plus the inter-chunk part through the state M (D x
+// D at stride L): o from (S, V, Q, KV) in the forward, dq from (dP, K, dO, KVᵀ) in the backward
+__device__ inline float la_chunk_row(const float* S, const float* X, const float* A, const float* M, const float* E, int i, int col, int D,
+                                     int L, int SL) {
+    float intra = 0.0f, inter = 0.0f;
+    for (int j = 0; j <= i; j++) intra += S[i * SL + j] * X[j * L + col];
+    for (int c = 0; c < D; c++) inter += A[i * L + c] * M[c * L + col];
+    return intra + E[i + 1] * inter;
+}
+
+// The state after a chunk of b rows: M[r][s] = E[b] M[r][s] + sum_j E[b-1-j] X_j[r] Y_j[s] over the
+// block's threads: KV from (K, V) in the forward, KVᵀ from (V, K) in the backward's dq scan
+__device__ inline void la_state_update(float* M, const float* X, const float* Y, const float* E, int b, int D, int L) {
+    for (int idx = threadIdx.x; idx < D * D; idx += blockDim.x) {
+        const int r = idx / D, c = idx % D;
+        float acc = 0.0f;
+        for (int j = 0; j < b; j++) acc += E[b - 1 - j] * X[j * L + r] * Y[j * L + c];
+        M[r * L + c] = E[b] * M[r * L + c] + acc;
+    }
+}
+
 // Forward core: o (B*T, N) = core(silu(p_q), silu(p_k), silu(p_v)). Grid B*H, one block per (row, head).
 __global__ void __launch_bounds__(LA_THREADS)
 lightning_core_forward_kernel(floatX* o, const floatX* p, const float* slopes, int T, int H, int D, int chunk, long plane) {
@@ -129,21 +151,11 @@ lightning_core_forward_kernel(floatX* o, const floatX* p, const float* slopes, i
         // o_i = sum_{j<=i} S_ij v_j + E[i+1] q_i KV (the state holds everything before the chunk)
         for (int idx = threadIdx.x; idx < b * D; idx += blockDim.x) {
             const int i = idx / D, e = idx % D;
-            float intra = 0.0f, inter = 0.0f;
-            for (int j = 0; j <= i; j++) intra += S[i * SL + j] * V[j * L + e];
-            for (int c = 0; c < D; c++) inter += Q[i * L + c] * KV[c * L + e];
-            ob[(size_t)(t0 + i) * N + e] = llmc::to_floatX(intra + E[i + 1] * inter);
+            ob[(size_t)(t0 + i) * N + e] = llmc::to_floatX(la_chunk_row(S, V, Q, KV, E, i, e, D, L, SL));
         }
         __syncthreads();
         // KV = E[b] KV + sum_j E[b-1-j] k_jᵀ v_j (not needed after the last chunk)
-        if (t0 + b < T) {
-            for (int idx = threadIdx.x; idx < D * D; idx += blockDim.x) {
-                const int c = idx / D, e = idx % D;
-                float acc = 0.0f;
-                for (int j = 0; j < b; j++) acc += E[b - 1 - j] * K[j * L + c] * V[j * L + e];
-                KV[c * L + e] = E[b] * KV[c * L + e] + acc;
-            }
-        }
+        if (t0 + b < T) la_state_update(KV, K, V, E, b, D, L);
         __syncthreads();
     }
 }
@@ -184,21 +196,11 @@ lightning_core_backward_kernel(floatX* dp, const floatX* dout, const floatX* p, 
             // dq_i = sum_{j<=i} dP_ij k_j + E[i+1] dO_i KVᵀ
             for (int idx = threadIdx.x; idx < b * D; idx += blockDim.x) {
                 const int i = idx / D, c = idx % D;
-                float intra = 0.0f, inter = 0.0f;
-                for (int j = 0; j <= i; j++) intra += dP[i * SL + j] * K[j * L + c];
-                for (int e = 0; e < D; e++) inter += dO[i * L + e] * St[e * L + c];
                 const size_t g = (size_t)(t0 + i) * N + c;
-                dq[g] = llmc::to_floatX((intra + E[i + 1] * inter) * la_dsiluf(llmc::to_float(pq[g])));
+                dq[g] = llmc::to_floatX(la_chunk_row(dP, K, dO, St, E, i, c, D, L, SL) * la_dsiluf(llmc::to_float(pq[g])));
             }
             __syncthreads();
-            if (t0 + b < T) {  // KVᵀ = E[b] KVᵀ + sum_j E[b-1-j] v_jᵀ k_j
-                for (int idx = threadIdx.x; idx < D * D; idx += blockDim.x) {
-                    const int e = idx / D, c = idx % D;
-                    float acc = 0.0f;
-                    for (int j = 0; j < b; j++) acc += E[b - 1 - j] * V[j * L + e] * K[j * L + c];
-                    St[e * L + c] = E[b] * St[e * L + c] + acc;
-                }
-            }
+            if (t0 + b < T) la_state_update(St, V, K, E, b, D, L);  // KVᵀ = E[b] KVᵀ + sum_j E[b-1-j] v_jᵀ k_j
             __syncthreads();
         }
     } else {
