@@ -390,16 +390,20 @@ inline void build_backward(Plan& p) {
     cudnnBackendDescriptor_t S3 = band_mask(p, g, S2, L.s_dim, L.s_str);
     cudnnBackendDescriptor_t E = g.virt(CUDNN_DATA_FLOAT, L.s_dim, L.s_str);
     g.pointwise(CUDNN_POINTWISE_EXP, CUDNN_DATA_FLOAT, S3, nullptr, nullptr, E);
-    // dV = Pᵀ dO (per query head, then summed over each kv head's group)
+    // out = A B for a kv-head tensor (dK, dV): per query head, then summed over each kv head's group
+    auto kv_matmul = [&](cudnnBackendDescriptor_t A, cudnnBackendDescriptor_t B, cudnnBackendDescriptor_t out) {
+        if (p.H == p.Hkv) {
+            g.matmul(A, B, out);
+        } else {
+            cudnnBackendDescriptor_t full = g.virt(CUDNN_DATA_BFLOAT16, L.full_dim, L.full_str);
+            g.matmul(A, B, full);
+            g.reduction(CUDNN_REDUCE_TENSOR_ADD, full, out);
+        }
+    };
+    // dV = Pᵀ dO
     cudnnBackendDescriptor_t Pt = g.virt(CUDNN_DATA_BFLOAT16, st_dim_t, st_str_t);
     g.reshape(E, Pt);
-    if (p.H == p.Hkv) {
-        g.matmul(Pt, dO, dV);
-    } else {
-        cudnnBackendDescriptor_t dVf = g.virt(CUDNN_DATA_BFLOAT16, L.full_dim, L.full_str);
-        g.matmul(Pt, dO, dVf);
-        g.reduction(CUDNN_REDUCE_TENSOR_ADD, dVf, dV);
-    }
+    kv_matmul(Pt, dO, dV);
     // dS = P (dO Vᵀ - softmax_sum) scale
     cudnnBackendDescriptor_t dP = g.virt(CUDNN_DATA_FLOAT, L.s_dim, L.s_str);
     g.matmul(dO, VT, dP);
@@ -412,13 +416,7 @@ inline void build_backward(Plan& p) {
     // dK = dSᵀ Q
     cudnnBackendDescriptor_t dSt = g.virt(CUDNN_DATA_BFLOAT16, st_dim_t, st_str_t);
     g.reshape(dS, dSt);
-    if (p.H == p.Hkv) {
-        g.matmul(dSt, Q, dK);
-    } else {
-        cudnnBackendDescriptor_t dKf = g.virt(CUDNN_DATA_BFLOAT16, L.full_dim, L.full_str);
-        g.matmul(dSt, Q, dKf);
-        g.reduction(CUDNN_REDUCE_TENSOR_ADD, dKf, dK);
-    }
+    kv_matmul(dSt, Q, dK);
     // dQ = dS K, accumulated in fp32, then rounded to bf16
     cudnnBackendDescriptor_t Kr = g.virt(CUDNN_DATA_FLOAT, L.kv_dim, L.kv_str);
     g.reshape(KT, Kr);
