@@ -482,10 +482,10 @@ struct GPT {
     // Activation memory for micro-batches of B rows of T tokens. Called once before training
     // (and again only if the shape changes, e.g. for sampling): never inside a step.
     void build_activations(int B_, int T_) {
+        if (B_ == B && T_ == T && acts) return;
         // the hybrid layers' shape limits of this build's kernels: one error before anything runs
         op::check_hybrid_shapes(config.n_moe ? &moe_cfg : nullptr, config.n_lightning, B_, T_, config.n_embd, config.n_head,
                                 config.head_dim, config.la_block);
-        if (B_ == B && T_ == T && acts) return;
         B = B_; T = T_;
         LLMC_CHECK(T <= rope_len, "sequence length %d exceeds the RoPE table (%d positions)", T, rope_len);
         const GPTConfig& c = config;

@@ -47,6 +47,43 @@ std::vector<float> unpad(const std::vector<floatX>& h, int offset) {
     return v;
 }
 
+// The kernels' outputs against the CPU op's (tolerances at the top). tag names the run in messages.
+// Forward: gamma and v (= v0 + gamma ve) from the CPU's gamma_ref and v_ref.
+void check_forward(const std::string& tag, const std::vector<float>& gamma, const std::vector<float>& v_out, const std::vector<float>& gamma_ref,
+                   const std::vector<float>& v_ref, const std::vector<float>& v0, const std::vector<float>& ve, int D) {
+    CHECK(count_mismatches(("gamma" + tag).c_str(), gamma, gamma_ref, [&](size_t i) { return 1e-5 * gamma_ref[i]; }) == 0);
+    CHECK(count_mismatches(("v" + tag).c_str(), v_out, v_ref, [&](size_t i) {
+        const double ge = std::fabs(gamma_ref[i / D] * ve[i]);
+        return X_ROUND * std::fabs(v_ref[i]) + 1e-5 * ge + 0x1p-22 * (std::fabs(v0[i]) + ge);
+    }) == 0);
+}
+// Backward: dve (exact: one product, rounded once), du and dWg, against the CPU op run from the same
+// gamma; the bounds scale with M = |db| per (token, head) = sum_d |g ve| gamma (1 - gamma/3).
+void check_backward(const std::string& tag, const std::vector<float>& du, const std::vector<float>& dve, const std::vector<float>& dwg,
+                    const std::vector<float>& du_ref, const std::vector<float>& dve_ref, const std::vector<float>& dwg_ref,
+                    const std::vector<float>& g, const std::vector<float>& ve, const std::vector<float>& gamma, const std::vector<float>& u,
+                    const std::vector<float>& wg, const std::vector<float>& du_old, int N, int C, int Hkv, int D) {
+    std::vector<double> M((size_t)N * Hkv, 0.0);
+    for (size_t r = 0; r < M.size(); r++) {
+        for (int d = 0; d < D; d++) M[r] += std::fabs((double)g[r * D + d] * ve[r * D + d]);
+        M[r] *= gamma[r] * (1.0 - gamma[r] / 3.0);
+    }
+    CHECK(count_mismatches(("dve" + tag).c_str(), dve, dve_ref, [](size_t) { return 0.0; }) == 0);
+    CHECK(count_mismatches(("du" + tag).c_str(), du, du_ref, [&](size_t i) {
+        const size_t n = i / C, c = i % C;
+        if (c >= (size_t)VE_GATE_CHANNELS) return 0.0;
+        double mag = 0.0;
+        for (int h = 0; h < Hkv; h++) mag += std::fabs(wg[h * VE_GATE_CHANNELS + c]) * M[n * Hkv + h];
+        return X_ROUND * std::fabs(du_ref[i]) + 1e-5 * mag + 0x1p-22 * std::fabs(du_old[i]);
+    }) == 0);
+    CHECK(count_mismatches(("dwg" + tag).c_str(), dwg, dwg_ref, [&](size_t k) {
+        const size_t h = k / VE_GATE_CHANNELS, c = k % VE_GATE_CHANNELS;
+        double mag = 0.0;
+        for (int n = 0; n < N; n++) mag += M[(size_t)n * Hkv + h] * std::fabs(u[(size_t)n * C + c]);
+        return 1e-5 * mag + 0x1p-22 * std::fabs(dwg_ref[k]);
+    }) == 0);
+}
+
 void check(const Shape& s, int offset, uint64_t seed) {
     CAPTURE(s.N); CAPTURE(s.C); CAPTURE(s.Hkv); CAPTURE(s.D); CAPTURE(offset);
     const int N = s.N, C = s.C, Hkv = s.Hkv, D = s.D;
@@ -67,22 +104,13 @@ void check(const Shape& s, int offset, uint64_t seed) {
     d_gamma.poison();
     ve_gate_forward(d_v.ptr + offset, d_gamma.ptr, d_u.ptr, d_ve.ptr + offset, d_wg.ptr, N, C, Hkv, D, 0);
     const std::vector<float> gamma = d_gamma.download(), v_out = unpad(d_v.download(), offset);
-    CHECK(count_mismatches("gamma", gamma, gamma_ref, [&](size_t i) { return 1e-5 * gamma_ref[i]; }) == 0);
-    CHECK(count_mismatches("v", v_out, v_ref, [&](size_t i) {
-        const double ge = std::fabs(gamma_ref[i / D] * ve[i]);
-        return X_ROUND * std::fabs(v_ref[i]) + 1e-5 * ge + 0x1p-22 * (std::fabs(v[i]) + ge);
-    }) == 0);
+    check_forward("", gamma, v_out, gamma_ref, v_ref, v, ve, D);
 
     // backward, from the CPU forward's gamma
     std::vector<float> du_ref = du_old, dve_ref(nv), dwg_ref = dwg0;
     ve_gate_backward<float>(du_ref.data(), dve_ref.data(), dwg_ref.data(), g.data(), u.data(), ve.data(),
                             gamma_ref.data(), wg.data(), N, C, Hkv, D);
     dve_ref = x_round(dve_ref);
-    std::vector<double> M((size_t)N * Hkv, 0.0);
-    for (size_t r = 0; r < M.size(); r++) {
-        for (int d = 0; d < D; d++) M[r] += std::fabs((double)g[r * D + d] * ve[r * D + d]);
-        M[r] *= gamma_ref[r] * (1.0 - gamma_ref[r] / 3.0);
-    }
     DeviceBuffer<floatX> d_g(padded(g, offset)), d_dve(nv + offset), d_du(to_x(du_old));
     DeviceBuffer<float> d_gamma_ref(gamma_ref), d_dwg(dwg0), d_scratch(reduce_scratch_floats(ve_gate_partials(Hkv)));
     d_dve.poison();
@@ -90,20 +118,7 @@ void check(const Shape& s, int offset, uint64_t seed) {
     ve_gate_backward(d_du.ptr, d_dve.ptr + offset, d_dwg.ptr, d_g.ptr + offset, d_u.ptr, d_ve.ptr + offset,
                      d_gamma_ref.ptr, d_wg.ptr, N, C, Hkv, D, d_scratch.ptr, 0);
     const std::vector<float> du = to_f32(d_du.download()), dve = unpad(d_dve.download(), offset), dwg = d_dwg.download();
-    CHECK(count_mismatches("dve", dve, dve_ref, [](size_t) { return 0.0; }) == 0);
-    CHECK(count_mismatches("du", du, du_ref, [&](size_t i) {
-        const size_t n = i / C, c = i % C;
-        if (c >= (size_t)VE_GATE_CHANNELS) return 0.0;
-        double mag = 0.0;
-        for (int h = 0; h < Hkv; h++) mag += std::fabs(wg[h * VE_GATE_CHANNELS + c]) * M[n * Hkv + h];
-        return X_ROUND * std::fabs(du_ref[i]) + 1e-5 * mag + 0x1p-22 * std::fabs(du_old[i]);
-    }) == 0);
-    CHECK(count_mismatches("dwg", dwg, dwg_ref, [&](size_t k) {
-        const size_t h = k / VE_GATE_CHANNELS, c = k % VE_GATE_CHANNELS;
-        double mag = 0.0;
-        for (int n = 0; n < N; n++) mag += M[(size_t)n * Hkv + h] * std::fabs(u[(size_t)n * C + c]);
-        return 1e-5 * mag + 0x1p-22 * std::fabs(dwg_ref[k]);
-    }) == 0);
+    check_backward("", du, dve, dwg, du_ref, dve_ref, dwg_ref, g, ve, gamma_ref, u, wg, du_old, N, C, Hkv, D);
 
     // deterministic rerun from the same state
     DeviceBuffer<floatX> d_du2(to_x(du_old));
@@ -154,11 +169,7 @@ void check_packed(const Shape& s, int H, int pad, uint64_t seed) {
     ve_gate_forward(d_v.ptr + off, d_gamma.ptr, d_u.ptr, d_ve.ptr + off, d_wg.ptr, N, C, Hkv, D, 0);
     const std::vector<floatX> v_dense = drop(d_v.download(), off);
     const std::vector<float> gamma_dense = d_gamma.download();
-    CHECK(count_mismatches("gamma (dense)", gamma_dense, gamma_ref, [&](size_t i) { return 1e-5 * gamma_ref[i]; }) == 0);
-    CHECK(count_mismatches("v (dense)", to_f32(v_dense), v_ref, [&](size_t i) {
-        const double ge = std::fabs(gamma_ref[i / D] * ve[i]);
-        return X_ROUND * std::fabs(v_ref[i]) + 1e-5 * ge + 0x1p-22 * (std::fabs(v[i]) + ge);
-    }) == 0);
+    check_forward(" (dense)", gamma_dense, to_f32(v_dense), gamma_ref, v_ref, v, ve, D);
 
     DeviceBuffer<floatX> d_buf((size_t)N * ld), d_ve2(to_x(ve));
     d_buf.poison();
@@ -183,25 +194,8 @@ void check_packed(const Shape& s, int H, int pad, uint64_t seed) {
         std::vector<float> du_ref = du_old, dve_ref(nv), dwg_ref = dwg0;
         ve_gate_backward<float>(du_ref.data(), dve_ref.data(), dwg_ref.data(), g.data(), u.data(), ve.data(),
                                 gamma_dense.data(), wg.data(), N, C, Hkv, D);
-        CHECK(count_mismatches("dve (dense)", to_f32(dve_dense), x_round(dve_ref), [](size_t) { return 0.0; }) == 0);
-        std::vector<double> M((size_t)N * Hkv, 0.0);
-        for (size_t r = 0; r < M.size(); r++) {
-            for (int d = 0; d < D; d++) M[r] += std::fabs((double)g[r * D + d] * ve[r * D + d]);
-            M[r] *= gamma_dense[r] * (1.0 - gamma_dense[r] / 3.0);
-        }
-        CHECK(count_mismatches("du (dense)", to_f32(du_dense), du_ref, [&](size_t i) {
-            const size_t n = i / C, c = i % C;
-            if (c >= (size_t)VE_GATE_CHANNELS) return 0.0;
-            double mag = 0.0;
-            for (int h = 0; h < Hkv; h++) mag += std::fabs(wg[h * VE_GATE_CHANNELS + c]) * M[n * Hkv + h];
-            return X_ROUND * std::fabs(du_ref[i]) + 1e-5 * mag + 0x1p-22 * std::fabs(du_old[i]);
-        }) == 0);
-        CHECK(count_mismatches("dwg (dense)", dwg_dense, dwg_ref, [&](size_t k) {
-            const size_t h = k / VE_GATE_CHANNELS, c = k % VE_GATE_CHANNELS;
-            double mag = 0.0;
-            for (int n = 0; n < N; n++) mag += M[(size_t)n * Hkv + h] * std::fabs(u[(size_t)n * C + c]);
-            return 1e-5 * mag + 0x1p-22 * std::fabs(dwg_ref[k]);
-        }) == 0);
+        check_backward(" (dense)", to_f32(du_dense), to_f32(dve_dense), dwg_dense, du_ref, x_round(dve_ref), dwg_ref, g, ve, gamma_dense, u, wg,
+                       du_old, N, C, Hkv, D);
     }
 
     DeviceBuffer<floatX> d_gbuf((size_t)N * ld), d_dve2(nv), d_du2(to_x(du_old));
