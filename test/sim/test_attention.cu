@@ -478,15 +478,6 @@ void check_packed(const PackedCase& pc, uint64_t seed, Fwd fwd, Bwd bwd) {
     CHECK(bad == 0);
 }
 
-template <class F> std::string error_of(F f) {
-    try {
-        f();
-    } catch (const llmc::Error& e) {
-        return e.what();
-    }
-    return "";
-}
-bool has(const std::string& s, const char* part) { return s.find(part) != std::string::npos; }
 
 }  // namespace
 

@@ -102,17 +102,6 @@ long count_bad_silent(const std::vector<float>& got, const std::vector<double>& 
     return bad;
 }
 
-#ifdef LLMC_SIM
-template <class F> std::string error_of(F f) {
-    try {
-        f();
-    } catch (const llmc::Error& e) {
-        return e.what();
-    }
-    return "";
-}
-bool has(const std::string& s, const char* part) { return s.find(part) != std::string::npos; }
-#endif
 
 }  // namespace
 

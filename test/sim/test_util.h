@@ -15,6 +15,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <string>
 #include <vector>
 #include "llmc/cuda/common.cuh"
 #include "llmc/rng.h"
@@ -103,6 +104,18 @@ template <typename T>
 bool bits_equal(const std::vector<T>& a, const std::vector<T>& b) {
     return a.size() == b.size() && (a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0);
 }
+
+// runs f, returns the llmc::Error message ("" if nothing was thrown), and a substring test for it
+template <class F>
+std::string error_of(F f) {
+    try {
+        f();
+    } catch (const llmc::Error& e) {
+        return e.what();
+    }
+    return "";
+}
+inline bool has(const std::string& s, const char* part) { return s.find(part) != std::string::npos; }
 
 // Strided tensors (the GPU trainer's packed [q | k | v] rows): columns [c0, c0 + w) of the N rows of
 // a row-major (N, ld) array as a dense (N, w) array, and back
